@@ -1,0 +1,1 @@
+"""captcha_jax: a JAX/Flax CRNN that reads the text of CAPTCHA images."""

@@ -1,0 +1,55 @@
+"""Orbax checkpoints of the TrainState: the latest few and the best by validation, resumable."""
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+
+def selection_score(metrics: dict[str, float]) -> float:
+  """Higher is better: val exact match, ties broken by lower CER, then lower loss."""
+  return metrics['val_accuracy'] - 1e-3 * metrics['val_cer'] - 1e-6 * metrics['val_loss']
+
+
+def checkpoint_manager(workdir: str | Path, keep: int = 2, *, read_only: bool = False):
+  """A manager of WORKDIR/checkpoints keeping the `keep` latest steps and the best one."""
+  policy = pp.AnyPreservationPolicy(
+      [pp.LatestN(n=keep), pp.BestN(get_metric_fn=selection_score, n=1)]
+  )
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=policy, read_only=read_only, create=not read_only
+  )
+  return ocp.CheckpointManager(Path(workdir, 'checkpoints').absolute(), options=options)
+
+
+def save(manager, step: int, state: Any, metrics: dict[str, float]) -> None:
+  """Saves asynchronously; an interrupted save leaves no step behind (orbax writes atomically)."""
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), metrics=metrics)
+
+
+def restore(manager, step: int, state: Any) -> Any:
+  """Restores `step` into the structure, shapes and shardings of `state`."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+  return restored['state']
+
+
+def restore_raw(manager, step: int) -> dict:
+  """Restores `step`'s state as nested dicts of arrays, without the optimizer's code."""
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return restored['state']
+
+
+def best_step(manager) -> int | None:
+  """The kept step with the best selection score, or the latest when none has metrics."""
+  steps = manager.all_steps()
+  if not steps:
+    return None
+  scored = [
+      (selection_score(m), s)
+      for s in steps
+      if (m := manager.metrics(s)) is not None and 'val_accuracy' in m
+  ]
+  return max(scored)[1] if scored else max(steps)

@@ -1,0 +1,90 @@
+"""CTC: the loss, greedy decoding, and length-constrained decoding as post-processing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from captcha_jax.vocab import BLANK_ID
+
+
+def ctc_loss(logits: jax.Array, labels: jax.Array, label_paddings: jax.Array) -> jax.Array:
+  """Per-example CTC negative log-likelihood, [batch] float32.
+
+  logits: [batch, time, classes] raw scores (blank = class 0); every time step is real.
+  labels: [batch, max_len] int32, right-padded; label_paddings: [batch, max_len], 1.0 = padding.
+  An alignment that cannot exist (see `required_steps`) gives a finite loss near 1e5, not inf.
+  """
+  logit_paddings = jnp.zeros(logits.shape[:2], jnp.float32)
+  return optax.ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=BLANK_ID)
+
+
+def required_steps(ids) -> int:
+  """Fewest CTC steps that can emit `ids`: one per symbol plus a blank between each repeat."""
+  ids = list(ids)
+  return len(ids) + sum(a == b for a, b in zip(ids, ids[1:], strict=False))
+
+
+def greedy_decode(log_probs: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
+  """Best-path decoding: argmax per step, repeats collapsed, blanks dropped.
+
+  log_probs: [batch, time, classes]. Returns the class ids of each example and its confidence,
+  the probability of that best path (product of the per-step maxima), [batch] float.
+  """
+  best = log_probs.argmax(-1)
+  sequences = []
+  for path in best:
+    keep = np.ones(len(path), bool)
+    keep[1:] = path[1:] != path[:-1]
+    sequences.append([int(c) for c in path[keep] if c != BLANK_ID])
+  confidence = np.exp(log_probs.max(-1).sum(-1))
+  return sequences, confidence
+
+
+def decode_with_length(log_probs: np.ndarray, length: int) -> list[int] | None:
+  """The most probable single path whose collapsed text has exactly `length` symbols.
+
+  A Viterbi search over (symbols emitted so far, symbol at this step) for one example's
+  log_probs [time, classes]. When greedy decoding already gives `length` symbols this returns
+  the same; otherwise it is the best correction (a dropped repeat restored, a spurious symbol
+  removed). None when `time` is too short for any such path.
+  """
+  steps, classes = log_probs.shape
+  neg = -np.inf
+  chars = np.arange(classes) != BLANK_ID
+  score = np.full((length + 1, classes), neg)
+  score[0, BLANK_ID] = log_probs[0, BLANK_ID]
+  if length > 0:
+    score[1, chars] = log_probs[0, chars]
+  # back[t, k, s] = (k', s') of the best predecessor of state (k, s) at step t.
+  back = np.zeros((steps, length + 1, classes, 2), np.int64)
+  for t in range(1, steps):
+    new = np.full_like(score, neg)
+    stay = score.argmax(1)  # best predecessor for a blank: any symbol, same count
+    new[:, BLANK_ID] = score[np.arange(length + 1), stay] + log_probs[t, BLANK_ID]
+    back[t, :, BLANK_ID, 0] = np.arange(length + 1)
+    back[t, :, BLANK_ID, 1] = stay
+    if length > 0:
+      # A symbol continues itself (same count) or is new after any other symbol (count + 1).
+      prev = score[:-1]
+      order = np.argsort(prev, axis=1)
+      first, second = order[:, -1], order[:, -2]
+      new_from = np.where(first[:, None] == np.arange(classes), second[:, None], first[:, None])
+      new_score = np.take_along_axis(prev, new_from, 1)
+      continue_score = score[1:]
+      take_new = new_score > continue_score
+      best = np.where(take_new, new_score, continue_score) + log_probs[t]
+      new[1:, chars] = best[:, chars]
+      ks = np.arange(1, length + 1)[:, None]
+      back[t, 1:, :, 0] = np.where(take_new, ks - 1, ks)
+      back[t, 1:, :, 1] = np.where(take_new, new_from, np.arange(classes))
+    score = new
+  s = int(score[length].argmax())
+  if not np.isfinite(score[length, s]):
+    return None
+  path, k = [], length
+  for t in range(steps - 1, -1, -1):
+    path.append(s)
+    k, s = back[t, k, s] if t > 0 else (k, s)
+  path.reverse()
+  return [c for i, c in enumerate(path) if c != BLANK_ID and (i == 0 or path[i - 1] != c)]

@@ -1,0 +1,202 @@
+"""Flax modules: a torchvision-compatible ResNet-18 trunk, a bidirectional GRU, and the CRNN.
+
+Layer names and padding follow torchvision's `resnet18` exactly (explicit (1, 1) padding where
+torch pads, never 'SAME'), so `port.py` can load its ImageNet weights one to one.
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Strides = tuple[int, int]
+# torchvision's resnet18 stage strides; a CRNN keeps width with (2, 1) in late stages instead.
+TORCHVISION_STRIDES = ((1, 1), (2, 2), (2, 2), (2, 2))
+
+
+class BasicBlock(nn.Module):
+  """ResNet basic block: two 3×3 convs and a residual, with a 1×1 projection when shapes change."""
+
+  features: int
+  strides: Strides = (1, 1)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+    )
+    y = conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)), name='conv1')(x)
+    y = nn.relu(norm(name='bn1')(y))
+    y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name='conv2')(y)
+    y = norm(name='bn2')(y)
+    if x.shape[-1] != self.features or self.strides != (1, 1):
+      x = conv(self.features, (1, 1), self.strides, padding='VALID', name='downsample_conv')(x)
+      x = norm(name='downsample_bn')(x)
+    return nn.relu(x + y)
+
+
+class ResNet18(nn.Module):
+  """ResNet-18 trunk without avgpool/fc, cut after `num_layers` of layer1..layer4.
+
+  x: [batch, height, width, 3] float, ImageNet-normalised. Returns [batch, h', w', channels].
+  Each stage's output is sown into the 'intermediates' collection as stem, layer1, ...
+  """
+
+  num_layers: int = 4
+  strides: Sequence[Strides] = TORCHVISION_STRIDES
+  base_width: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if not 1 <= self.num_layers <= 4 or len(self.strides) < self.num_layers:
+      raise ValueError(
+          f'ResNet18 keeps 1..4 layers with one stride each; got num_layers={self.num_layers}, '
+          f'strides={self.strides}.'
+      )
+    x = x.astype(self.dtype)
+    x = nn.Conv(
+        self.base_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+        dtype=self.dtype, name='conv1',
+    )(x)
+    x = nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name='bn1'
+    )(x)
+    x = nn.max_pool(nn.relu(x), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    self.sow('intermediates', 'stem', x)
+    for i in range(self.num_layers):
+      features = self.base_width * 2**i
+      strides = tuple(self.strides[i])
+      x = BasicBlock(features, strides, self.dtype, name=f'layer{i + 1}_0')(x, train)
+      x = BasicBlock(features, (1, 1), self.dtype, name=f'layer{i + 1}_1')(x, train)
+      self.sow('intermediates', f'layer{i + 1}', x)
+    return x
+
+
+def _torch_uniform(scale: float):
+  """U(-scale, scale), torch's default initialiser for recurrent weights (scale = 1/√hidden)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+  return init
+
+
+class GRU(nn.Module):
+  """One direction of a GRU with torch.nn.GRU's parameters and gate order (r, z, n).
+
+  The input projection for every time step is one matmul hoisted out of the scan; only the
+  hidden-state matmul runs inside it. x: [batch, time, features] → [batch, time, hidden_size].
+  """
+
+  hidden_size: int
+  reverse: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = self.hidden_size
+    init = _torch_uniform(h**-0.5)
+    w_ih = self.param('input_kernel', init, (x.shape[-1], 3 * h))
+    b_ih = self.param('input_bias', init, (3 * h,))
+    w_hh = self.param('hidden_kernel', init, (h, 3 * h))
+    b_hh = self.param('hidden_bias', init, (3 * h,))
+    x, w_ih, w_hh = x.astype(self.dtype), w_ih.astype(self.dtype), w_hh.astype(self.dtype)
+    gates_x = (x @ w_ih).astype(jnp.float32) + b_ih
+    if self.reverse:
+      gates_x = gates_x[:, ::-1]
+
+    def step(state, gx):
+      gh = (state.astype(self.dtype) @ w_hh).astype(jnp.float32) + b_hh
+      r = jax.nn.sigmoid(gx[:, :h] + gh[:, :h])
+      z = jax.nn.sigmoid(gx[:, h : 2 * h] + gh[:, h : 2 * h])
+      n = jnp.tanh(gx[:, 2 * h :] + r * gh[:, 2 * h :])
+      state = (1 - z) * n + z * state
+      return state, state
+
+    state = jnp.zeros((x.shape[0], h), jnp.float32)
+    _, outputs = jax.lax.scan(step, state, gates_x.swapaxes(0, 1))
+    outputs = outputs.swapaxes(0, 1)
+    return outputs[:, ::-1] if self.reverse else outputs
+
+
+class BiGRU(nn.Module):
+  """Stacked bidirectional GRU like torch.nn.GRU(bidirectional=True), dropout between layers."""
+
+  hidden_size: int
+  num_layers: int = 2
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for layer in range(self.num_layers):
+      if layer > 0:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      forward = GRU(self.hidden_size, dtype=self.dtype, name=f'l{layer}_forward')(x)
+      backward = GRU(self.hidden_size, reverse=True, dtype=self.dtype, name=f'l{layer}_backward')(x)
+      x = jnp.concatenate([forward, backward], axis=-1)
+    return x
+
+
+class CRNN(nn.Module):
+  """ResNet-18 trunk → columns as a sequence → BiGRU → per-step class logits for CTC.
+
+  images: [batch, height, width, 3] ImageNet-normalised float.
+  Returns logits [batch, time, num_classes] float32, time = the trunk's output width; class 0 is
+  the CTC blank.
+  """
+
+  num_classes: int
+  backbone_layers: int = 3
+  backbone_strides: Sequence[Strides] = ((1, 1), (2, 2), (2, 1), (2, 1))
+  base_width: int = 64
+  projection_size: int = 256
+  rnn_hidden_size: int = 128
+  rnn_layers: int = 2
+  dropout: float = 0.1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+    x = ResNet18(
+        self.backbone_layers, self.backbone_strides, self.base_width, self.dtype, name='backbone'
+    )(images, train)
+    b, h, w, c = x.shape
+    # Fold height into features: each column of the feature map is one time step.
+    x = x.transpose(0, 2, 1, 3).reshape(b, w, h * c)
+    x = nn.Dense(self.projection_size, dtype=self.dtype, name='projection')(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = BiGRU(self.rnn_hidden_size, self.rnn_layers, self.dropout, self.dtype, name='rnn')(x, train)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+    return logits.astype(jnp.float32)
+
+
+def create_model(model_config, num_classes: int) -> CRNN:
+  """The CRNN described by `config.model`."""
+  return CRNN(
+      num_classes=num_classes,
+      backbone_layers=model_config.backbone_layers,
+      backbone_strides=tuple(tuple(s) for s in model_config.backbone_strides),
+      base_width=model_config.base_width,
+      projection_size=model_config.projection_size,
+      rnn_hidden_size=model_config.rnn_hidden_size,
+      rnn_layers=model_config.rnn_layers,
+      dropout=model_config.dropout,
+      dtype=jnp.dtype(model_config.dtype),
+  )
+
+
+def output_steps(model: CRNN, height: int, width: int) -> int:
+  """Number of CTC time steps the model emits for a height×width image (no compute)."""
+  shape = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
+  init = functools.partial(model.init, train=False)
+  variables = jax.eval_shape(init, jax.random.key(0), shape)
+  logits = jax.eval_shape(functools.partial(model.apply, train=False), variables, shape)
+  return logits.shape[1]

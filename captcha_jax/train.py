@@ -1,0 +1,379 @@
+"""Training: TrainState, the jitted train/eval steps, the epoch loop, checkpoints, and `main`.
+
+    python -m captcha_jax.train --config configs/default.py --workdir runs/default \
+        --config.data_dir=/path/to/captcha_images_v2
+"""
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from captcha_jax import checkpoints, ctc, data, metrics, models, plots
+from captcha_jax.vocab import Vocab
+
+# Batch entries the steps read; the rest (`index`) stays on the host.
+DEVICE_KEYS = ('image', 'labels', 'label_paddings', 'mask')
+# Config entries that fix the shape or meaning of the parameters: a workdir keeps them.
+MODEL_KEYS = ('alphabet', 'max_label_length', 'image_height', 'image_width', 'model')
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, BatchNorm statistics, optimizer state, step, and the dropout key."""
+
+  batch_stats: Any
+  rng: jax.Array
+
+
+def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up to the peak learning rate, then cosine decay to 1% of it at the end."""
+  total = max(config.num_epochs * steps_per_epoch, 1)
+  warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+  return optax.warmup_cosine_decay_schedule(
+      0.0, config.learning_rate, warmup, total, end_value=config.learning_rate * 0.01
+  )
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
+  """Clipped AdamW; weight decay on kernels only, never on biases or BatchNorm scales."""
+  decay_mask = functools.partial(jax.tree_util.tree_map_with_path, lambda path, x: x.ndim > 1)
+  return optax.chain(
+      optax.clip_by_global_norm(config.grad_clip_norm),
+      optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask),
+  )
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, model: nn.Module, tx, rng: jax.Array
+) -> TrainState:
+  """Freshly initialised state; dummy input of the configured image size."""
+  init_rng, state_rng = jax.random.split(rng)
+  shape = (1, config.image_height, config.image_width, 3)
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      init_rng, jnp.zeros(shape, jnp.float32)
+  )
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      tx=tx,
+      rng=state_rng,
+  )
+
+
+def train_step(state: TrainState, batch: data.Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a batch; a step whose loss or gradient is not finite is skipped."""
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  mask = batch['mask']
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats},
+        batch['image'],
+        train=True,
+        rngs={'dropout': dropout_rng},
+        mutable=['batch_stats'],
+    )
+    per_example = ctc.ctc_loss(logits, batch['labels'], batch['label_paddings'])
+    return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0), (updates, per_example)
+
+  (loss, (updates, per_example)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  new_state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  return state, {
+      'loss': loss,
+      'grad_norm': grad_norm,
+      'finite': finite,
+      'example_finite': jnp.isfinite(per_example),
+  }
+
+
+def eval_step(state: TrainState, batch: data.Batch) -> dict[str, jax.Array]:
+  """Per-example CTC loss [batch] and per-step log-probabilities [batch, time, classes]."""
+  logits = state.apply_fn(
+      {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], train=False
+  )
+  return {
+      'loss': ctc.ctc_loss(logits, batch['labels'], batch['label_paddings']),
+      'log_probs': jax.nn.log_softmax(logits),
+  }
+
+
+def make_mesh() -> Mesh:
+  """A 1-axis data mesh over every device: batches are split, the state is replicated."""
+  return jax.make_mesh(
+      (jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,)
+  )
+
+
+def to_device(batch: data.Batch, mesh: Mesh) -> dict[str, jax.Array]:
+  """The step's inputs, split along the batch axis over the mesh."""
+  sharding = NamedSharding(mesh, P('data'))
+  return {k: jax.device_put(batch[k], sharding) for k in DEVICE_KEYS}
+
+
+def decode_texts(log_probs: np.ndarray, vocab: Vocab, label_length: int):
+  """Greedy texts, their confidences, and texts post-processed to `label_length` (if > 0)."""
+  sequences, confidence = ctc.greedy_decode(log_probs)
+  raw = [vocab.decode(s) for s in sequences]
+  if label_length <= 0:
+    return raw, confidence, raw
+  fixed = []
+  for text, lp in zip(raw, log_probs, strict=True):
+    ids = ctc.decode_with_length(lp, label_length) if len(text) != label_length else None
+    fixed.append(vocab.decode(ids) if ids is not None else text)
+  return raw, confidence, fixed
+
+
+def evaluate(
+    eval_fn: Callable, state: TrainState, dataset: data.Dataset, config, vocab: Vocab, mesh: Mesh
+) -> tuple[dict[str, float], list[str]]:
+  """Loss, exact match and CER (raw and post-processed) over `dataset`; and the raw texts."""
+  losses, log_probs = [], []
+  for batch in data.eval_batches(dataset, config.eval_batch_size):
+    out = jax.device_get(eval_fn(state, to_device(batch, mesh)))
+    real = batch['mask'] > 0
+    losses.append(out['loss'][real])
+    log_probs.append(out['log_probs'][real])
+  raw, _, fixed = decode_texts(np.concatenate(log_probs), vocab, config.label_length)
+  result = {
+      'loss': float(np.mean(np.concatenate(losses))),
+      'accuracy': metrics.exact_match(raw, dataset.texts),
+      'cer': metrics.character_error_rate(raw, dataset.texts),
+      'accuracy_post': metrics.exact_match(fixed, dataset.texts),
+      'cer_post': metrics.character_error_rate(fixed, dataset.texts),
+  }
+  return result, raw
+
+
+def collapse_warning(texts: list[str]) -> str | None:
+  """Names the CTC failure mode where every image reads the same (often empty) text."""
+  if texts and all(t == '' for t in texts):
+    return 'all-blank output: the model has collapsed to predicting only the CTC blank'
+  if len(texts) > 1 and len(set(texts)) == 1:
+    return f'constant output: every image reads {texts[0]!r}'
+  return None
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  """Refuses to resume a workdir whose saved model/alphabet/image size differ from `config`."""
+  path = workdir / 'config.json'
+  if not path.exists():
+    return
+  saved = json.loads(path.read_text())
+  current = json.loads(config.to_json_best_effort())
+  changed = [k for k in MODEL_KEYS if k in saved and saved[k] != current[k]]
+  if changed:
+    raise ValueError(
+        f'{str(workdir)!r} holds a run with a different {", ".join(changed)}: its checkpoints '
+        'cannot be resumed with this config. Use a new --workdir, or the saved config.'
+    )
+
+
+def _read_history(path: Path, last_epoch: int) -> list[dict]:
+  """metrics.jsonl rows up to `last_epoch`: rows past the restored checkpoint are dropped."""
+  if not path.exists():
+    return []
+  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [r for r in rows if r['epoch'] <= last_epoch]
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+  path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+
+
+def load_splits(config: ml_collections.ConfigDict, vocab: Vocab) -> dict[str, data.Dataset]:
+  """The configured folder decoded and split into train/val/test."""
+  dataset = data.load_dataset(
+      config.data_dir,
+      vocab,
+      height=config.image_height,
+      width=config.image_width,
+      max_label_length=config.max_label_length,
+      skip_bad_files=config.skip_bad_files,
+  )
+  indices = data.split_indices(len(dataset), config.split, config.split_seed)
+  return {
+      name: dataset.subset(idx) for name, idx in zip(('train', 'val', 'test'), indices, strict=True)
+  }
+
+
+def check_label_fit(splits: dict[str, data.Dataset], steps: int) -> None:
+  """Raises when some label needs more CTC steps than the model emits (its loss would be ~1e5)."""
+  worst = max(
+      ((ctc.required_steps(ds.labels[i, : ds.lengths[i]]), ds.paths[i]) for ds in splits.values()
+       for i in range(len(ds))),
+  )
+  if worst[0] > steps:
+    raise data.DataError(
+        f'{worst[1]!r} needs {worst[0]} CTC steps but the model emits {steps} for '
+        'this image width: lower max_label_length, widen the image, or keep more width in '
+        'config.model.backbone_strides.'
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+  """Trains (resuming from WORKDIR's latest checkpoint), then evaluates the best checkpoint.
+
+  Writes WORKDIR/config.json, checkpoints/, metrics.jsonl, results.json, loss.png and
+  predictions.png. Returns the results: per-split metrics of the best-by-validation checkpoint.
+  """
+  start_time = time.time()
+  workdir = Path(workdir).absolute()
+  vocab = Vocab(config.alphabet)
+  model = models.create_model(config.model, vocab.num_classes)
+  steps = models.output_steps(model, config.image_height, config.image_width)
+  splits = load_splits(config, vocab)
+  check_label_fit(splits, steps)
+  logging.info(
+      'Images: %s; %d CTC steps per image.',
+      ', '.join(f'{k} {len(v)}' for k, v in splits.items()), steps,
+  )
+  if config.batch_size % jax.device_count() or config.eval_batch_size % jax.device_count():
+    raise ValueError(
+        f'batch_size={config.batch_size} and eval_batch_size={config.eval_batch_size} must '
+        f'divide by the {jax.device_count()} devices.'
+    )
+
+  steps_per_epoch = len(splits['train']) // config.batch_size
+  schedule = make_schedule(config, steps_per_epoch)
+  rng = jax.random.PRNGKey(config.seed)
+  state = create_train_state(config, model, make_optimizer(config, schedule), rng)
+  if config.pretrained:
+    from captcha_jax import port  # torch-free; only needed when starting from ImageNet weights
+
+    state = port.load_pretrained_backbone(state, config.pretrained)
+  mesh = make_mesh()
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  print(
+      nn.tabulate(model, jax.random.key(0), depth=2, console_kwargs={'width': 140})(
+          jnp.zeros((1, config.image_height, config.image_width, 3)), train=False
+      )
+  )
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  check_workdir_config(config, workdir)
+  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
+  start_epoch = manager.latest_step() or 0
+  if start_epoch:
+    state = checkpoints.restore(manager, start_epoch, state)
+    logging.info('Resumed from %s at epoch %d.', manager.directory, start_epoch)
+  history_path = workdir / 'metrics.jsonl'
+  history = _read_history(history_path, start_epoch)
+  elapsed_before = history[-1]['elapsed_s'] if history else 0.0
+
+  p_train_step = jax.jit(train_step, donate_argnums=0)
+  p_eval_step = jax.jit(eval_step)
+  for epoch in range(start_epoch + 1, config.num_epochs + 1):
+    epoch_start = time.time()
+    # A generator per epoch seeded by (seed, epoch): a resumed run sees the same data order.
+    epoch_rng = np.random.default_rng([config.seed, epoch])
+    batches = data.train_batches(
+        splits['train'], config.batch_size, epoch_rng, config.augment
+    )
+    train_losses, skipped = [], []
+    pending = None
+    bar = tqdm(batches, total=steps_per_epoch, desc=f'epoch {epoch}', leave=False, disable=None)
+    for batch in bar:
+      state, step_metrics = p_train_step(state, to_device(batch, mesh))
+      # Read the previous step's metrics, so the host never waits on the step just queued.
+      if pending is not None:
+        _record(pending, train_losses, skipped, splits['train'], bar)
+      pending = (batch['index'], step_metrics)
+    _record(pending, train_losses, skipped, splits['train'], bar)
+    bar.close()
+    if skipped:
+      logging.warning(
+          'Epoch %d: skipped %d step(s) with a non-finite loss or gradient; files: %s',
+          epoch, len(skipped), ', '.join(sorted(set(skipped))[:20]),
+      )
+    val, val_texts = evaluate(p_eval_step, state, splits['val'], config, vocab, mesh)
+    row = {
+        'epoch': epoch,
+        'step': int(state.step),
+        'train_loss': float(np.mean(train_losses)) if train_losses else float('nan'),
+        **{f'val_{k}': v for k, v in val.items()},
+        'learning_rate': float(schedule(int(state.step))),
+        'epoch_s': time.time() - epoch_start,
+        'elapsed_s': elapsed_before + time.time() - start_time,
+        'skipped_steps': len(skipped),
+    }
+    warning = collapse_warning(val_texts)
+    if warning:
+      row['collapse'] = warning
+      logging.warning('Epoch %d: %s.', epoch, warning)
+    history.append(row)
+    _write_history(history_path, history)
+    print(
+        f'epoch {epoch:3d}  train_loss {row["train_loss"]:.4f}  val_loss {val["loss"]:.4f}  '
+        f'val_acc {val["accuracy"]:.4f}  val_cer {val["cer"]:.4f}  '
+        f'lr {row["learning_rate"]:.2e}  {row["epoch_s"]:.1f}s',
+        flush=True,
+    )
+    checkpoints.save(manager, epoch, state, {f'val_{k}': v for k, v in val.items()})
+  manager.wait_until_finished()
+
+  best = checkpoints.best_step(manager)
+  if best is None:
+    raise RuntimeError(f'No checkpoint in {manager.directory}: config.num_epochs is 0?')
+  state = checkpoints.restore(manager, best, state)
+  manager.close()
+  results: dict[str, Any] = {'best_epoch': best}
+  test_texts = []
+  for name, dataset in splits.items():
+    split_metrics, texts = evaluate(p_eval_step, state, dataset, config, vocab, mesh)
+    results[name] = split_metrics
+    test_texts = texts if name == 'test' else test_texts
+  (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+  plots.plot_history(history, workdir / 'loss.png')
+  test = splits['test']
+  if len(test):
+    plots.plot_predictions(test.images, test_texts, test.texts, workdir / 'predictions.png')
+  logging.info('Results of epoch %d: %s', best, json.dumps(results))
+  return results
+
+
+def _record(pending, losses: list, skipped: list, dataset: data.Dataset, bar) -> None:
+  indices, step_metrics = pending
+  m = jax.device_get(step_metrics)
+  if m['finite']:
+    losses.append(float(m['loss']))
+    bar.set_postfix(loss=f'{m["loss"]:.4f}', refresh=False)
+  else:
+    bad = indices[~m['example_finite']] if not m['example_finite'].all() else indices
+    skipped.extend(dataset.paths[i] for i in bad)
+
+
+def main(argv):
+  del argv
+  from absl import flags
+
+  config = flags.FLAGS.config
+  train_and_evaluate(config, flags.FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)
