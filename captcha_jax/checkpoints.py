@@ -16,10 +16,10 @@ def selection_score(metrics: dict[str, float]) -> float:
 def checkpoint_manager(workdir: str | Path, keep: int = 2, *, read_only: bool = False):
   """A manager of WORKDIR/checkpoints keeping the `keep` latest steps and the best one."""
   policy = pp.AnyPreservationPolicy(
-      [pp.LatestN(n=keep), pp.BestN(get_metric_fn=selection_score, n=1)]
+    [pp.LatestN(n=keep), pp.BestN(get_metric_fn=selection_score, n=1)]
   )
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=policy, read_only=read_only, create=not read_only
+    preservation_policy=policy, read_only=read_only, create=not read_only
   )
   return ocp.CheckpointManager(Path(workdir, 'checkpoints').absolute(), options=options)
 
@@ -32,7 +32,9 @@ def save(manager, step: int, state: Any, metrics: dict[str, float]) -> None:
 def restore(manager, step: int, state: Any) -> Any:
   """Restores `step` into the structure, shapes and shardings of `state`."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+  restored = manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+  )
   return restored['state']
 
 
@@ -48,8 +50,8 @@ def best_step(manager) -> int | None:
   if not steps:
     return None
   scored = [
-      (selection_score(m), s)
-      for s in steps
-      if (m := manager.metrics(s)) is not None and 'val_accuracy' in m
+    (selection_score(m), s)
+    for s in steps
+    if (m := manager.metrics(s)) is not None and 'val_accuracy' in m
   ]
   return max(scored)[1] if scored else max(steps)

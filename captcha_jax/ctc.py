@@ -56,35 +56,36 @@ def decode_with_length(log_probs: np.ndarray, length: int) -> list[int] | None:
   score[0, BLANK_ID] = log_probs[0, BLANK_ID]
   if length > 0:
     score[1, chars] = log_probs[0, chars]
-  # back[t, k, s] = (k', s') of the best predecessor of state (k, s) at step t.
-  back = np.zeros((steps, length + 1, classes, 2), np.int64)
+  # (back_k[t, k, s], back_s[t, k, s]): the best predecessor of state (k, s) at step t.
+  back_k = np.zeros((steps, length + 1, classes), np.int64)
+  back_s = np.zeros((steps, length + 1, classes), np.int64)
+  counts = np.arange(length + 1)[:, None]
   for t in range(1, steps):
     new = np.full_like(score, neg)
-    stay = score.argmax(1)  # best predecessor for a blank: any symbol, same count
-    new[:, BLANK_ID] = score[np.arange(length + 1), stay] + log_probs[t, BLANK_ID]
-    back[t, :, BLANK_ID, 0] = np.arange(length + 1)
-    back[t, :, BLANK_ID, 1] = stay
+    # A blank follows any symbol and keeps the count.
+    stay = score.argmax(1)
+    new[:, BLANK_ID] = score[counts[:, 0], stay] + log_probs[t, BLANK_ID]
+    back_k[t, :, BLANK_ID] = counts[:, 0]
+    back_s[t, :, BLANK_ID] = stay
     if length > 0:
       # A symbol continues itself (same count) or is new after any other symbol (count + 1).
       prev = score[:-1]
       order = np.argsort(prev, axis=1)
-      first, second = order[:, -1], order[:, -2]
-      new_from = np.where(first[:, None] == np.arange(classes), second[:, None], first[:, None])
+      first, second = order[:, -1:], order[:, -2:-1]
+      new_from = np.where(first == np.arange(classes), second, first)
       new_score = np.take_along_axis(prev, new_from, 1)
-      continue_score = score[1:]
-      take_new = new_score > continue_score
-      best = np.where(take_new, new_score, continue_score) + log_probs[t]
+      take_new = new_score > score[1:]
+      best = np.where(take_new, new_score, score[1:]) + log_probs[t]
       new[1:, chars] = best[:, chars]
-      ks = np.arange(1, length + 1)[:, None]
-      back[t, 1:, :, 0] = np.where(take_new, ks - 1, ks)
-      back[t, 1:, :, 1] = np.where(take_new, new_from, np.arange(classes))
+      back_k[t, 1:, chars] = np.where(take_new, counts[1:] - 1, counts[1:])[:, chars].T
+      back_s[t, 1:, chars] = np.where(take_new, new_from, np.arange(classes))[:, chars].T
     score = new
   s = int(score[length].argmax())
   if not np.isfinite(score[length, s]):
     return None
-  path, k = [], length
-  for t in range(steps - 1, -1, -1):
-    path.append(s)
-    k, s = back[t, k, s] if t > 0 else (k, s)
+  path, k = [s], length
+  for t in range(steps - 1, 0, -1):
+    k, s = back_k[t, k, s], back_s[t, k, s]
+    path.append(int(s))
   path.reverse()
   return [c for i, c in enumerate(path) if c != BLANK_ID and (i == 0 or path[i - 1] != c)]

@@ -48,11 +48,11 @@ class Dataset:
 
   def subset(self, indices: np.ndarray) -> 'Dataset':
     return Dataset(
-        images=self.images[indices],
-        labels=self.labels[indices],
-        lengths=self.lengths[indices],
-        texts=tuple(self.texts[i] for i in indices),
-        paths=tuple(self.paths[i] for i in indices),
+      images=self.images[indices],
+      labels=self.labels[indices],
+      lengths=self.lengths[indices],
+      texts=tuple(self.texts[i] for i in indices),
+      paths=tuple(self.paths[i] for i in indices),
     )
 
 
@@ -61,16 +61,16 @@ def find_images(data_dir: str | Path) -> list[Path]:
   folder = Path(data_dir).expanduser()
   if not folder.is_dir():
     raise DataError(
-        f'Data folder {str(folder)!r} does not exist. Download the Kaggle dataset '
-        '"captcha-version-2-images" and unpack its images there, or set --config.data_dir.'
+      f'Data folder {str(folder)!r} does not exist. Download the Kaggle dataset '
+      '"captcha-version-2-images" and unpack its images there, or set --config.data_dir.'
     )
   paths = sorted(
-      p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
   )
   if not paths:
     raise DataError(
-        f'Data folder {str(folder)!r} holds no {"/".join(IMAGE_EXTENSIONS)} images: '
-        'it should hold images named by their text, like 226md.png.'
+      f'Data folder {str(folder)!r} holds no {"/".join(IMAGE_EXTENSIONS)} images: '
+      'it should hold images named by their text, like 226md.png.'
     )
   return paths
 
@@ -80,7 +80,9 @@ def label_from_path(path: str | Path) -> str:
   return _COPY_SUFFIX.sub('', Path(path).stem)
 
 
-def load_image(source: 'str | Path | Image.Image | np.ndarray', height: int, width: int) -> np.ndarray:
+def load_image(
+  source: 'str | Path | Image.Image | np.ndarray', height: int, width: int
+) -> np.ndarray:
   """Decodes an image (path, PIL image or array) to [height, width, 3] uint8 RGB.
 
   Transparent pixels are laid on white, as the captchas are drawn on white. Raises DataError
@@ -91,7 +93,9 @@ def load_image(source: 'str | Path | Image.Image | np.ndarray', height: int, wid
     if array.ndim == 3 and array.shape[-1] == 1:
       array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-      raise DataError(f'An image array must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {array.shape}.')
+      raise DataError(
+        f'An image array must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {array.shape}.'
+      )
     if array.dtype != np.uint8:
       raise DataError(f'An image array must be uint8 (0..255), got {array.dtype}.')
     image = Image.fromarray(array)
@@ -118,13 +122,13 @@ def load_image(source: 'str | Path | Image.Image | np.ndarray', height: int, wid
 
 
 def load_dataset(
-    data_dir: str | Path,
-    vocab: Vocab,
-    *,
-    height: int,
-    width: int,
-    max_label_length: int,
-    skip_bad_files: bool = True,
+  data_dir: str | Path,
+  vocab: Vocab,
+  *,
+  height: int,
+  width: int,
+  max_label_length: int,
+  skip_bad_files: bool = True,
 ) -> Dataset:
   """Decodes every image in `data_dir` into memory.
 
@@ -141,9 +145,7 @@ def load_dataset(
     elif unknown:
       problems.append(f'{path}: label {text!r} has characters outside the alphabet: {unknown!r}')
     elif len(text) > max_label_length:
-      problems.append(
-          f'{path}: label {text!r} is longer than max_label_length={max_label_length}'
-      )
+      problems.append(f'{path}: label {text!r} is longer than max_label_length={max_label_length}')
     else:
       try:
         images.append(load_image(path, height, width))
@@ -156,8 +158,8 @@ def load_dataset(
     listing = '\n  '.join(problems)
     if not skip_bad_files:
       raise DataError(
-          f'{len(problems)} unusable file(s) in {str(data_dir)!r}:\n  {listing}\n'
-          'Fix or remove them, or set --config.skip_bad_files=True to skip them.'
+        f'{len(problems)} unusable file(s) in {str(data_dir)!r}:\n  {listing}\n'
+        'Fix or remove them, or set --config.skip_bad_files=True to skip them.'
       )
     logging.warning('Skipping %d unusable file(s):\n  %s', len(problems), listing)
   if not paths:
@@ -166,11 +168,11 @@ def load_dataset(
   for i, text in enumerate(texts):
     labels[i, : len(text)] = vocab.encode(text)
   return Dataset(
-      images=np.stack(images),
-      labels=labels,
-      lengths=np.array([len(t) for t in texts], np.int32),
-      texts=tuple(texts),
-      paths=tuple(paths),
+    images=np.stack(images),
+    labels=labels,
+    lengths=np.array([len(t) for t in texts], np.int32),
+    texts=tuple(texts),
+    paths=tuple(paths),
   )
 
 
@@ -186,8 +188,8 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> tuple[np.nda
   sizes = (n_train, n_val, n_test)
   if any(size == 0 and f > 0 for size, f in zip(sizes, fractions, strict=True)):
     raise DataError(
-        f'{n} image(s) are too few for a {"/".join(f"{f:g}" for f in fractions)} split '
-        f'(train/val/test would get {n_train}/{n_val}/{n_test}); add images.'
+      f'{n} image(s) are too few for a {"/".join(f"{f:g}" for f in fractions)} split '
+      f'(train/val/test would get {n_train}/{n_val}/{n_test}); add images.'
     )
   order = np.random.default_rng(seed).permutation(n)
   return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
@@ -214,28 +216,28 @@ def augment_image(image: np.ndarray, rng: np.random.Generator, config) -> np.nda
   offset = center - inverse @ (center + np.array([dx, dy]))
   coeffs = (*inverse[0], offset[0], *inverse[1], offset[1])
   warped = Image.fromarray(image).transform(
-      (w, h), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=(255, 255, 255)
+    (w, h), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=(255, 255, 255)
   )
   return np.asarray(warped)
 
 
 def _batch(dataset: Dataset, indices: np.ndarray, mask: np.ndarray, images: np.ndarray) -> Batch:
   return {
-      'image': normalize(images),
-      'labels': dataset.labels[indices],
-      'label_paddings': (np.arange(dataset.labels.shape[1]) >= dataset.lengths[indices, None]).astype(
-          np.float32
-      ),
-      'mask': mask,
-      'index': indices.astype(np.int32),
+    'image': normalize(images),
+    'labels': dataset.labels[indices],
+    'label_paddings': (np.arange(dataset.labels.shape[1]) >= dataset.lengths[indices, None]).astype(
+      np.float32
+    ),
+    'mask': mask,
+    'index': indices.astype(np.int32),
   }
 
 
 def train_batches(
-    dataset: Dataset,
-    batch_size: int,
-    rng: np.random.Generator,
-    augment_config=None,
+  dataset: Dataset,
+  batch_size: int,
+  rng: np.random.Generator,
+  augment_config=None,
 ) -> Iterator[Batch]:
   """One epoch of shuffled full batches (the remainder is dropped; the next epoch reshuffles).
 
@@ -244,8 +246,8 @@ def train_batches(
   """
   if len(dataset) < batch_size:
     raise DataError(
-        f'The train split has {len(dataset)} image(s), fewer than batch_size={batch_size}: '
-        'add images or lower --config.batch_size.'
+      f'The train split has {len(dataset)} image(s), fewer than batch_size={batch_size}: '
+      'add images or lower --config.batch_size.'
     )
   order = rng.permutation(len(dataset))
   for start in range(0, len(order) - batch_size + 1, batch_size):

@@ -28,7 +28,7 @@ class BasicBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
     )
     y = conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)), name='conv1')(x)
     y = nn.relu(norm(name='bn1')(y))
@@ -56,16 +56,21 @@ class ResNet18(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if not 1 <= self.num_layers <= 4 or len(self.strides) < self.num_layers:
       raise ValueError(
-          f'ResNet18 keeps 1..4 layers with one stride each; got num_layers={self.num_layers}, '
-          f'strides={self.strides}.'
+        f'ResNet18 keeps 1..4 layers with one stride each; got num_layers={self.num_layers}, '
+        f'strides={self.strides}.'
       )
     x = x.astype(self.dtype)
     x = nn.Conv(
-        self.base_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-        dtype=self.dtype, name='conv1',
+      self.base_width,
+      (7, 7),
+      (2, 2),
+      padding=((3, 3), (3, 3)),
+      use_bias=False,
+      dtype=self.dtype,
+      name='conv1',
     )(x)
     x = nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name='bn1'
+      use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name='bn1'
     )(x)
     x = nn.max_pool(nn.relu(x), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     self.sow('intermediates', 'stem', x)
@@ -165,7 +170,7 @@ class CRNN(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
     x = ResNet18(
-        self.backbone_layers, self.backbone_strides, self.base_width, self.dtype, name='backbone'
+      self.backbone_layers, self.backbone_strides, self.base_width, self.dtype, name='backbone'
     )(images, train)
     b, h, w, c = x.shape
     # Fold height into features: each column of the feature map is one time step.
@@ -181,15 +186,15 @@ class CRNN(nn.Module):
 def create_model(model_config, num_classes: int) -> CRNN:
   """The CRNN described by `config.model`."""
   return CRNN(
-      num_classes=num_classes,
-      backbone_layers=model_config.backbone_layers,
-      backbone_strides=tuple(tuple(s) for s in model_config.backbone_strides),
-      base_width=model_config.base_width,
-      projection_size=model_config.projection_size,
-      rnn_hidden_size=model_config.rnn_hidden_size,
-      rnn_layers=model_config.rnn_layers,
-      dropout=model_config.dropout,
-      dtype=jnp.dtype(model_config.dtype),
+    num_classes=num_classes,
+    backbone_layers=model_config.backbone_layers,
+    backbone_strides=tuple(tuple(s) for s in model_config.backbone_strides),
+    base_width=model_config.base_width,
+    projection_size=model_config.projection_size,
+    rnn_hidden_size=model_config.rnn_hidden_size,
+    rnn_layers=model_config.rnn_layers,
+    dropout=model_config.dropout,
+    dtype=jnp.dtype(model_config.dtype),
   )
 
 

@@ -28,11 +28,11 @@ def plot_history(history: Sequence[dict], path: str | Path) -> None:
 
 
 def plot_predictions(
-    images: np.ndarray,
-    predictions: Sequence[str],
-    targets: Sequence[str],
-    path: str | Path,
-    max_images: int = 24,
+  images: np.ndarray,
+  predictions: Sequence[str],
+  targets: Sequence[str],
+  path: str | Path,
+  max_images: int = 24,
 ) -> None:
   """A grid of images titled 'predicted (true)'; wrong readings in red, listed first."""
   order = sorted(range(len(targets)), key=lambda i: predictions[i] == targets[i])[:max_images]

@@ -49,14 +49,14 @@ class Predictor:
     config_path = workdir / 'config.json'
     if not config_path.exists():
       raise FileNotFoundError(
-          f'{str(workdir)!r} has no config.json: is it the --workdir of a training run?'
+        f'{str(workdir)!r} has no config.json: is it the --workdir of a training run?'
       )
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     manager = checkpoints.checkpoint_manager(workdir, read_only=True)
     step = step if step is not None else checkpoints.best_step(manager)
     if step is None:
       raise FileNotFoundError(
-          f'{str(workdir)!r} has no checkpoint yet: train first, or wait for the first epoch.'
+        f'{str(workdir)!r} has no checkpoint yet: train first, or wait for the first epoch.'
       )
     state = checkpoints.restore_raw(manager, step)
     manager.close()
@@ -66,18 +66,18 @@ class Predictor:
   def _check_variables(self) -> None:
     shape = (1, self.config.image_height, self.config.image_width, 3)
     expected = jax.eval_shape(
-        functools.partial(self.model.init, train=False),
-        jax.random.key(0),
-        jax.ShapeDtypeStruct(shape, jnp.float32),
+      functools.partial(self.model.init, train=False),
+      jax.random.key(0),
+      jax.ShapeDtypeStruct(shape, jnp.float32),
     )
     got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), self.variables)
     if jax.tree.structure(expected) != jax.tree.structure(got) or any(
-        a.shape != b.shape
-        for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True)
+      a.shape != b.shape
+      for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True)
     ):
       raise ValueError(
-          'The checkpoint does not fit the model of its config (another alphabet or '
-          'architecture?): retrain, or load it with the config it was trained with.'
+        'The checkpoint does not fit the model of its config (another alphabet or '
+        'architecture?): retrain, or load it with the config it was trained with.'
       )
 
   def predict(self, images: Sequence) -> list[Prediction]:
@@ -90,7 +90,9 @@ class Predictor:
       padded = np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - len(chunk), 0)])
       log_probs = np.asarray(self._apply(self.variables, data.normalize(padded)))[: len(chunk)]
       raw, confidence, fixed = decode_texts(log_probs, self.vocab, self.config.label_length)
-      results += [Prediction(f, r, float(c)) for f, r, c in zip(fixed, raw, confidence, strict=True)]
+      results += [
+        Prediction(f, r, float(c)) for f, r, c in zip(fixed, raw, confidence, strict=True)
+      ]
     return results
 
 

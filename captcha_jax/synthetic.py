@@ -25,14 +25,14 @@ def random_labels(count: int, alphabet: str, length: int, rng: np.random.Generat
 
 
 def generate(
-    out_dir: str | Path,
-    count: int,
-    *,
-    alphabet: str = DEFAULT_ALPHABET,
-    length: int = 5,
-    width: int = 200,
-    height: int = 50,
-    seed: int = 0,
+  out_dir: str | Path,
+  count: int,
+  *,
+  alphabet: str = DEFAULT_ALPHABET,
+  length: int = 5,
+  width: int = 200,
+  height: int = 50,
+  seed: int = 0,
 ) -> list[Path]:
   """Writes `count` captchas to `out_dir` as LABEL.png; returns their paths."""
   out = Path(out_dir)

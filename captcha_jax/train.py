@@ -44,7 +44,7 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> op
   total = max(config.num_epochs * steps_per_epoch, 1)
   warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
   return optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, warmup, total, end_value=config.learning_rate * 0.01
+    0.0, config.learning_rate, warmup, total, end_value=config.learning_rate * 0.01
   )
 
 
@@ -52,26 +52,26 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
   """Clipped AdamW; weight decay on kernels only, never on biases or BatchNorm scales."""
   decay_mask = functools.partial(jax.tree_util.tree_map_with_path, lambda path, x: x.ndim > 1)
   return optax.chain(
-      optax.clip_by_global_norm(config.grad_clip_norm),
-      optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask),
+    optax.clip_by_global_norm(config.grad_clip_norm),
+    optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask),
   )
 
 
 def create_train_state(
-    config: ml_collections.ConfigDict, model: nn.Module, tx, rng: jax.Array
+  config: ml_collections.ConfigDict, model: nn.Module, tx, rng: jax.Array
 ) -> TrainState:
   """Freshly initialised state; dummy input of the configured image size."""
   init_rng, state_rng = jax.random.split(rng)
   shape = (1, config.image_height, config.image_width, 3)
   variables = jax.jit(functools.partial(model.init, train=False))(
-      init_rng, jnp.zeros(shape, jnp.float32)
+    init_rng, jnp.zeros(shape, jnp.float32)
   )
   return TrainState.create(
-      apply_fn=model.apply,
-      params=variables['params'],
-      batch_stats=variables['batch_stats'],
-      tx=tx,
-      rng=state_rng,
+    apply_fn=model.apply,
+    params=variables['params'],
+    batch_stats=variables['batch_stats'],
+    tx=tx,
+    rng=state_rng,
   )
 
 
@@ -82,11 +82,11 @@ def train_step(state: TrainState, batch: data.Batch) -> tuple[TrainState, dict[s
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats},
-        batch['image'],
-        train=True,
-        rngs={'dropout': dropout_rng},
-        mutable=['batch_stats'],
+      {'params': params, 'batch_stats': state.batch_stats},
+      batch['image'],
+      train=True,
+      rngs={'dropout': dropout_rng},
+      mutable=['batch_stats'],
     )
     per_example = ctc.ctc_loss(logits, batch['labels'], batch['label_paddings'])
     return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0), (updates, per_example)
@@ -97,29 +97,27 @@ def train_step(state: TrainState, batch: data.Batch) -> tuple[TrainState, dict[s
   new_state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
   state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   return state, {
-      'loss': loss,
-      'grad_norm': grad_norm,
-      'finite': finite,
-      'example_finite': jnp.isfinite(per_example),
+    'loss': loss,
+    'grad_norm': grad_norm,
+    'finite': finite,
+    'example_finite': jnp.isfinite(per_example),
   }
 
 
 def eval_step(state: TrainState, batch: data.Batch) -> dict[str, jax.Array]:
   """Per-example CTC loss [batch] and per-step log-probabilities [batch, time, classes]."""
   logits = state.apply_fn(
-      {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], train=False
+    {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], train=False
   )
   return {
-      'loss': ctc.ctc_loss(logits, batch['labels'], batch['label_paddings']),
-      'log_probs': jax.nn.log_softmax(logits),
+    'loss': ctc.ctc_loss(logits, batch['labels'], batch['label_paddings']),
+    'log_probs': jax.nn.log_softmax(logits),
   }
 
 
 def make_mesh() -> Mesh:
   """A 1-axis data mesh over every device: batches are split, the state is replicated."""
-  return jax.make_mesh(
-      (jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,)
-  )
+  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def to_device(batch: data.Batch, mesh: Mesh) -> dict[str, jax.Array]:
@@ -142,7 +140,7 @@ def decode_texts(log_probs: np.ndarray, vocab: Vocab, label_length: int):
 
 
 def evaluate(
-    eval_fn: Callable, state: TrainState, dataset: data.Dataset, config, vocab: Vocab, mesh: Mesh
+  eval_fn: Callable, state: TrainState, dataset: data.Dataset, config, vocab: Vocab, mesh: Mesh
 ) -> tuple[dict[str, float], list[str]]:
   """Loss, exact match and CER (raw and post-processed) over `dataset`; and the raw texts."""
   losses, log_probs = [], []
@@ -153,11 +151,11 @@ def evaluate(
     log_probs.append(out['log_probs'][real])
   raw, _, fixed = decode_texts(np.concatenate(log_probs), vocab, config.label_length)
   result = {
-      'loss': float(np.mean(np.concatenate(losses))),
-      'accuracy': metrics.exact_match(raw, dataset.texts),
-      'cer': metrics.character_error_rate(raw, dataset.texts),
-      'accuracy_post': metrics.exact_match(fixed, dataset.texts),
-      'cer_post': metrics.character_error_rate(fixed, dataset.texts),
+    'loss': float(np.mean(np.concatenate(losses))),
+    'accuracy': metrics.exact_match(raw, dataset.texts),
+    'cer': metrics.character_error_rate(raw, dataset.texts),
+    'accuracy_post': metrics.exact_match(fixed, dataset.texts),
+    'cer_post': metrics.character_error_rate(fixed, dataset.texts),
   }
   return result, raw
 
@@ -181,8 +179,8 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> No
   changed = [k for k in MODEL_KEYS if k in saved and saved[k] != current[k]]
   if changed:
     raise ValueError(
-        f'{str(workdir)!r} holds a run with a different {", ".join(changed)}: its checkpoints '
-        'cannot be resumed with this config. Use a new --workdir, or the saved config.'
+      f'{str(workdir)!r} holds a run with a different {", ".join(changed)}: its checkpoints '
+      'cannot be resumed with this config. Use a new --workdir, or the saved config.'
     )
 
 
@@ -201,30 +199,33 @@ def _write_history(path: Path, rows: list[dict]) -> None:
 def load_splits(config: ml_collections.ConfigDict, vocab: Vocab) -> dict[str, data.Dataset]:
   """The configured folder decoded and split into train/val/test."""
   dataset = data.load_dataset(
-      config.data_dir,
-      vocab,
-      height=config.image_height,
-      width=config.image_width,
-      max_label_length=config.max_label_length,
-      skip_bad_files=config.skip_bad_files,
+    config.data_dir,
+    vocab,
+    height=config.image_height,
+    width=config.image_width,
+    max_label_length=config.max_label_length,
+    skip_bad_files=config.skip_bad_files,
   )
   indices = data.split_indices(len(dataset), config.split, config.split_seed)
   return {
-      name: dataset.subset(idx) for name, idx in zip(('train', 'val', 'test'), indices, strict=True)
+    name: dataset.subset(idx) for name, idx in zip(('train', 'val', 'test'), indices, strict=True)
   }
 
 
 def check_label_fit(splits: dict[str, data.Dataset], steps: int) -> None:
   """Raises when some label needs more CTC steps than the model emits (its loss would be ~1e5)."""
   worst = max(
-      ((ctc.required_steps(ds.labels[i, : ds.lengths[i]]), ds.paths[i]) for ds in splits.values()
-       for i in range(len(ds))),
+    (
+      (ctc.required_steps(ds.labels[i, : ds.lengths[i]]), ds.paths[i])
+      for ds in splits.values()
+      for i in range(len(ds))
+    ),
   )
   if worst[0] > steps:
     raise data.DataError(
-        f'{worst[1]!r} needs {worst[0]} CTC steps but the model emits {steps} for '
-        'this image width: lower max_label_length, widen the image, or keep more width in '
-        'config.model.backbone_strides.'
+      f'{worst[1]!r} needs {worst[0]} CTC steps but the model emits {steps} for '
+      'this image width: lower max_label_length, widen the image, or keep more width in '
+      'config.model.backbone_strides.'
     )
 
 
@@ -242,13 +243,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   splits = load_splits(config, vocab)
   check_label_fit(splits, steps)
   logging.info(
-      'Images: %s; %d CTC steps per image.',
-      ', '.join(f'{k} {len(v)}' for k, v in splits.items()), steps,
+    'Images: %s; %d CTC steps per image.',
+    ', '.join(f'{k} {len(v)}' for k, v in splits.items()),
+    steps,
   )
   if config.batch_size % jax.device_count() or config.eval_batch_size % jax.device_count():
     raise ValueError(
-        f'batch_size={config.batch_size} and eval_batch_size={config.eval_batch_size} must '
-        f'divide by the {jax.device_count()} devices.'
+      f'batch_size={config.batch_size} and eval_batch_size={config.eval_batch_size} must '
+      f'divide by the {jax.device_count()} devices.'
     )
 
   steps_per_epoch = len(splits['train']) // config.batch_size
@@ -262,9 +264,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   mesh = make_mesh()
   state = jax.device_put(state, NamedSharding(mesh, P()))
   print(
-      nn.tabulate(model, jax.random.key(0), depth=2, console_kwargs={'width': 140})(
-          jnp.zeros((1, config.image_height, config.image_width, 3)), train=False
-      )
+    nn.tabulate(model, jax.random.key(0), depth=2, console_kwargs={'width': 140})(
+      jnp.zeros((1, config.image_height, config.image_width, 3)), train=False
+    )
   )
 
   workdir.mkdir(parents=True, exist_ok=True)
@@ -285,9 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     epoch_start = time.time()
     # A generator per epoch seeded by (seed, epoch): a resumed run sees the same data order.
     epoch_rng = np.random.default_rng([config.seed, epoch])
-    batches = data.train_batches(
-        splits['train'], config.batch_size, epoch_rng, config.augment
-    )
+    batches = data.train_batches(splits['train'], config.batch_size, epoch_rng, config.augment)
     train_losses, skipped = [], []
     pending = None
     bar = tqdm(batches, total=steps_per_epoch, desc=f'epoch {epoch}', leave=False, disable=None)
@@ -301,19 +301,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     bar.close()
     if skipped:
       logging.warning(
-          'Epoch %d: skipped %d step(s) with a non-finite loss or gradient; files: %s',
-          epoch, len(skipped), ', '.join(sorted(set(skipped))[:20]),
+        'Epoch %d: skipped %d step(s) with a non-finite loss or gradient; files: %s',
+        epoch,
+        len(skipped),
+        ', '.join(sorted(set(skipped))[:20]),
       )
     val, val_texts = evaluate(p_eval_step, state, splits['val'], config, vocab, mesh)
     row = {
-        'epoch': epoch,
-        'step': int(state.step),
-        'train_loss': float(np.mean(train_losses)) if train_losses else float('nan'),
-        **{f'val_{k}': v for k, v in val.items()},
-        'learning_rate': float(schedule(int(state.step))),
-        'epoch_s': time.time() - epoch_start,
-        'elapsed_s': elapsed_before + time.time() - start_time,
-        'skipped_steps': len(skipped),
+      'epoch': epoch,
+      'step': int(state.step),
+      'train_loss': float(np.mean(train_losses)) if train_losses else float('nan'),
+      **{f'val_{k}': v for k, v in val.items()},
+      'learning_rate': float(schedule(int(state.step))),
+      'epoch_s': time.time() - epoch_start,
+      'elapsed_s': elapsed_before + time.time() - start_time,
+      'skipped_steps': len(skipped),
     }
     warning = collapse_warning(val_texts)
     if warning:
@@ -322,10 +324,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     history.append(row)
     _write_history(history_path, history)
     print(
-        f'epoch {epoch:3d}  train_loss {row["train_loss"]:.4f}  val_loss {val["loss"]:.4f}  '
-        f'val_acc {val["accuracy"]:.4f}  val_cer {val["cer"]:.4f}  '
-        f'lr {row["learning_rate"]:.2e}  {row["epoch_s"]:.1f}s',
-        flush=True,
+      f'epoch {epoch:3d}  train_loss {row["train_loss"]:.4f}  val_loss {val["loss"]:.4f}  '
+      f'val_acc {val["accuracy"]:.4f}  val_cer {val["cer"]:.4f}  '
+      f'lr {row["learning_rate"]:.2e}  {row["epoch_s"]:.1f}s',
+      flush=True,
     )
     checkpoints.save(manager, epoch, state, {f'val_{k}': v for k, v in val.items()})
   manager.wait_until_finished()

@@ -30,7 +30,9 @@ class Vocab:
     """Class ids of `text`; raises ValueError naming any character outside the alphabet."""
     unknown = self.unknown_chars(text)
     if unknown:
-      raise ValueError(f'{text!r} has characters outside the alphabet {self.alphabet!r}: {unknown!r}')
+      raise ValueError(
+        f'{text!r} has characters outside the alphabet {self.alphabet!r}: {unknown!r}'
+      )
     return [self._ids[c] for c in text]
 
   def decode(self, ids: Iterable[int]) -> str:

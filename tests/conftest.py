@@ -1,0 +1,40 @@
+"""Shared fixtures: a folder of synthetic captchas and the tiny config pointed at it."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `configs` is a folder of the repo, not an installed package
+
+from captcha_jax import synthetic  # noqa: E402
+from configs import tiny  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def captcha_dir(tmp_path_factory) -> Path:
+  """60 synthetic 200×50 captchas of the default alphabet, named LABEL.png."""
+  folder = tmp_path_factory.mktemp('captchas')
+  synthetic.generate(folder, 60, seed=1)
+  return folder
+
+
+@pytest.fixture
+def tiny_config(captcha_dir):
+  config = tiny.get_config()
+  config.data_dir = str(captcha_dir)
+  return config
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+  """Copies a folder under tmp_path, so a test can add bad files to it."""
+
+  def copy(folder: Path) -> Path:
+    target = tmp_path / 'data'
+    shutil.copytree(folder, target)
+    return target
+
+  return copy

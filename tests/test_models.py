@@ -1,0 +1,171 @@
+"""Model shapes, torchvision's conv arithmetic, and the GRU against a NumPy reference."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from captcha_jax import models
+
+
+def torch_out(size, kernel, stride, pad):
+  return (size + 2 * pad - kernel) // stride + 1
+
+
+def expected_trunk_shape(h, w, strides, num_layers, base=64):
+  h, w = torch_out(h, 7, 2, 3), torch_out(w, 7, 2, 3)
+  h, w = torch_out(h, 3, 2, 1), torch_out(w, 3, 2, 1)
+  for sh, sw in strides[:num_layers]:
+    h, w = torch_out(h, 3, sh, 1), torch_out(w, 3, sw, 1)
+  return h, w, base * 2 ** (num_layers - 1)
+
+
+@pytest.mark.parametrize(
+  'num_layers,strides,size',
+  [
+    (4, models.TORCHVISION_STRIDES, (50, 200)),
+    (4, models.TORCHVISION_STRIDES, (224, 224)),
+    (3, ((1, 1), (2, 2), (2, 1)), (50, 200)),
+    (2, ((1, 1), (2, 1)), (37, 101)),
+  ],
+)
+def test_resnet_shapes_follow_torch_arithmetic(num_layers, strides, size):
+  model = models.ResNet18(num_layers, strides, base_width=8)
+  x = jax.ShapeDtypeStruct((2, *size, 3), jnp.float32)
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+  out = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
+  assert out.shape == (2, *expected_trunk_shape(*size, strides, num_layers, base=8))
+
+
+def test_resnet_stages_are_sown_and_named_like_torchvision():
+  model = models.ResNet18(2, base_width=8)
+  x = jnp.ones((1, 32, 64, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  assert set(variables['params']) == {
+    'conv1',
+    'bn1',
+    'layer1_0',
+    'layer1_1',
+    'layer2_0',
+    'layer2_1',
+  }
+  assert set(variables['params']['layer2_0']) == {
+    'conv1',
+    'bn1',
+    'conv2',
+    'bn2',
+    'downsample_conv',
+    'downsample_bn',
+  }
+  assert 'downsample_conv' not in variables['params']['layer1_0']
+  _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
+  assert set(state['intermediates']) == {'stem', 'layer1', 'layer2'}
+
+
+def test_batchnorm_updates_statistics_only_in_train_mode():
+  model = models.ResNet18(1, base_width=4)
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3)) * 3 + 1
+  variables = model.init(jax.random.key(0), x, train=False)
+  _, updated = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  before = variables['batch_stats']['bn1']['mean']
+  assert not np.allclose(updated['batch_stats']['bn1']['mean'], before)
+  out_eval = model.apply(variables, x, train=False)
+  assert np.isfinite(out_eval).all()
+
+
+def numpy_gru(x, w_ih, b_ih, w_hh, b_hh, reverse=False):
+  """torch.nn.GRU's documented equations, one direction, in NumPy."""
+  sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+  batch, steps, _ = x.shape
+  hidden = w_hh.shape[0]
+  h = np.zeros((batch, hidden))
+  out = np.zeros((batch, steps, hidden))
+  for t in reversed(range(steps)) if reverse else range(steps):
+    gi, gh = x[:, t] @ w_ih + b_ih, h @ w_hh + b_hh
+    r = sigmoid(gi[:, :hidden] + gh[:, :hidden])
+    z = sigmoid(gi[:, hidden : 2 * hidden] + gh[:, hidden : 2 * hidden])
+    n = np.tanh(gi[:, 2 * hidden :] + r * gh[:, 2 * hidden :])
+    h = (1 - z) * n + z * h
+    out[:, t] = h
+  return out
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+def test_gru_matches_numpy_reference(reverse):
+  x = np.random.default_rng(0).normal(size=(3, 7, 5)).astype(np.float32)
+  gru = models.GRU(6, reverse=reverse)
+  variables = gru.init(jax.random.key(0), x)
+  p = jax.tree.map(np.asarray, variables['params'])
+  expected = numpy_gru(
+    x, p['input_kernel'], p['input_bias'], p['hidden_kernel'], p['hidden_bias'], reverse
+  )
+  np.testing.assert_allclose(gru.apply(variables, x), expected, atol=1e-5)
+
+
+def test_bigru_concatenates_directions_and_stacks_layers():
+  x = np.random.default_rng(0).normal(size=(2, 5, 4)).astype(np.float32)
+  rnn = models.BiGRU(3, num_layers=2)
+  variables = rnn.init(jax.random.key(0), x, train=False)
+  p = jax.tree.map(np.asarray, variables['params'])
+
+  def direction(name, inputs, reverse):
+    q = p[name]
+    return numpy_gru(
+      inputs, q['input_kernel'], q['input_bias'], q['hidden_kernel'], q['hidden_bias'], reverse
+    )
+
+  layer0 = np.concatenate(
+    [direction('l0_forward', x, False), direction('l0_backward', x, True)], -1
+  )
+  layer1 = np.concatenate(
+    [direction('l1_forward', layer0, False), direction('l1_backward', layer0, True)], -1
+  )
+  np.testing.assert_allclose(rnn.apply(variables, x, train=False), layer1, atol=1e-5)
+
+
+def test_crnn_logits_shape_and_time_steps():
+  model = models.CRNN(
+    num_classes=20, backbone_layers=3, base_width=8, projection_size=16, rnn_hidden_size=8
+  )
+  assert models.output_steps(model, 50, 200) == 25
+  x = jnp.zeros((2, 50, 200, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  logits = model.apply(variables, x, train=False)
+  assert logits.shape == (2, 25, 20) and logits.dtype == jnp.float32
+
+
+def test_crnn_dropout_is_off_in_eval_and_on_in_train():
+  model = models.CRNN(
+    num_classes=5,
+    backbone_layers=1,
+    base_width=4,
+    projection_size=8,
+    rnn_hidden_size=4,
+    dropout=0.5,
+  )
+  x = jax.random.normal(jax.random.key(0), (2, 32, 64, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  np.testing.assert_array_equal(
+    model.apply(variables, x, train=False), model.apply(variables, x, train=False)
+  )
+  train = functools.partial(model.apply, variables, x, train=True, mutable=['batch_stats'])
+  a, _ = train(rngs={'dropout': jax.random.key(1)})
+  b, _ = train(rngs={'dropout': jax.random.key(2)})
+  assert not np.allclose(a, b)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model = models.CRNN(
+    num_classes=5,
+    backbone_layers=1,
+    base_width=4,
+    projection_size=8,
+    rnn_hidden_size=4,
+    dtype=jnp.bfloat16,
+  )
+  x = jnp.zeros((1, 32, 64, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables['params']))
+  assert model.apply(variables, x, train=False).dtype == jnp.float32

@@ -1,0 +1,185 @@
+"""End to end on synthetic captchas: train, checkpoint, resume, predict; and data parallelism."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from captcha_jax import data, train
+from captcha_jax.predict import Predictor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, captcha_dir):
+  """A 3-epoch tiny run; returns (config, workdir, results)."""
+  sys.path.insert(0, ROOT)
+  from configs import tiny
+
+  config = tiny.get_config()
+  config.data_dir = str(captcha_dir)
+  config.num_epochs = 3
+  workdir = tmp_path_factory.mktemp('run')
+  results = train.train_and_evaluate(config, workdir)
+  return config, workdir, results
+
+
+def read_rows(workdir):
+  return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_run_writes_everything(trained):
+  _, workdir, results = trained
+  rows = read_rows(workdir)
+  assert [r['epoch'] for r in rows] == [1, 2, 3]
+  assert rows[-1]['step'] == 3 * (48 // 8)
+  for split in ('train', 'val', 'test'):
+    assert set(results[split]) == {'loss', 'accuracy', 'cer', 'accuracy_post', 'cer_post'}
+  assert json.loads((workdir / 'results.json').read_text()) == results
+  for name in ('config.json', 'loss.png', 'predictions.png'):
+    assert (workdir / name).stat().st_size > 0
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps[-2:] == [2, 3]  # the latest two, plus the best if it is older
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(trained, tmp_path):
+  """Dropping the last epoch's checkpoint and rerunning reproduces that epoch exactly."""
+  config, workdir, _ = trained
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(workdir, resumed)
+  shutil.rmtree(resumed / 'checkpoints' / '3')
+  train.train_and_evaluate(config, resumed)
+  original, again = read_rows(workdir), read_rows(resumed)
+  assert [r['epoch'] for r in again] == [1, 2, 3]  # no duplicate or missing epochs
+  for key in ('step', 'train_loss', 'val_loss', 'val_accuracy'):
+    assert again[2][key] == pytest.approx(original[2][key], rel=1e-5), key
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_architecture(trained, tmp_path):
+  config, workdir, _ = trained
+  other = tmp_path / 'other'
+  shutil.copytree(workdir, other)
+  config = config.copy_and_resolve_references()
+  config.model.rnn_hidden_size = 24
+  with pytest.raises(ValueError, match='different model'):
+    train.train_and_evaluate(config, other)
+
+
+@pytest.mark.slow
+def test_predictor_reads_like_evaluation(trained, captcha_dir):
+  config, workdir, _ = trained
+  predictor = Predictor.from_workdir(workdir)
+  paths = data.find_images(captcha_dir)[:5]
+  from_paths = predictor.predict(paths)
+  from_arrays = predictor.predict([data.load_image(p, 50, 200) for p in paths])
+  assert [p.text for p in from_paths] == [p.text for p in from_arrays]
+  assert all(0 <= p.confidence <= 1 for p in from_paths)
+  assert all(set(p.text) <= set(config.alphabet) for p in from_paths)
+
+
+@pytest.mark.slow
+def test_predict_cli(trained, captcha_dir):
+  _, workdir, _ = trained
+  image = data.find_images(captcha_dir)[0]
+  out = subprocess.run(
+    [sys.executable, '-m', 'captcha_jax.predict', f'--workdir={workdir}', str(image)],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=ROOT,
+  )
+  path, text, confidence = out.stdout.strip().split('\t')
+  assert path == str(image) and 0 <= float(confidence) <= 1
+
+
+def test_predict_errors_are_clear(tmp_path):
+  with pytest.raises(FileNotFoundError, match='no config.json'):
+    Predictor.from_workdir(tmp_path)
+  (tmp_path / 'config.json').write_text('{}')
+  with pytest.raises(FileNotFoundError, match='no checkpoint yet'):
+    Predictor.from_workdir(tmp_path)
+  out = subprocess.run(
+    [sys.executable, '-m', 'captcha_jax.predict', f'--workdir={tmp_path}', 'x.png'],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+  )
+  assert out.returncode != 0 and 'no checkpoint yet' in out.stderr
+  assert 'Traceback' not in out.stderr
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_alphabet_is_refused(trained):
+  config, workdir, _ = trained
+  predictor = Predictor.from_workdir(workdir)
+  other = config.copy_and_resolve_references()
+  other.alphabet = 'abc'
+  with pytest.raises(ValueError, match='does not fit the model'):
+    Predictor(other, predictor.variables)
+
+
+def test_label_longer_than_ctc_steps_is_refused(tiny_config):
+  tiny_config.image_width = 40  # 5 CTC steps: too few for a label with a repeat
+  with pytest.raises(data.DataError, match='needs 6 CTC steps but the model emits 5'):
+    train.train_and_evaluate(tiny_config, '/nonexistent/never-written')
+
+
+def test_collapse_warning():
+  assert 'all-blank' in train.collapse_warning(['', '', ''])
+  assert 'constant' in train.collapse_warning(['ab', 'ab'])
+  assert train.collapse_warning(['ab', 'cd']) is None
+
+
+STEP_SCRIPT = textwrap.dedent(
+  """
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, {root!r})
+    from captcha_jax import data, models, train
+    from captcha_jax.vocab import Vocab
+    from configs import tiny
+    config = tiny.get_config()
+    config.data_dir = {data_dir!r}
+    vocab = Vocab(config.alphabet)
+    splits = train.load_splits(config, vocab)
+    model = models.create_model(config.model, vocab.num_classes)
+    schedule = train.make_schedule(config, 10)
+    state = train.create_train_state(
+        config, model, train.make_optimizer(config, schedule), jax.random.PRNGKey(0))
+    mesh = train.make_mesh()
+    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    step = jax.jit(train.train_step)
+    losses = []
+    for batch in data.train_batches(splits['train'], 8, np.random.default_rng(0)):
+      state, m = step(state, train.to_device(batch, mesh))
+      losses.append(float(m['loss']))
+    flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)])
+    print(json.dumps({{'devices': jax.device_count(), 'losses': losses,
+                      'params': flat[::97].tolist()}}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_same_steps_as_one(captcha_dir):
+  script = STEP_SCRIPT.format(root=ROOT, data_dir=str(captcha_dir))
+
+  def run(devices):
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+  one, eight = run(1), run(8)
+  assert (one['devices'], eight['devices']) == (1, 8)
+  np.testing.assert_allclose(eight['losses'], one['losses'], rtol=1e-4)
+  np.testing.assert_allclose(eight['params'], one['params'], atol=1e-4)
