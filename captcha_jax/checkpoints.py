@@ -18,8 +18,13 @@ def checkpoint_manager(workdir: str | Path, keep: int = 2, *, read_only: bool = 
   policy = pp.AnyPreservationPolicy(
     [pp.LatestN(n=keep), pp.BestN(get_metric_fn=selection_score, n=1)]
   )
+  # best_fn also makes orbax write each step's metrics to disk, so `best_step` survives restarts.
   options = ocp.CheckpointManagerOptions(
-    preservation_policy=policy, read_only=read_only, create=not read_only
+    preservation_policy=policy,
+    best_fn=selection_score,
+    best_mode='max',
+    read_only=read_only,
+    create=not read_only,
   )
   return ocp.CheckpointManager(Path(workdir, 'checkpoints').absolute(), options=options)
 
@@ -45,13 +50,5 @@ def restore_raw(manager, step: int) -> dict:
 
 
 def best_step(manager) -> int | None:
-  """The kept step with the best selection score, or the latest when none has metrics."""
-  steps = manager.all_steps()
-  if not steps:
-    return None
-  scored = [
-    (selection_score(m), s)
-    for s in steps
-    if (m := manager.metrics(s)) is not None and 'val_accuracy' in m
-  ]
-  return max(scored)[1] if scored else max(steps)
+  """The kept step with the best selection score (the latest when none has metrics)."""
+  return manager.best_step()

@@ -1,0 +1,197 @@
+"""torchvision ResNet-18 weights → the Flax backbone's `params` and `batch_stats`.
+
+    python -m captcha_jax.port --torchvision-weights resnet18-f37072fd.pth --out ported/
+
+writes the converted backbone as an orbax checkpoint; `config.pretrained` takes that folder or
+the .pth file itself. Reading a .pth needs torch (`pip install 'captcha-jax[torch]'`); nothing
+else does.
+"""
+
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WEIGHTS_URL = 'https://download.pytorch.org/models/resnet18-f37072fd.pth'
+HOW_TO_GET = (
+  'Get the ImageNet weights with torchvision '
+  '(torchvision.models.resnet18(weights="IMAGENET1K_V1") saves them as '
+  '~/.cache/torch/hub/checkpoints/resnet18-f37072fd.pth) or download ' + WEIGHTS_URL + '.'
+)
+_BN = {'weight': 'scale', 'bias': 'bias'}
+_BN_STATS = {'running_mean': 'mean', 'running_var': 'var'}
+
+
+def _to_numpy(value) -> np.ndarray:
+  """A float32 copy: never a view that a later in-place torch update would change."""
+  if hasattr(value, 'detach'):  # a torch tensor
+    value = value.detach().cpu().numpy()
+  return np.array(value, np.float32)
+
+
+def _flax_path(key: str) -> tuple[str, tuple[str, ...], str] | None:
+  """('params' | 'batch_stats', module path, leaf) of a torchvision key; None if not mapped."""
+  match = re.fullmatch(
+    r'(?:layer(\d)\.(\d)\.)?(conv1|conv2|bn1|bn2|downsample\.0|downsample\.1)\.(\w+)', key
+  )
+  if not match:
+    return None
+  stage, block, module, leaf = match.groups()
+  module = {'downsample.0': 'downsample_conv', 'downsample.1': 'downsample_bn'}.get(module, module)
+  path = (f'layer{stage}_{block}', module) if stage else (module,)
+  if 'conv' in module:
+    return ('params', path, 'kernel') if leaf == 'weight' else None
+  if leaf in _BN:
+    return 'params', path, _BN[leaf]
+  if leaf in _BN_STATS:
+    return 'batch_stats', path, _BN_STATS[leaf]
+  return None
+
+
+def convert_backbone(
+  state_dict: Mapping[str, Any], num_layers: int = 4
+) -> tuple[dict, dict, list[str]]:
+  """(params, batch_stats, unused keys) of a torchvision resnet18 state_dict, for `num_layers`.
+
+  Conv kernels go from torch's (out, in, kh, kw) to Flax's (kh, kw, in, out); BatchNorm
+  weight/bias become scale/bias and running_mean/var the batch_stats mean/var. Keys of later
+  stages and of fc are returned as unused; a missing key raises KeyError listing all missing.
+  """
+  params: dict = {}
+  stats: dict = {}
+  unused, used = [], set()
+  for key, value in state_dict.items():
+    target = _flax_path(key)
+    stage = re.match(r'layer(\d)', key)
+    if target is None or (stage and int(stage.group(1)) > num_layers):
+      if not key.endswith('num_batches_tracked'):
+        unused.append(key)
+      continue
+    collection, path, leaf = target
+    array = _to_numpy(value)
+    if leaf == 'kernel':
+      array = array.transpose(2, 3, 1, 0)
+    node = params if collection == 'params' else stats
+    for name in path:
+      node = node.setdefault(name, {})
+    node[leaf] = array
+    used.add(key)
+  missing = sorted(set(expected_keys(num_layers)) - used)
+  if missing:
+    raise KeyError(
+      f'The state_dict lacks {len(missing)} key(s) of a resnet18 through layer{num_layers}: '
+      f'{", ".join(missing[:8])}{" …" if len(missing) > 8 else ""}. Is it a torchvision resnet18?'
+    )
+  return params, stats, unused
+
+
+def expected_keys(num_layers: int) -> list[str]:
+  """The torchvision keys a backbone through layer`num_layers` needs."""
+
+  def bn(prefix):
+    return [f'{prefix}.{leaf}' for leaf in (*_BN, *_BN_STATS)]
+
+  keys = ['conv1.weight', *bn('bn1')]
+  for stage in range(1, num_layers + 1):
+    for block in (0, 1):
+      p = f'layer{stage}.{block}'
+      keys += [f'{p}.conv1.weight', *bn(f'{p}.bn1'), f'{p}.conv2.weight', *bn(f'{p}.bn2')]
+      if stage > 1 and block == 0:
+        keys += [f'{p}.downsample.0.weight', *bn(f'{p}.downsample.1')]
+  return keys
+
+
+def read_torch_weights(path: str | Path) -> dict[str, np.ndarray]:
+  """A .pth state_dict (a plain or `{'state_dict': ...}` dict of tensors) as NumPy arrays."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'{str(path)!r}: no such weights file. {HOW_TO_GET}')
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError(
+      f'Reading {str(path)!r} needs torch: pip install "captcha-jax[torch]", or convert it '
+      'on a machine with torch (python -m captcha_jax.port) and use the output folder.'
+    ) from e
+  loaded = torch.load(path, map_location='cpu', weights_only=True)
+  state_dict = loaded.get('state_dict', loaded) if isinstance(loaded, dict) else None
+  if not isinstance(state_dict, dict):
+    raise ValueError(f'{str(path)!r} holds a {type(loaded).__name__}, not a state_dict.')
+  return {k: _to_numpy(v) for k, v in state_dict.items()}
+
+
+def save_backbone(params: dict, batch_stats: dict, out_dir: str | Path) -> Path:
+  """Writes {'params', 'batch_stats'} as an orbax checkpoint; returns its absolute path."""
+  import orbax.checkpoint as ocp
+
+  out = Path(out_dir).absolute()
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(out, {'params': params, 'batch_stats': batch_stats}, force=True)
+  return out
+
+
+def load_backbone(path: str | Path, num_layers: int) -> tuple[dict, dict]:
+  """(params, batch_stats) for a backbone through layer`num_layers`, from a .pth or port folder."""
+  path = Path(path)
+  if path.is_dir():
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(path.absolute())
+    keep = lambda tree: {  # noqa: E731
+      k: v for k, v in tree.items() if not k.startswith('layer') or int(k[5]) <= num_layers
+    }
+    return keep(restored['params']), keep(restored['batch_stats'])
+  params, stats, unused = convert_backbone(read_torch_weights(path), num_layers)
+  if unused:
+    logging.info('Not used from %s: %s', path, ', '.join(sorted(unused)))
+  return params, stats
+
+
+def load_pretrained_backbone(state, path: str | Path):
+  """`state` with its backbone replaced by pretrained weights; other layers keep their init."""
+  backbone = state.params['backbone']
+  num_layers = sum(1 for k in backbone if k.endswith('_0'))
+  params, stats = load_backbone(path, num_layers)
+  if tree_shapes(params) != tree_shapes(backbone) or tree_shapes(stats) != tree_shapes(
+    state.batch_stats['backbone']
+  ):
+    raise ValueError(
+      f'The weights in {str(path)!r} do not fit this backbone: pretrained ResNet-18 weights '
+      'need config.model.base_width=64.'
+    )
+  return state.replace(
+    params={**state.params, 'backbone': params},
+    batch_stats={**state.batch_stats, 'backbone': stats},
+  )
+
+
+def tree_shapes(tree) -> dict:
+  """Nested dict of array shapes, for comparing two variable trees."""
+  return {
+    k: tree_shapes(v) if isinstance(v, Mapping) else tuple(np.shape(v)) for k, v in tree.items()
+  }
+
+
+def main(argv: list[str] | None = None) -> None:
+  import argparse
+
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--torchvision-weights', required=True, help='A torchvision resnet18 .pth.')
+  parser.add_argument('--out', required=True, help='Folder for the orbax checkpoint.')
+  args = parser.parse_args(argv)
+  try:
+    params, stats, unused = convert_backbone(read_torch_weights(args.torchvision_weights))
+  except (FileNotFoundError, ImportError, KeyError, ValueError) as e:
+    raise SystemExit(f'error: {e}') from None
+  out = save_backbone(params, stats, args.out)
+  if unused:
+    print(f'Not used: {", ".join(sorted(unused))}')
+  print(f'Wrote the ResNet-18 backbone to {out}; train from it with --config.pretrained={out}')
+
+
+if __name__ == '__main__':
+  main()
