@@ -40,6 +40,25 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+  """torch's MaxPool2d(3, stride=2, padding=1) on NHWC, as a max over 9 strided slices.
+
+  Same values as `nn.max_pool`, but its gradient is fused element-wise selects: on CPU, XLA's
+  select-and-scatter (reduce_window's gradient) took 93 ms of a 420 ms train step; this, 13 ms.
+  """
+  b, h, w, c = x.shape
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  out_h, out_w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+  out = None
+  for i in range(3):
+    for j in range(3):
+      window = jax.lax.slice(
+        padded, (0, i, j, 0), (b, i + 2 * out_h - 1, j + 2 * out_w - 1, c), (1, 2, 2, 1)
+      )
+      out = window if out is None else jnp.maximum(out, window)
+  return out
+
+
 class ResNet18(nn.Module):
   """ResNet-18 trunk without avgpool/fc, cut after `num_layers` of layer1..layer4.
 
@@ -72,7 +91,7 @@ class ResNet18(nn.Module):
     x = nn.BatchNorm(
       use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name='bn1'
     )(x)
-    x = nn.max_pool(nn.relu(x), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool_3x3_s2(nn.relu(x))
     self.sow('intermediates', 'stem', x)
     for i in range(self.num_layers):
       features = self.base_width * 2**i

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 WEIGHTS_URL = 'https://download.pytorch.org/models/resnet18-f37072fd.pth'
@@ -165,6 +166,7 @@ def load_pretrained_backbone(state, path: str | Path):
     )
   return state.replace(
     params={**state.params, 'backbone': params},
+    ema_params={**state.ema_params, 'backbone': jax.tree.map(np.copy, params)},
     batch_stats={**state.batch_stats, 'backbone': stats},
   )
 

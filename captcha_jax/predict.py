@@ -60,7 +60,7 @@ class Predictor:
       )
     state = checkpoints.restore_raw(manager, step)
     manager.close()
-    variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+    variables = {'params': state['ema_params'], 'batch_stats': state['batch_stats']}
     return cls(config, variables, **kwargs)
 
   def _check_variables(self) -> None:

@@ -33,9 +33,13 @@ MODEL_KEYS = ('alphabet', 'max_label_length', 'image_height', 'image_width', 'mo
 
 
 class TrainState(train_state.TrainState):
-  """Parameters, BatchNorm statistics, optimizer state, step, and the dropout key."""
+  """Parameters, their moving average, BatchNorm statistics, optimizer state, step, dropout key.
+
+  Evaluation and prediction read `ema_params`, which equal `params` when config.ema_decay is 0.
+  """
 
   batch_stats: Any
+  ema_params: Any
   rng: jax.Array
 
 
@@ -70,13 +74,20 @@ def create_train_state(
     apply_fn=model.apply,
     params=variables['params'],
     batch_stats=variables['batch_stats'],
+    ema_params=jax.tree.map(jnp.copy, variables['params']),  # own buffers: the step donates both
     tx=tx,
     rng=state_rng,
   )
 
 
-def train_step(state: TrainState, batch: data.Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on a batch; a step whose loss or gradient is not finite is skipped."""
+def train_step(
+  state: TrainState, batch: data.Batch, ema_decay: float = 0.0
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a batch; a step whose loss or gradient is not finite is skipped.
+
+  The moving average's decay ramps up as (1 + step) / (10 + step), so early averages are not
+  dominated by the random initialisation.
+  """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   mask = batch['mask']
 
@@ -95,6 +106,10 @@ def train_step(state: TrainState, batch: data.Batch) -> tuple[TrainState, dict[s
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new_state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+  new_state = new_state.replace(
+    ema_params=optax.incremental_update(new_state.params, state.ema_params, 1.0 - decay)
+  )
   state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   return state, {
     'loss': loss,
@@ -107,7 +122,7 @@ def train_step(state: TrainState, batch: data.Batch) -> tuple[TrainState, dict[s
 def eval_step(state: TrainState, batch: data.Batch) -> dict[str, jax.Array]:
   """Per-example CTC loss [batch] and per-step log-probabilities [batch, time, classes]."""
   logits = state.apply_fn(
-    {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], train=False
+    {'params': state.ema_params, 'batch_stats': state.batch_stats}, batch['image'], train=False
   )
   return {
     'loss': ctc.ctc_loss(logits, batch['labels'], batch['label_paddings']),
@@ -281,7 +296,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   history = _read_history(history_path, start_epoch)
   elapsed_before = history[-1]['elapsed_s'] if history else 0.0
 
-  p_train_step = jax.jit(train_step, donate_argnums=0)
+  p_train_step = jax.jit(
+    functools.partial(train_step, ema_decay=config.ema_decay), donate_argnums=0
+  )
   p_eval_step = jax.jit(eval_step)
   for epoch in range(start_epoch + 1, config.num_epochs + 1):
     epoch_start = time.time()

@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.warmup_epochs = 2.0
   config.weight_decay = 1e-4
   config.grad_clip_norm = 5.0
+  config.ema_decay = 0.99  # evaluate a moving average of the weights; 0 = the raw weights
 
   # Checkpoints and logging.
   config.keep_checkpoints = 2  # latest ones kept, besides the best by validation

@@ -251,6 +251,10 @@ def test_pretrained_backbone_is_loaded_into_the_state(resnet, tmp_path, tiny_con
     resnet.conv1.weight.detach().numpy().transpose(2, 3, 1, 0),
   )
   np.testing.assert_array_equal(loaded.params['head']['kernel'], state.params['head']['kernel'])
+  np.testing.assert_array_equal(
+    loaded.ema_params['backbone']['layer1_0']['conv1']['kernel'],
+    loaded.params['backbone']['layer1_0']['conv1']['kernel'],
+  )
   tiny_config.model.base_width = 8
   small = train.create_train_state(
     tiny_config,
