@@ -29,18 +29,31 @@ def checkpoint_manager(workdir: str | Path, keep: int = 2, *, read_only: bool = 
   return ocp.CheckpointManager(Path(workdir, 'checkpoints').absolute(), options=options)
 
 
-def save(manager, step: int, state: Any, metrics: dict[str, float]) -> None:
-  """Saves asynchronously; an interrupted save leaves no step behind (orbax writes atomically)."""
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), metrics=metrics)
+def save(
+  manager, step: int, state: Any, progress: dict[str, int], metrics: dict | None = None
+) -> None:
+  """Saves asynchronously; an interrupted save leaves no step behind (orbax writes atomically).
+
+  progress: {'epoch': e, 'batch': k}, k batches of epoch e done (and, mid-epoch, the losses of
+  those batches, so the epoch's mean covers all of them). metrics: validation metrics at
+  the end of an epoch; None for a mid-epoch save (a stop signal), never picked as the best.
+  """
+  args = ocp.args.Composite(
+    state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
+  )
+  manager.save(step, args=args, metrics=metrics)
 
 
-def restore(manager, step: int, state: Any) -> Any:
-  """Restores `step` into the structure, shapes and shardings of `state`."""
+def restore(manager, step: int, state: Any) -> tuple[Any, dict[str, int]]:
+  """Restores `step` into the structure, shapes and shardings of `state`; and its progress."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   restored = manager.restore(
-    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
+    ),
   )
-  return restored['state']
+  return restored['state'], restored['progress']
 
 
 def restore_raw(manager, step: int) -> dict:

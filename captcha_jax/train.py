@@ -7,6 +7,8 @@
 import functools
 import json
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,7 +113,10 @@ def train_step(
     ema_params=optax.incremental_update(new_state.params, state.ema_params, 1.0 - decay)
   )
   state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  # A skipped step still counts, so checkpoint numbers (global steps) stay unique.
+  state = state.replace(step=new_state.step)
   return state, {
+    'step': state.step,
     'loss': loss,
     'grad_norm': grad_norm,
     'finite': finite,
@@ -288,73 +293,75 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   check_workdir_config(config, workdir)
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
-  start_epoch = manager.latest_step() or 0
-  if start_epoch:
-    state = checkpoints.restore(manager, start_epoch, state)
-    logging.info('Resumed from %s at epoch %d.', manager.directory, start_epoch)
+  progress = {'epoch': 0, 'batch': steps_per_epoch}  # "epoch 0 complete": a fresh start
+  if manager.latest_step() is not None:
+    state, progress = checkpoints.restore(manager, manager.latest_step(), state)
+    logging.info('Resumed from step %d (epoch %s).', manager.latest_step(), progress)
+  finished_epochs = progress['epoch'] - (progress['batch'] < steps_per_epoch)
   history_path = workdir / 'metrics.jsonl'
-  history = _read_history(history_path, start_epoch)
+  history = _read_history(history_path, finished_epochs)
   elapsed_before = history[-1]['elapsed_s'] if history else 0.0
 
   p_train_step = jax.jit(
     functools.partial(train_step, ema_decay=config.ema_decay), donate_argnums=0
   )
   p_eval_step = jax.jit(eval_step)
-  for epoch in range(start_epoch + 1, config.num_epochs + 1):
-    epoch_start = time.time()
-    # A generator per epoch seeded by (seed, epoch): a resumed run sees the same data order.
-    epoch_rng = np.random.default_rng([config.seed, epoch])
-    batches = data.train_batches(splits['train'], config.batch_size, epoch_rng, config.augment)
-    train_losses, skipped = [], []
-    pending = None
-    bar = tqdm(batches, total=steps_per_epoch, desc=f'epoch {epoch}', leave=False, disable=None)
-    for batch in bar:
-      state, step_metrics = p_train_step(state, to_device(batch, mesh))
-      # Read the previous step's metrics, so the host never waits on the step just queued.
-      if pending is not None:
-        _record(pending, train_losses, skipped, splits['train'], bar)
-      pending = (batch['index'], step_metrics)
-    _record(pending, train_losses, skipped, splits['train'], bar)
-    bar.close()
-    if skipped:
-      logging.warning(
-        'Epoch %d: skipped %d step(s) with a non-finite loss or gradient; files: %s',
-        epoch,
-        len(skipped),
-        ', '.join(sorted(set(skipped))[:20]),
+  with StopSignals() as stop:
+    for epoch in range(finished_epochs + 1, config.num_epochs + 1):
+      epoch_start = time.time()
+      resumed = epoch == progress['epoch']
+      first_batch = progress['batch'] if resumed else 0
+      state, done, train_losses, skipped = train_epoch(
+        p_train_step, state, splits['train'], config, epoch, first_batch, mesh, stop
       )
-    val, val_texts = evaluate(p_eval_step, state, splits['val'], config, vocab, mesh)
-    row = {
-      'epoch': epoch,
-      'step': int(state.step),
-      'train_loss': float(np.mean(train_losses)) if train_losses else float('nan'),
-      **{f'val_{k}': v for k, v in val.items()},
-      'learning_rate': float(schedule(int(state.step))),
-      'epoch_s': time.time() - epoch_start,
-      'elapsed_s': elapsed_before + time.time() - start_time,
-      'skipped_steps': len(skipped),
-    }
-    warning = collapse_warning(val_texts)
-    if warning:
-      row['collapse'] = warning
-      logging.warning('Epoch %d: %s.', epoch, warning)
-    history.append(row)
-    _write_history(history_path, history)
-    print(
-      f'epoch {epoch:3d}  train_loss {row["train_loss"]:.4f}  val_loss {val["loss"]:.4f}  '
-      f'val_acc {val["accuracy"]:.4f}  val_cer {val["cer"]:.4f}  '
-      f'lr {row["learning_rate"]:.2e}  {row["epoch_s"]:.1f}s',
-      flush=True,
-    )
-    checkpoints.save(manager, epoch, state, {f'val_{k}': v for k, v in val.items()})
+      train_losses = (progress.get('losses', []) if resumed else []) + train_losses
+      if done < steps_per_epoch:  # a stop signal: save where we are, then leave
+        if manager.latest_step() != int(state.step):
+          here = {'epoch': epoch, 'batch': done, 'losses': train_losses}
+          checkpoints.save(manager, int(state.step), state, here)
+        manager.wait_until_finished()
+        raise SystemExit(
+          f'Stopped by {stop.name} at epoch {epoch}, batch {done}; saved step '
+          f'{int(state.step)}. Rerun the same command to resume.'
+        )
+      val, val_texts = evaluate(p_eval_step, state, splits['val'], config, vocab, mesh)
+      row = {
+        'epoch': epoch,
+        'step': int(state.step),
+        'train_loss': float(np.mean(train_losses)) if train_losses else float('nan'),
+        **{f'val_{k}': v for k, v in val.items()},
+        'learning_rate': float(schedule(int(state.step))),
+        'epoch_s': time.time() - epoch_start,
+        'elapsed_s': elapsed_before + time.time() - start_time,
+        'skipped_steps': len(skipped),
+      }
+      warning = collapse_warning(val_texts)
+      if warning:
+        row['collapse'] = warning
+        logging.warning('Epoch %d: %s.', epoch, warning)
+      history.append(row)
+      _write_history(history_path, history)
+      print(
+        f'epoch {epoch:3d}  train_loss {row["train_loss"]:.4f}  val_loss {val["loss"]:.4f}  '
+        f'val_acc {val["accuracy"]:.4f}  val_cer {val["cer"]:.4f}  '
+        f'lr {row["learning_rate"]:.2e}  {row["epoch_s"]:.1f}s',
+        flush=True,
+      )
+      checkpoints.save(
+        manager,
+        int(state.step),
+        state,
+        {'epoch': epoch, 'batch': steps_per_epoch},
+        {f'val_{k}': v for k, v in val.items()},
+      )
   manager.wait_until_finished()
 
   best = checkpoints.best_step(manager)
   if best is None:
     raise RuntimeError(f'No checkpoint in {manager.directory}: config.num_epochs is 0?')
-  state = checkpoints.restore(manager, best, state)
+  state, best_progress = checkpoints.restore(manager, best, state)
   manager.close()
-  results: dict[str, Any] = {'best_epoch': best}
+  results: dict[str, Any] = {'best_epoch': best_progress['epoch'], 'best_step': best}
   test_texts = []
   for name, dataset in splits.items():
     split_metrics, texts = evaluate(p_eval_step, state, dataset, config, vocab, mesh)
@@ -365,19 +372,105 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   test = splits['test']
   if len(test):
     plots.plot_predictions(test.images, test_texts, test.texts, workdir / 'predictions.png')
-  logging.info('Results of epoch %d: %s', best, json.dumps(results))
+  logging.info('Results of epoch %d: %s', best_progress['epoch'], json.dumps(results))
   return results
 
 
-def _record(pending, losses: list, skipped: list, dataset: data.Dataset, bar) -> None:
+class StopSignals:
+  """Turns SIGINT/SIGTERM into a request the loop honours between steps (then saves and exits).
+
+  Preemptible machines send SIGTERM before they go; a second signal exits at once.
+  """
+
+  def __init__(self):
+    self.name: str | None = None
+    self._previous: dict = {}
+
+  def __bool__(self) -> bool:
+    return self.name is not None
+
+  def _handle(self, signum, frame):
+    if self.name is not None:
+      signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+      signal.raise_signal(signum)
+    self.name = signal.Signals(signum).name
+    logging.warning('%s received: saving a checkpoint after this step.', self.name)
+
+  def __enter__(self) -> 'StopSignals':
+    if threading.current_thread() is threading.main_thread():  # signals only reach main
+      for signum in (signal.SIGINT, signal.SIGTERM):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+
+def train_epoch(
+  step_fn: Callable,
+  state: TrainState,
+  dataset: data.Dataset,
+  config: ml_collections.ConfigDict,
+  epoch: int,
+  first_batch: int,
+  mesh: Mesh,
+  stop: StopSignals,
+) -> tuple[TrainState, int, list[float], list[str]]:
+  """Runs epoch `epoch` from batch `first_batch` until its end or a stop request.
+
+  The batches come from a generator seeded by (seed, epoch), so a resumed epoch replays the same
+  order and augmentation and skips the batches already done. Returns the state, the number of
+  batches of the epoch done, the losses of finite steps, and the files of skipped steps.
+  """
+  epoch_rng = np.random.default_rng([config.seed, epoch])
+  batches = data.train_batches(dataset, config.batch_size, epoch_rng, config.augment)
+  total = len(dataset) // config.batch_size
+  losses: list[float] = []
+  skipped: list[str] = []
+  pending = None
+  done = first_batch
+  bar = tqdm(total=total, initial=first_batch, desc=f'epoch {epoch}', leave=False, disable=None)
+  for i, batch in enumerate(batches):
+    if i < first_batch:
+      continue
+    if stop:
+      break
+    state, step_metrics = step_fn(state, to_device(batch, mesh))
+    done += 1
+    bar.update()
+    # Read the previous step's metrics, so the host never waits on the step just queued.
+    if pending is not None:
+      _record(pending, losses, skipped, dataset, bar, config.nan_policy)
+    pending = (batch['index'], step_metrics)
+  if pending is not None:
+    _record(pending, losses, skipped, dataset, bar, config.nan_policy)
+  bar.close()
+  if skipped:
+    logging.warning(
+      'Epoch %d: skipped %d example(s) in steps with a non-finite loss or gradient: %s',
+      epoch,
+      len(skipped),
+      ', '.join(sorted(set(skipped))[:20]),
+    )
+  return state, done, losses, skipped
+
+
+def _record(pending, losses: list, skipped: list, dataset: data.Dataset, bar, policy: str):
   indices, step_metrics = pending
   m = jax.device_get(step_metrics)
   if m['finite']:
     losses.append(float(m['loss']))
     bar.set_postfix(loss=f'{m["loss"]:.4f}', refresh=False)
-  else:
-    bad = indices[~m['example_finite']] if not m['example_finite'].all() else indices
-    skipped.extend(dataset.paths[i] for i in bad)
+    return
+  bad = indices[~m['example_finite']] if not m['example_finite'].all() else indices
+  files = [dataset.paths[i] for i in bad]
+  if policy == 'stop':
+    raise FloatingPointError(
+      f'Non-finite loss or gradient at step {int(m["step"])}; the batch held: '
+      f'{", ".join(files)}. Set --config.nan_policy=skip to skip such steps instead.'
+    )
+  skipped.extend(files)
 
 
 def main(argv):

@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.split = (0.8, 0.1, 0.1)  # train/val/test
   config.split_seed = 0  # fixes the split; separate from `seed` so runs share one split
   config.skip_bad_files = True  # False: any unusable file stops the run
+  config.nan_policy = 'skip'  # non-finite loss/gradient: 'skip' the step (logged) or 'stop'
 
   config.augment = ml_collections.ConfigDict()
   config.augment.enabled = True
@@ -45,12 +46,14 @@ def get_config() -> ml_collections.ConfigDict:
   # Optimisation.
   config.seed = 0  # initialisation, dropout, shuffling and augmentation
   config.batch_size = 16
-  config.num_epochs = 40
+  config.num_epochs = 30  # 98% val by epoch ~12; 40 epochs added nothing on val
   config.learning_rate = 1e-3  # peak, after warm-up
   config.warmup_epochs = 2.0
   config.weight_decay = 1e-4
   config.grad_clip_norm = 5.0
-  config.ema_decay = 0.99  # evaluate a moving average of the weights; 0 = the raw weights
+  # Evaluate a moving average of the weights (0 = raw weights): on seed 0, the lowest val after
+  # first reaching 98% went 95.7% → 97.9% and test exact 98.9% → 100% (README, Ablation).
+  config.ema_decay = 0.99
 
   # Checkpoints and logging.
   config.keep_checkpoints = 2  # latest ones kept, besides the best by validation

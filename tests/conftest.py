@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `configs` is a folder of the repo, not an installed package
 
-from captcha_jax import synthetic  # noqa: E402
+from captcha_jax import synthetic, train  # noqa: E402
 from configs import tiny  # noqa: E402
 
 
@@ -38,3 +38,14 @@ def copy_of(tmp_path):
     return target
 
   return copy
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory, captcha_dir):
+  """A 3-epoch tiny run on the synthetic captchas; returns (config, workdir, results)."""
+  config = tiny.get_config()
+  config.data_dir = str(captcha_dir)
+  config.num_epochs = 3
+  workdir = tmp_path_factory.mktemp('run')
+  results = train.train_and_evaluate(config, workdir)
+  return config, workdir, results

@@ -13,15 +13,17 @@ def test_keeps_latest_and_best_and_finds_best_after_restart(tmp_path):
   manager = checkpoints.checkpoint_manager(tmp_path, keep=2)
   state = {'w': np.arange(3.0)}
   for step, accuracy in enumerate([0.5, 0.95, 0.7, 0.8, 0.6], 1):
-    checkpoints.save(manager, step, {'w': state['w'] * step}, metrics(accuracy))
+    progress = {'epoch': step, 'batch': 0}
+    checkpoints.save(manager, step, {'w': state['w'] * step}, progress, metrics(accuracy))
   manager.wait_until_finished()
   manager.close()
 
   reopened = checkpoints.checkpoint_manager(tmp_path, read_only=True)
   assert reopened.all_steps() == [2, 4, 5]
   assert checkpoints.best_step(reopened) == 2
-  restored = checkpoints.restore(reopened, 2, state)
+  restored, progress = checkpoints.restore(reopened, 2, state)
   np.testing.assert_array_equal(restored['w'], state['w'] * 2)
+  assert progress == {'epoch': 2, 'batch': 0}
   np.testing.assert_array_equal(checkpoints.restore_raw(reopened, 5)['w'], state['w'] * 5)
 
 

@@ -16,18 +16,8 @@ from captcha_jax.predict import Predictor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory, captcha_dir):
-  """A 3-epoch tiny run; returns (config, workdir, results)."""
-  sys.path.insert(0, ROOT)
-  from configs import tiny
-
-  config = tiny.get_config()
-  config.data_dir = str(captcha_dir)
-  config.num_epochs = 3
-  workdir = tmp_path_factory.mktemp('run')
-  results = train.train_and_evaluate(config, workdir)
-  return config, workdir, results
+def checkpoint_steps(workdir):
+  return sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
 
 
 def read_rows(workdir):
@@ -45,8 +35,8 @@ def test_run_writes_everything(trained):
   assert json.loads((workdir / 'results.json').read_text()) == results
   for name in ('config.json', 'loss.png', 'predictions.png'):
     assert (workdir / name).stat().st_size > 0
-  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-  assert steps[-2:] == [2, 3]  # the latest two, plus the best if it is older
+  assert checkpoint_steps(workdir)[-2:] == [12, 18]  # the latest two, plus the best if older
+  assert results['best_step'] == 6 * results['best_epoch']
 
 
 @pytest.mark.slow
@@ -55,7 +45,7 @@ def test_resume_continues_exactly(trained, tmp_path):
   config, workdir, _ = trained
   resumed = tmp_path / 'resumed'
   shutil.copytree(workdir, resumed)
-  shutil.rmtree(resumed / 'checkpoints' / '3')
+  shutil.rmtree(resumed / 'checkpoints' / str(checkpoint_steps(workdir)[-1]))
   train.train_and_evaluate(config, resumed)
   original, again = read_rows(workdir), read_rows(resumed)
   assert [r['epoch'] for r in again] == [1, 2, 3]  # no duplicate or missing epochs

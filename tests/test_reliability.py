@@ -1,0 +1,260 @@
+"""Reliability: stop signals, kills, half-written checkpoints, non-finite steps, reproducibility,
+and random bytes or shapes fed to the loader and the predictor."""
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from captcha_jax import data, train
+from captcha_jax.predict import Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+TIME_KEYS = ('epoch_s', 'elapsed_s')
+
+
+def rows_of(workdir):
+  return [json.loads(x) for x in (Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+
+
+def without_times(rows):
+  return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in rows]
+
+
+def train_command(workdir, captcha_dir, epochs=3):
+  return [
+    sys.executable,
+    '-m',
+    'captcha_jax.train',
+    '--config=configs/tiny.py',
+    f'--workdir={workdir}',
+    f'--config.data_dir={captcha_dir}',
+    f'--config.num_epochs={epochs}',
+  ]
+
+
+def start_and_signal(cmd, workdir, signum, after_rows=1):
+  """Starts a training process, sends `signum` once metrics.jsonl has `after_rows` rows."""
+  process = subprocess.Popen(
+    cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+  deadline = time.time() + 120
+  path = Path(workdir) / 'metrics.jsonl'
+  while time.time() < deadline and process.poll() is None:
+    if path.exists() and len(path.read_text().splitlines()) >= after_rows:
+      process.send_signal(signum)
+      break
+    time.sleep(0.05)
+  output, _ = process.communicate(timeout=120)
+  return process.returncode, output
+
+
+def assert_continuous(workdir, epochs):
+  """One row per epoch, in order, each 6 steps (48 images / batch 8) after the last."""
+  rows = rows_of(workdir)
+  assert [r['epoch'] for r in rows] == list(range(1, epochs + 1))
+  assert [r['step'] for r in rows] == [6 * e for e in range(1, epochs + 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_saves_a_checkpoint_and_the_rerun_finishes(tmp_path, captcha_dir, signum):
+  workdir = tmp_path / 'run'
+  cmd = train_command(workdir, captcha_dir, epochs=6)
+  code, output = start_and_signal(cmd, workdir, signum)
+  name = signal.Signals(signum).name
+  assert code != 0 and f'Stopped by {name}' in output, output[-2000:]
+  assert 'Rerun the same command to resume' in output
+  stopped_at = int(re.search(r'saved step (\d+)', output).group(1))
+  saved = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert saved[-1] == stopped_at >= 6
+  subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+  assert_continuous(workdir, 6)
+
+
+@pytest.mark.slow
+def test_sigkill_resumes_from_the_last_complete_checkpoint(tmp_path, captcha_dir):
+  workdir = tmp_path / 'run'
+  cmd = train_command(workdir, captcha_dir, epochs=6)
+  code, _ = start_and_signal(cmd, workdir, signal.SIGKILL)
+  assert code == -signal.SIGKILL
+  subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+  assert_continuous(workdir, 6)  # no duplicate or missing epochs
+
+
+class StopAfter(train.StopSignals):
+  """A stop request after `n` checks (one check per batch): a signal at an exact batch."""
+
+  n = 9  # epoch 1 has 6 batches: stop before batch 3 of epoch 2
+
+  def __enter__(self):
+    self.checks = 0
+    return self
+
+  def __bool__(self):
+    self.checks += 1
+    if self.checks > self.n:
+      self.name = 'TEST'
+    return self.name is not None
+
+
+@pytest.mark.slow
+def test_mid_epoch_stop_resumes_at_the_same_batch(tmp_path, tiny_config, trained, monkeypatch):
+  tiny_config.num_epochs = 3
+  workdir = tmp_path / 'run'
+  with monkeypatch.context() as m:
+    m.setattr(train, 'StopSignals', StopAfter)
+    with pytest.raises(SystemExit, match='Stopped by TEST at epoch 2, batch 3; saved step 9'):
+      train.train_and_evaluate(tiny_config, workdir)
+  assert [r['epoch'] for r in rows_of(workdir)] == [1]
+  train.train_and_evaluate(tiny_config, workdir)
+  _, reference, _ = trained
+  got, want = without_times(rows_of(workdir)), without_times(rows_of(reference))
+  assert [r['step'] for r in got] == [6, 12, 18]
+  for g, w in zip(got, want, strict=True):
+    assert g == pytest.approx(w, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_half_written_checkpoint_is_never_restored(tmp_path, trained):
+  config, workdir, results = trained
+  copy = tmp_path / 'copy'
+  shutil.copytree(workdir, copy)
+  # What a kill during an orbax save leaves: a temporary folder that was never renamed.
+  partial = copy / 'checkpoints' / '24.orbax-checkpoint-tmp-1795530000'
+  (partial / 'state').mkdir(parents=True)
+  (partial / 'state' / 'garbage').write_bytes(os.urandom(100))
+  again = train.train_and_evaluate(config, copy)
+  assert again['best_step'] == results['best_step']
+  assert again['test'] == pytest.approx(results['test'])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('policy', ['skip', 'stop'])
+def test_non_finite_steps_are_skipped_or_stop_the_run(tmp_path, tiny_config, monkeypatch, policy):
+  real = data.normalize
+  monkeypatch.setattr(data, 'normalize', lambda images: real(images) * np.nan)
+  tiny_config.num_epochs = 1
+  tiny_config.nan_policy = policy
+  if policy == 'stop':
+    with pytest.raises(FloatingPointError, match=r'Non-finite loss.*batch held: .*\.png'):
+      train.train_and_evaluate(tiny_config, tmp_path / 'run')
+    return
+  train.train_and_evaluate(tiny_config, tmp_path / 'run')
+  [row] = rows_of(tmp_path / 'run')
+  assert row['skipped_steps'] == 6 * 8  # every example of the 6 steps, all skipped
+  assert row['step'] == 6
+
+
+@pytest.mark.slow
+def test_same_seed_same_metrics(tmp_path, tiny_config, trained):
+  _, reference, _ = trained
+  tiny_config.num_epochs = 3
+  train.train_and_evaluate(tiny_config, tmp_path / 'again')
+  assert without_times(rows_of(tmp_path / 'again')) == without_times(rows_of(reference))
+
+
+def test_split_depends_on_split_seed_only(tiny_config):
+  vocab = train.Vocab(tiny_config.alphabet)
+  base = train.load_splits(tiny_config, vocab)['test'].paths
+  tiny_config.seed = 7
+  assert train.load_splits(tiny_config, vocab)['test'].paths == base
+  tiny_config.split_seed = 7
+  assert train.load_splits(tiny_config, vocab)['test'].paths != base
+
+
+def test_duplicate_labels_are_both_kept(tmp_path):
+  image = Image.new('RGB', (200, 50), 'white')
+  image.save(tmp_path / 'bcdef.png')
+  image.save(tmp_path / 'bcdef (1).png')
+  vocab = train.Vocab('bcdef')
+  ds = data.load_dataset(tmp_path, vocab, height=50, width=200, max_label_length=5)
+  assert ds.texts == ('bcdef', 'bcdef')
+
+
+def test_empty_image_folder_for_prediction(tmp_path, trained):
+  _, workdir, _ = trained
+  (tmp_path / 'empty').mkdir()
+  out = subprocess.run(
+    [sys.executable, '-m', 'captcha_jax.predict', f'--workdir={workdir}', str(tmp_path / 'empty')],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+  )
+  assert out.returncode != 0 and 'holds no .png/.jpg/.jpeg images' in out.stderr
+  assert 'Traceback' not in out.stderr
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=2000))
+def test_random_bytes_give_a_data_error_or_an_image(tmp_path_factory, payload):
+  path = tmp_path_factory.mktemp('bytes') / 'bcdef.png'
+  path.write_bytes(payload)
+  try:
+    image = data.load_image(path, 32, 96)
+  except data.DataError as e:
+    assert 'bcdef.png' in str(e)
+  else:
+    assert image.shape == (32, 96, 3) and image.dtype == np.uint8
+
+
+MODES = ['1', 'L', 'LA', 'P', 'RGB', 'RGBA', 'I', 'F', 'CMYK', 'I;16']
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+  mode=st.sampled_from(MODES),
+  width=st.integers(1, 300),
+  height=st.integers(1, 120),
+  fmt=st.sampled_from(['PNG', 'JPEG', 'BMP', 'GIF', 'TIFF']),
+)
+def test_any_mode_and_size_decodes_to_the_configured_shape(mode, width, height, fmt):
+  image = Image.new(mode, (width, height))
+  buffer = io.BytesIO()
+  try:
+    image.save(buffer, format=fmt)
+  except (OSError, KeyError, ValueError):
+    return  # Pillow cannot write this mode in this format; nothing to read
+  buffer.seek(0)
+  decoded = data.load_image(Image.open(buffer), 32, 96)
+  assert decoded.shape == (32, 96, 3) and decoded.dtype == np.uint8
+
+
+@pytest.mark.slow
+@settings(
+  max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+  shape=st.tuples(st.integers(1, 80), st.integers(1, 260)),
+  channels=st.sampled_from([None, 1, 3, 4]),
+  seed=st.integers(0, 2**16),
+)
+def test_predictor_reads_any_uint8_array(trained, shape, channels, seed):
+  _, workdir, _ = trained
+  predictor = _predictor(workdir)
+  full = shape if channels is None else (*shape, channels)
+  array = np.random.default_rng(seed).integers(0, 256, full, dtype=np.uint8)
+  [prediction] = predictor.predict([array])
+  assert set(prediction.text) <= set(predictor.config.alphabet)
+  assert 0 <= prediction.confidence <= 1
+
+
+_PREDICTORS: dict = {}
+
+
+def _predictor(workdir):
+  if workdir not in _PREDICTORS:
+    _PREDICTORS[workdir] = Predictor.from_workdir(workdir)
+  return _PREDICTORS[workdir]
