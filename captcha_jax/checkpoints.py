@@ -63,5 +63,7 @@ def restore_raw(manager, step: int) -> dict:
 
 
 def best_step(manager) -> int | None:
-  """The kept step with the best selection score (the latest when none has metrics)."""
-  return manager.best_step()
+  """The kept step with the best selection score; the latest when none has metrics (a run
+  stopped before its first epoch ended). None when there is no checkpoint."""
+  best = manager.best_step()
+  return best if best is not None else manager.latest_step()

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from captcha_jax import checkpoints, data, models
-from captcha_jax.train import decode_texts
+from captcha_jax.train import decode_texts, quiet_orbax
 from captcha_jax.vocab import Vocab
 
 
@@ -60,7 +60,14 @@ class Predictor:
       )
     state = checkpoints.restore_raw(manager, step)
     manager.close()
-    variables = {'params': state['ema_params'], 'batch_stats': state['batch_stats']}
+    if not isinstance(state, dict) or not {'params', 'batch_stats'} <= set(state):
+      raise ValueError(
+        f'Step {step} in {str(workdir)!r} is not a captcha_jax checkpoint (no params and '
+        'batch_stats): was this workdir written by another program?'
+      )
+    # Checkpoints from before the moving average was added hold only the raw weights.
+    params = state.get('ema_params', state['params'])
+    variables = {'params': params, 'batch_stats': state['batch_stats']}
     return cls(config, variables, **kwargs)
 
   def _check_variables(self) -> None:
@@ -87,7 +94,10 @@ class Predictor:
     results = []
     for start in range(0, len(images), self.batch_size):
       chunk = pixels[start : start + self.batch_size]
-      padded = np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - len(chunk), 0)])
+      # Pad to a power of two: one image costs one image, and at most log2(batch_size) + 1
+      # shapes are ever compiled.
+      size = min(1 << (len(chunk) - 1).bit_length(), self.batch_size)
+      padded = np.concatenate([chunk, np.repeat(chunk[:1], size - len(chunk), 0)])
       log_probs = np.asarray(self._apply(self.variables, data.normalize(padded)))[: len(chunk)]
       raw, confidence, fixed = decode_texts(log_probs, self.vocab, self.config.label_length)
       results += [
@@ -113,6 +123,7 @@ def expand_paths(inputs: Sequence[str]) -> list[Path]:
 def main(argv):
   from absl import flags
 
+  quiet_orbax()
   if len(argv) < 2:
     raise SystemExit('Give one or more image files or folders to read.')
   try:

@@ -34,6 +34,10 @@ DEVICE_KEYS = ('image', 'labels', 'label_paddings', 'mask')
 MODEL_KEYS = ('alphabet', 'max_label_length', 'image_height', 'image_width', 'model')
 
 
+class UsageError(ValueError):
+  """A config or workdir that cannot be used as given; the message says what to change."""
+
+
 class TrainState(train_state.TrainState):
   """Parameters, their moving average, BatchNorm statistics, optimizer state, step, dropout key.
 
@@ -198,7 +202,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> No
   current = json.loads(config.to_json_best_effort())
   changed = [k for k in MODEL_KEYS if k in saved and saved[k] != current[k]]
   if changed:
-    raise ValueError(
+    raise UsageError(
       f'{str(workdir)!r} holds a run with a different {", ".join(changed)}: its checkpoints '
       'cannot be resumed with this config. Use a new --workdir, or the saved config.'
     )
@@ -268,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     steps,
   )
   if config.batch_size % jax.device_count() or config.eval_batch_size % jax.device_count():
-    raise ValueError(
+    raise UsageError(
       f'batch_size={config.batch_size} and eval_batch_size={config.eval_batch_size} must '
       f'divide by the {jax.device_count()} devices.'
     )
@@ -473,12 +477,25 @@ def _record(pending, losses: list, skipped: list, dataset: data.Dataset, bar, po
   skipped.extend(files)
 
 
+def quiet_orbax() -> None:
+  """Hides orbax's INFO lines (dozens per save); its warnings and errors still show."""
+
+  def keep(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(keep)
+
+
 def main(argv):
   del argv
   from absl import flags
 
-  config = flags.FLAGS.config
-  train_and_evaluate(config, flags.FLAGS.workdir)
+  quiet_orbax()
+  try:
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  except (data.DataError, UsageError, FileNotFoundError) as e:
+    raise SystemExit(f'error: {e}') from None
 
 
 if __name__ == '__main__':

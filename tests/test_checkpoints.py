@@ -34,3 +34,12 @@ def test_ties_go_to_lower_cer_then_lower_loss():
   better_cer = {'val_accuracy': 0.9, 'val_cer': 0.01, 'val_loss': 5.0}
   worse_cer = {'val_accuracy': 0.9, 'val_cer': 0.02, 'val_loss': 0.0}
   assert checkpoints.selection_score(better_cer) > checkpoints.selection_score(worse_cer)
+
+
+def test_best_of_checkpoints_without_metrics_is_the_latest(tmp_path):
+  manager = checkpoints.checkpoint_manager(tmp_path)
+  assert checkpoints.best_step(manager) is None
+  for step in (3, 5):
+    checkpoints.save(manager, step, {'w': np.zeros(2)}, {'epoch': 1, 'batch': step})
+  manager.wait_until_finished()
+  assert checkpoints.best_step(manager) == 5

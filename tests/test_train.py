@@ -60,7 +60,7 @@ def test_resume_refuses_another_architecture(trained, tmp_path):
   shutil.copytree(workdir, other)
   config = config.copy_and_resolve_references()
   config.model.rnn_hidden_size = 24
-  with pytest.raises(ValueError, match='different model'):
+  with pytest.raises(train.UsageError, match='different model'):
     train.train_and_evaluate(config, other)
 
 
@@ -173,3 +173,22 @@ def test_eight_devices_give_the_same_steps_as_one(captcha_dir):
   assert (one['devices'], eight['devices']) == (1, 8)
   np.testing.assert_allclose(eight['losses'], one['losses'], rtol=1e-4)
   np.testing.assert_allclose(eight['params'], one['params'], atol=1e-4)
+
+
+def test_train_cli_reports_bad_data_without_a_traceback(tmp_path):
+  out = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'captcha_jax.train',
+      '--config=configs/tiny.py',
+      f'--workdir={tmp_path}/run',
+      f'--config.data_dir={tmp_path}/missing',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+  )
+  assert out.returncode != 0
+  assert f"error: Data folder '{tmp_path}/missing' does not exist" in out.stderr
+  assert 'Traceback' not in out.stderr
