@@ -26,7 +26,11 @@ def checkpoint_manager(workdir: str | Path, keep: int = 2, *, read_only: bool = 
     read_only=read_only,
     create=not read_only,
   )
-  return ocp.CheckpointManager(Path(workdir, 'checkpoints').absolute(), options=options)
+  # Named handlers let a fresh manager read item metadata before any save or restore.
+  handlers = {'state': ocp.StandardCheckpointHandler(), 'progress': ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(
+    Path(workdir, 'checkpoints').absolute(), options=options, item_handlers=handlers
+  )
 
 
 def save(
@@ -57,8 +61,16 @@ def restore(manager, step: int, state: Any) -> tuple[Any, dict[str, int]]:
 
 
 def restore_raw(manager, step: int) -> dict:
-  """Restores `step`'s state as nested dicts of arrays, without the optimizer's code."""
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  """Restores `step`'s state as nested dicts of arrays on one local device, without the
+  optimizer's code, whatever the device topology it was saved from (e.g. an 8-core TPU)."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  metadata = manager.item_metadata(step)['state']
+  target = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+    metadata,
+    is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'),
+  )
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   return restored['state']
 
 

@@ -233,35 +233,62 @@ def _batch(dataset: Dataset, indices: np.ndarray, mask: np.ndarray, images: np.n
   }
 
 
+def _local_rows(batch_size: int, shard: tuple[int, int]) -> slice:
+  """This process's rows of a global batch: the batch is split evenly across processes."""
+  process, count = shard
+  if batch_size % count:
+    raise DataError(f'batch size {batch_size} does not divide among {count} processes.')
+  per_process = batch_size // count
+  return slice(process * per_process, (process + 1) * per_process)
+
+
 def train_batches(
   dataset: Dataset,
   batch_size: int,
-  rng: np.random.Generator,
+  seed: Sequence[int],
   augment_config=None,
+  *,
+  shard: tuple[int, int] = (0, 1),
+  first_batch: int = 0,
 ) -> Iterator[Batch]:
   """One epoch of shuffled full batches (the remainder is dropped; the next epoch reshuffles).
 
-  Each batch: image [b, h, w, 3] float32, labels [b, L] int32, label_paddings [b, L] float32
-  (1.0 = padding), mask [b] float32 (all ones here), index [b] int32 into `dataset`.
+  The order comes from `seed` (e.g. (config.seed, epoch)) and each example's augmentation from
+  (seed, its position in the epoch), so every process of a multi-process run sees the same global
+  batches, whatever the process count, and a resumed epoch can start at `first_batch`. Yields this
+  process's rows (shard = (process index, process count)) of each global batch of `batch_size`:
+  image [b, h, w, 3] float32, labels [b, L] int32, label_paddings [b, L] float32 (1.0 = padding),
+  mask [b] float32 (all ones here), index [b] int32 into `dataset`.
   """
   if len(dataset) < batch_size:
     raise DataError(
       f'The train split has {len(dataset)} image(s), fewer than batch_size={batch_size}: '
       'add images or lower --config.batch_size.'
     )
-  order = rng.permutation(len(dataset))
-  for start in range(0, len(order) - batch_size + 1, batch_size):
-    indices = order[start : start + batch_size]
+  rows = _local_rows(batch_size, shard)
+  order = np.random.default_rng(list(seed)).permutation(len(dataset))
+  for start in range(first_batch * batch_size, len(order) - batch_size + 1, batch_size):
+    positions = np.arange(start, start + batch_size)[rows]
+    indices = order[positions]
     images = dataset.images[indices]
     if augment_config is not None and augment_config.enabled:
-      images = np.stack([augment_image(im, rng, augment_config) for im in images])
-    yield _batch(dataset, indices, np.ones(batch_size, np.float32), images)
+      images = np.stack(
+        [
+          augment_image(im, np.random.default_rng([*seed, int(p)]), augment_config)
+          for im, p in zip(images, positions, strict=True)
+        ]
+      )
+    yield _batch(dataset, indices, np.ones(len(indices), np.float32), images)
 
 
-def eval_batches(dataset: Dataset, batch_size: int) -> Iterator[Batch]:
-  """Every item once, in order, in batches of one shape; the last is padded and masked (mask 0)."""
+def eval_batches(
+  dataset: Dataset, batch_size: int, *, shard: tuple[int, int] = (0, 1)
+) -> Iterator[Batch]:
+  """Every item once, in order, in global batches of one shape; the last is padded and masked
+  (mask 0). Yields this process's rows of each global batch (see `train_batches`)."""
+  rows = _local_rows(batch_size, shard)
   for start in range(0, len(dataset), batch_size):
     real = np.arange(start, min(start + batch_size, len(dataset)))
     indices = np.concatenate([real, np.full(batch_size - len(real), real[0])])
     mask = (np.arange(batch_size) < len(real)).astype(np.float32)
-    yield _batch(dataset, indices, mask, dataset.images[indices])
+    yield _batch(dataset, indices[rows], mask[rows], dataset.images[indices[rows]])

@@ -145,9 +145,25 @@ def make_mesh() -> Mesh:
 
 
 def to_device(batch: data.Batch, mesh: Mesh) -> dict[str, jax.Array]:
-  """The step's inputs, split along the batch axis over the mesh."""
+  """Global step inputs split along the batch axis over the mesh, from this process's rows."""
   sharding = NamedSharding(mesh, P('data'))
-  return {k: jax.device_put(batch[k], sharding) for k in DEVICE_KEYS}
+  return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in DEVICE_KEYS}
+
+
+def shard() -> tuple[int, int]:
+  """(this process, process count): which rows of each global batch this process loads."""
+  return jax.process_index(), jax.process_count()
+
+
+def compile_steps(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Callable, Callable]:
+  """Jitted train and eval steps; their outputs are replicated so every process can read them."""
+  replicated = NamedSharding(mesh, P())
+  p_train_step = jax.jit(
+    functools.partial(train_step, ema_decay=config.ema_decay),
+    donate_argnums=0,
+    out_shardings=(replicated, replicated),
+  )
+  return p_train_step, jax.jit(eval_step, out_shardings=replicated)
 
 
 def decode_texts(log_probs: np.ndarray, vocab: Vocab, label_length: int):
@@ -168,9 +184,12 @@ def evaluate(
 ) -> tuple[dict[str, float], list[str]]:
   """Loss, exact match and CER (raw and post-processed) over `dataset`; and the raw texts."""
   losses, log_probs = [], []
-  for batch in data.eval_batches(dataset, config.eval_batch_size):
+  size = config.eval_batch_size
+  for start, batch in zip(
+    range(0, len(dataset), size), data.eval_batches(dataset, size, shard=shard()), strict=True
+  ):
     out = jax.device_get(eval_fn(state, to_device(batch, mesh)))
-    real = batch['mask'] > 0
+    real = np.arange(start, start + size) < len(dataset)  # the global batch's real rows
     losses.append(out['loss'][real])
     log_probs.append(out['log_probs'][real])
   raw, _, fixed = decode_texts(np.concatenate(log_probs), vocab, config.label_length)
@@ -287,15 +306,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     state = port.load_pretrained_backbone(state, config.pretrained)
   mesh = make_mesh()
   state = jax.device_put(state, NamedSharding(mesh, P()))
-  print(
-    nn.tabulate(model, jax.random.key(0), depth=2, console_kwargs={'width': 140})(
-      jnp.zeros((1, config.image_height, config.image_width, 3)), train=False
+  main_process = jax.process_index() == 0  # the one that prints and writes files
+  if main_process:
+    print(
+      nn.tabulate(model, jax.random.key(0), depth=2, console_kwargs={'width': 140})(
+        jnp.zeros((1, config.image_height, config.image_width, 3)), train=False
+      )
     )
-  )
 
   workdir.mkdir(parents=True, exist_ok=True)
   check_workdir_config(config, workdir)
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  if main_process:
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
   progress = {'epoch': 0, 'batch': steps_per_epoch}  # "epoch 0 complete": a fresh start
   if manager.latest_step() is not None:
@@ -306,10 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   history = _read_history(history_path, finished_epochs)
   elapsed_before = history[-1]['elapsed_s'] if history else 0.0
 
-  p_train_step = jax.jit(
-    functools.partial(train_step, ema_decay=config.ema_decay), donate_argnums=0
-  )
-  p_eval_step = jax.jit(eval_step)
+  p_train_step, p_eval_step = compile_steps(config, mesh)
   with StopSignals() as stop:
     for epoch in range(finished_epochs + 1, config.num_epochs + 1):
       epoch_start = time.time()
@@ -344,13 +363,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         row['collapse'] = warning
         logging.warning('Epoch %d: %s.', epoch, warning)
       history.append(row)
-      _write_history(history_path, history)
-      print(
-        f'epoch {epoch:3d}  train_loss {row["train_loss"]:.4f}  val_loss {val["loss"]:.4f}  '
-        f'val_acc {val["accuracy"]:.4f}  val_cer {val["cer"]:.4f}  '
-        f'lr {row["learning_rate"]:.2e}  {row["epoch_s"]:.1f}s',
-        flush=True,
-      )
+      if main_process:
+        _write_history(history_path, history)
+        print(
+          f'epoch {epoch:3d}  train_loss {row["train_loss"]:.4f}  val_loss {val["loss"]:.4f}  '
+          f'val_acc {val["accuracy"]:.4f}  val_cer {val["cer"]:.4f}  '
+          f'lr {row["learning_rate"]:.2e}  {row["epoch_s"]:.1f}s',
+          flush=True,
+        )
       checkpoints.save(
         manager,
         int(state.step),
@@ -371,11 +391,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     split_metrics, texts = evaluate(p_eval_step, state, dataset, config, vocab, mesh)
     results[name] = split_metrics
     test_texts = texts if name == 'test' else test_texts
-  (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
-  plots.plot_history(history, workdir / 'loss.png')
-  test = splits['test']
-  if len(test):
-    plots.plot_predictions(test.images, test_texts, test.texts, workdir / 'predictions.png')
+  if main_process:
+    (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+    plots.plot_history(history, workdir / 'loss.png')
+    test = splits['test']
+    if len(test):
+      plots.plot_predictions(test.images, test_texts, test.texts, workdir / 'predictions.png')
   logging.info('Results of epoch %d: %s', best_progress['epoch'], json.dumps(results))
   return results
 
@@ -427,17 +448,22 @@ def train_epoch(
   order and augmentation and skips the batches already done. Returns the state, the number of
   batches of the epoch done, the losses of finite steps, and the files of skipped steps.
   """
-  epoch_rng = np.random.default_rng([config.seed, epoch])
-  batches = data.train_batches(dataset, config.batch_size, epoch_rng, config.augment)
+  batches = data.train_batches(
+    dataset,
+    config.batch_size,
+    (config.seed, epoch),
+    config.augment,
+    shard=shard(),
+    first_batch=first_batch,
+  )
   total = len(dataset) // config.batch_size
   losses: list[float] = []
   skipped: list[str] = []
   pending = None
   done = first_batch
-  bar = tqdm(total=total, initial=first_batch, desc=f'epoch {epoch}', leave=False, disable=None)
-  for i, batch in enumerate(batches):
-    if i < first_batch:
-      continue
+  quiet = None if jax.process_index() == 0 else True
+  bar = tqdm(total=total, initial=first_batch, desc=f'epoch {epoch}', leave=False, disable=quiet)
+  for batch in batches:
     if stop:
       break
     state, step_metrics = step_fn(state, to_device(batch, mesh))
@@ -467,7 +493,8 @@ def _record(pending, losses: list, skipped: list, dataset: data.Dataset, bar, po
     losses.append(float(m['loss']))
     bar.set_postfix(loss=f'{m["loss"]:.4f}', refresh=False)
     return
-  bad = indices[~m['example_finite']] if not m['example_finite'].all() else indices
+  local = m['example_finite'].reshape(jax.process_count(), -1)[jax.process_index()]
+  bad = indices[~local] if not local.all() else indices
   files = [dataset.paths[i] for i in bad]
   if policy == 'stop':
     raise FloatingPointError(
@@ -487,11 +514,39 @@ def quiet_orbax() -> None:
     handler.addFilter(keep)
 
 
+def initialize_distributed(
+  coordinator_address: str | None, num_processes: int | None, process_id: int | None
+) -> None:
+  """Joins a multi-process run through jax.distributed; a no-op for a single process.
+
+  With a coordinator address, the count and id must be given too (flags or the JAX_* variables
+  jax reads); with `auto`, jax detects the cluster (Cloud TPU, SLURM, ...) itself.
+  """
+  if not coordinator_address:
+    return
+  # CPU processes exchange gradients over gloo; GPU/TPU use their own collectives.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if coordinator_address == 'auto':
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  logging.info(
+    'Process %d of %d; %d local and %d global devices.',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
+
+
 def main(argv):
   del argv
   from absl import flags
 
   quiet_orbax()
+  initialize_distributed(
+    flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id
+  )
   try:
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   except (data.DataError, UsageError, FileNotFoundError) as e:
@@ -504,5 +559,12 @@ if __name__ == '__main__':
 
   config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.')
+  flags.DEFINE_string(
+    'coordinator_address',
+    None,
+    'host:port of process 0 for a multi-process run, or "auto" to let jax detect the cluster.',
+  )
+  flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
+  flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

@@ -149,7 +149,7 @@ STEP_SCRIPT = textwrap.dedent(
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     step = jax.jit(train.train_step)
     losses = []
-    for batch in data.train_batches(splits['train'], 8, np.random.default_rng(0)):
+    for batch in data.train_batches(splits['train'], 8, (0,)):
       state, m = step(state, train.to_device(batch, mesh))
       losses.append(float(m['loss']))
     flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)])

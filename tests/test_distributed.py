@@ -1,0 +1,115 @@
+"""Two real processes on localhost (jax.distributed over gloo, 2 CPU devices each) train like one
+process with the same 4 devices and global batch; and a SIGKILL of both resumes."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from captcha_jax import checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def command(workdir, captcha_dir, epochs, cluster=None):
+  cmd = [
+    sys.executable,
+    '-m',
+    'captcha_jax.train',
+    '--config=configs/tiny.py',
+    f'--workdir={workdir}',
+    f'--config.data_dir={captcha_dir}',
+    f'--config.num_epochs={epochs}',
+  ]
+  if cluster:
+    port, process = cluster
+    cmd += [
+      f'--coordinator_address=127.0.0.1:{port}',
+      '--num_processes=2',
+      f'--process_id={process}',
+    ]
+  return cmd
+
+
+def start(cmd, devices):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  return subprocess.Popen(
+    cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+
+
+def run_two(workdir, captcha_dir, epochs):
+  port = free_port()
+  processes = [start(command(workdir, captcha_dir, epochs, (port, i)), 2) for i in range(2)]
+  return processes
+
+
+def finish(processes, timeout=240):
+  outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+  for p, out in zip(processes, outputs, strict=True):
+    assert p.returncode == 0, out[-3000:]
+  return outputs
+
+
+def rows(workdir):
+  lines = (Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+  return [{k: v for k, v in json.loads(x).items() if not k.endswith('_s')} for x in lines]
+
+
+def final_params(workdir):
+  manager = checkpoints.checkpoint_manager(workdir, read_only=True)
+  state = checkpoints.restore_raw(manager, manager.latest_step())
+  manager.close()
+  import jax
+
+  return np.concatenate([np.ravel(x) for x in jax.tree.leaves(state['params'])])
+
+
+def test_two_processes_match_one(tmp_path, captcha_dir):
+  single = tmp_path / 'single'
+  one = start(command(single, captcha_dir, 2), 4)
+  finish([one])
+  pair = tmp_path / 'pair'
+  outputs = finish(run_two(pair, captcha_dir, 2))
+  assert 'Process 1 of 2; 2 local and 4 global devices.' in outputs[1]
+  assert 'epoch   1' in outputs[0] and 'epoch   1' not in outputs[1]  # only process 0 prints
+  got, want = rows(pair), rows(single)
+  assert [r['step'] for r in got] == [6, 12]
+  for g, w in zip(got, want, strict=True):
+    assert g == pytest.approx(w, rel=1e-4, abs=1e-6)
+  np.testing.assert_allclose(final_params(pair), final_params(single), atol=1e-4)
+  assert json.loads((pair / 'results.json').read_text())['test'] == pytest.approx(
+    json.loads((single / 'results.json').read_text())['test'], rel=1e-4, abs=1e-6
+  )
+
+
+def test_two_processes_killed_and_rerun_resume(tmp_path, captcha_dir):
+  workdir = tmp_path / 'pair'
+  processes = run_two(workdir, captcha_dir, 4)
+  metrics = workdir / 'metrics.jsonl'
+  deadline = time.time() + 180
+  while time.time() < deadline and all(p.poll() is None for p in processes):
+    if metrics.exists() and metrics.read_text().strip():
+      break
+    time.sleep(0.05)
+  for p in processes:
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+  assert metrics.exists()
+  finish(run_two(workdir, captcha_dir, 4))
+  assert [r['epoch'] for r in rows(workdir)] == [1, 2, 3, 4]
+  assert [r['step'] for r in rows(workdir)] == [6, 12, 18, 24]
