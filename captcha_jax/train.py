@@ -23,6 +23,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from captcha_jax import checkpoints, ctc, data, metrics, models, plots
@@ -227,6 +228,23 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> No
     )
 
 
+def write_scalars(writer, row: dict, batch_size: int) -> None:
+  """One epoch's metrics as TensorBoard scalars at the epoch's last global step."""
+  step = row['step']
+  for key in (
+    'train_loss',
+    'val_loss',
+    'val_accuracy',
+    'val_cer',
+    'val_accuracy_post',
+    'learning_rate',
+    'train_images_per_s',
+  ):
+    writer.add_scalar(key, row[key], step)
+  writer.add_scalar('train_steps_per_s', row['train_images_per_s'] / batch_size, step)
+  writer.flush()
+
+
 def _read_history(path: Path, last_epoch: int) -> list[dict]:
   """metrics.jsonl rows up to `last_epoch`: rows past the restored checkpoint are dropped."""
   if not path.exists():
@@ -329,6 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   elapsed_before = history[-1]['elapsed_s'] if history else 0.0
 
   p_train_step, p_eval_step = compile_steps(config, mesh)
+  tensorboard = SummaryWriter(str(workdir / 'tensorboard')) if main_process else None
   with StopSignals() as stop:
     for epoch in range(finished_epochs + 1, config.num_epochs + 1):
       epoch_start = time.time()
@@ -337,6 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       state, done, train_losses, skipped = train_epoch(
         p_train_step, state, splits['train'], config, epoch, first_batch, mesh, stop
       )
+      train_s = time.time() - epoch_start
       train_losses = (progress.get('losses', []) if resumed else []) + train_losses
       if done < steps_per_epoch:  # a stop signal: save where we are, then leave
         if manager.latest_step() != int(state.step):
@@ -354,6 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         'train_loss': float(np.mean(train_losses)) if train_losses else float('nan'),
         **{f'val_{k}': v for k, v in val.items()},
         'learning_rate': float(schedule(int(state.step))),
+        'train_images_per_s': (done - first_batch) * config.batch_size / train_s,
         'epoch_s': time.time() - epoch_start,
         'elapsed_s': elapsed_before + time.time() - start_time,
         'skipped_steps': len(skipped),
@@ -365,6 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       history.append(row)
       if main_process:
         _write_history(history_path, history)
+        write_scalars(tensorboard, row, config.batch_size)
         print(
           f'epoch {epoch:3d}  train_loss {row["train_loss"]:.4f}  val_loss {val["loss"]:.4f}  '
           f'val_acc {val["accuracy"]:.4f}  val_cer {val["cer"]:.4f}  '
@@ -379,6 +401,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         {f'val_{k}': v for k, v in val.items()},
       )
   manager.wait_until_finished()
+  if tensorboard is not None:
+    tensorboard.close()
 
   best = checkpoints.best_step(manager)
   if best is None:

@@ -1,0 +1,122 @@
+"""TensorBoard scalars, the evaluation report, and the exported model."""
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from captcha_jax import data, evaluate, export
+from captcha_jax.predict import Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+  """Scalars of TensorBoard event files, read as TFRecords of Event protos."""
+  from tensorboardX.proto import event_pb2
+
+  scalars: dict = {}
+  for path in sorted(folder.glob('events.out.tfevents.*')):
+    blob = path.read_bytes()
+    offset = 0
+    while offset < len(blob):
+      (length,) = struct.unpack('<Q', blob[offset : offset + 8])
+      event = event_pb2.Event.FromString(blob[offset + 12 : offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+@pytest.mark.slow
+def test_tensorboard_scalars_match_metrics_jsonl(trained):
+  _, workdir, _ = trained
+  scalars = read_scalars(workdir / 'tensorboard')
+  rows = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  for key in ('train_loss', 'val_loss', 'val_accuracy', 'val_cer', 'learning_rate'):
+    assert [s for s, _ in scalars[key]] == [r['step'] for r in rows], key
+    np.testing.assert_allclose([v for _, v in scalars[key]], [r[key] for r in rows], rtol=1e-6)
+  assert all(v > 0 for _, v in scalars['train_images_per_s'] + scalars['train_steps_per_s'])
+
+
+def test_confusions_hand_worked():
+  counts = evaluate.confusions(['abcd', 'abd', 'abcde', 'mn'], ['abce', 'abcd', 'abcd', 'nm'])
+  m = evaluate.MISSING
+  # abce→abcd: e read as d; abcd→abd: c dropped; abcd→abcde: an extra e; nm→mn: the matcher keeps
+  # n, so an m appears before it and the trailing m is dropped.
+  assert counts == {('e', 'd'): 1, ('c', m): 1, (m, 'e'): 1, (m, 'm'): 1, ('m', m): 1}
+
+
+@pytest.mark.slow
+def test_evaluate_report_agrees_with_training_results(trained):
+  _, workdir, results = trained
+  report = evaluate.evaluate_workdir(workdir)
+  for split in ('train', 'val', 'test'):
+    for key in ('accuracy', 'cer', 'accuracy_post', 'cer_post'):
+      assert report[split][key] == pytest.approx(results[split][key], abs=1e-9), (split, key)
+    wrong = round((1 - report[split]['accuracy']) * report[split]['images'])
+    assert len(report[split]['errors']) == wrong
+  assert json.loads((workdir / 'evaluation.json').read_text()) == report
+  assert 'most frequent errors' in (workdir / 'evaluation.txt').read_text()
+  out = subprocess.run(
+    [sys.executable, '-m', 'captcha_jax.evaluate', f'--workdir={workdir}'],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+  )
+  assert out.returncode == 0 and out.stdout.startswith('split'), out.stderr[-2000:]
+
+
+EXPORT_LOADER = """
+import sys, numpy as np
+from captcha_jax import export
+reader = export.load(sys.argv[1])
+images = np.load(sys.argv[2])
+for n in (1, len(images)):
+  print('\\t'.join(reader.read(images[:n])))
+assert not any(m.startswith(('captcha_jax.models', 'flax')) for m in sys.modules), 'model code'
+"""
+
+
+@pytest.mark.slow
+def test_export_runs_without_model_code_and_agrees(trained, captcha_dir, tmp_path):
+  _, workdir, _ = trained
+  out = tmp_path / 'model.bin'
+  result = subprocess.run(
+    [sys.executable, '-m', 'captcha_jax.export', f'--workdir={workdir}', f'--out={out}'],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  predictor = Predictor.from_workdir(workdir)
+  h, w = predictor.config.image_height, predictor.config.image_width
+  images = np.stack([data.load_image(p, h, w) for p in data.find_images(captcha_dir)[:5]])
+  np.save(tmp_path / 'images.npy', images)
+  loaded = subprocess.run(
+    [sys.executable, '-c', EXPORT_LOADER, str(out), str(tmp_path / 'images.npy')],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+  )
+  assert loaded.returncode == 0, loaded.stderr[-2000:]
+  one, five = loaded.stdout.rstrip('\n').split('\n')
+  expected = [p.raw_text for p in predictor.predict(list(images))]
+  assert five.split('\t') == expected and one == expected[0]
+  reader = export.load(out)
+  np.testing.assert_allclose(
+    reader.log_probs(images),
+    np.asarray(predictor._apply(predictor.variables, data.normalize(images))),
+    atol=1e-5,
+  )
+  assert reader.meta['alphabet'] == predictor.config.alphabet
+
+
+def test_export_rejects_other_files(tmp_path):
+  (tmp_path / 'x.bin').write_bytes(b'not a model')
+  with pytest.raises(ValueError, match='Not a captcha_jax export'):
+    export.load(tmp_path / 'x.bin')
