@@ -164,6 +164,17 @@ def load_dataset(
     logging.warning('Skipping %d unusable file(s):\n  %s', len(problems), listing)
   if not paths:
     raise DataError(f'No usable images in {str(data_dir)!r}: every file was skipped.')
+  return dataset_from_arrays(images, texts, paths, vocab, max_label_length)
+
+
+def dataset_from_arrays(
+  images: Sequence[np.ndarray],
+  texts: Sequence[str],
+  paths: Sequence[str],
+  vocab: Vocab,
+  max_label_length: int,
+) -> Dataset:
+  """A Dataset of decoded uint8 images and their (already checked) texts."""
   labels = np.zeros((len(texts), max_label_length), np.int32)
   for i, text in enumerate(texts):
     labels[i, : len(text)] = vocab.encode(text)

@@ -258,7 +258,13 @@ def _write_history(path: Path, rows: list[dict]) -> None:
 
 
 def load_splits(config: ml_collections.ConfigDict, vocab: Vocab) -> dict[str, data.Dataset]:
-  """The configured folder decoded and split into train/val/test."""
+  """The configured data decoded and split into train/val/test (the same files either source)."""
+  if config.data_source == 'tfds':
+    from captcha_jax import tfds_builder  # optional dependency: pip install 'captcha-jax[tfds]'
+
+    return tfds_builder.load_splits(config, vocab)
+  if config.data_source != 'folder':
+    raise UsageError(f"config.data_source must be 'folder' or 'tfds', got {config.data_source!r}.")
   dataset = data.load_dataset(
     config.data_dir,
     vocab,

@@ -12,6 +12,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Data.
   config.data_dir = 'data/captcha_images_v2'
+  config.data_source = 'folder'  # or 'tfds': the builder in captcha_jax/tfds_builder.py
+  config.tfds_data_dir = '~/tensorflow_datasets'  # where the tfds source is prepared
   config.alphabet = '2345678bcdefgmnpwxy'  # the dataset's 19 symbols
   config.max_label_length = 5  # labels are right-padded to this; longer ones are skipped
   config.label_length = 5  # known text length for post-processing; 0 when it varies

@@ -120,3 +120,41 @@ def test_export_rejects_other_files(tmp_path):
   (tmp_path / 'x.bin').write_bytes(b'not a model')
   with pytest.raises(ValueError, match='Not a captcha_jax export'):
     export.load(tmp_path / 'x.bin')
+
+
+def test_tfds_builder_gives_the_folder_split(tiny_config, tmp_path):
+  pytest.importorskip('tensorflow_datasets', reason="pip install 'captcha-jax[tfds]'")
+  from captcha_jax import train
+
+  vocab = train.Vocab(tiny_config.alphabet)
+  folder = train.load_splits(tiny_config, vocab)
+  tiny_config.data_source = 'tfds'
+  tiny_config.tfds_data_dir = str(tmp_path / 'tfds')
+  built = train.load_splits(tiny_config, vocab)
+  for name in ('train', 'val', 'test'):
+    # tfds orders records by a hash of their keys: compare file by file.
+    order = np.argsort(built[name].paths)
+    reference = np.argsort([Path(p).name for p in folder[name].paths])
+    assert [built[name].paths[i] for i in order] == [
+      Path(folder[name].paths[i]).name for i in reference
+    ]
+    assert [built[name].texts[i] for i in order] == [folder[name].texts[i] for i in reference]
+    np.testing.assert_array_equal(built[name].labels[order], folder[name].labels[reference])
+    np.testing.assert_array_equal(built[name].images[order], folder[name].images[reference])
+
+
+def test_tfds_builder_reads_a_zip(captcha_dir, tmp_path):
+  pytest.importorskip('tensorflow_datasets', reason="pip install 'captcha-jax[tfds]'")
+  import zipfile
+
+  from captcha_jax import tfds_builder
+
+  with zipfile.ZipFile(tmp_path / 'archive.zip', 'w') as archive:
+    for path in sorted(captcha_dir.glob('*.png'))[:3]:
+      archive.write(path, f'samples/{path.name}')
+  folder = tfds_builder.image_folder(tmp_path)
+  assert folder.name == 'samples' and len(list(folder.glob('*.png'))) == 3
+  with pytest.raises(data.DataError, match='captcha-version-2-images'):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    tfds_builder.image_folder(empty)
