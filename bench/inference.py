@@ -51,7 +51,7 @@ def main():
   import jax
   from train_throughput import _trunk_height, load_config
 
-  from captcha_jax import data, models, train
+  from captcha_jax import data, models, steps
   from captcha_jax.predict import Predictor
 
   if args.workdir:
@@ -59,8 +59,8 @@ def main():
   else:
     config = load_config('configs/default.py')
     model = models.create_model(config.model, len(config.alphabet) + 1)
-    state = train.create_train_state(
-      config, model, train.make_optimizer(config, lambda s: 0.0), jax.random.PRNGKey(0)
+    state = steps.create_train_state(
+      config, model, steps.make_optimizer(config, lambda s: 0.0), jax.random.PRNGKey(0)
     )
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     predictor = Predictor(config, variables, batch_size=args.batch_size)

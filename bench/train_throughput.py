@@ -50,17 +50,17 @@ def peak_rss_mb() -> float:
 def run_jax(config, batch_size, steps, warmup):
   import jax
 
-  from captcha_jax import models, train
+  from captcha_jax import models, steps
 
   model = models.create_model(config.model, len(config.alphabet) + 1)
-  schedule = train.make_schedule(config, 100)
-  state = train.create_train_state(
-    config, model, train.make_optimizer(config, schedule), jax.random.PRNGKey(0)
+  schedule = steps.make_schedule(config, 100)
+  state = steps.create_train_state(
+    config, model, steps.make_optimizer(config, schedule), jax.random.PRNGKey(0)
   )
-  mesh = train.make_mesh()
+  mesh = steps.make_mesh()
   state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  batch = train.to_device(fake_batch(config, batch_size), mesh)
-  step = jax.jit(train.train_step, donate_argnums=0)
+  batch = steps.to_device(fake_batch(config, batch_size), mesh)
+  step = jax.jit(steps.train_step, donate_argnums=0)
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start

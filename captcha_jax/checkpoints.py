@@ -1,5 +1,6 @@
 """Orbax checkpoints of the TrainState: the latest few and the best by validation, resumable."""
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,13 @@ def best_step(manager) -> int | None:
   stopped before its first epoch ended). None when there is no checkpoint."""
   best = manager.best_step()
   return best if best is not None else manager.latest_step()
+
+
+def quiet_orbax() -> None:
+  """Hides orbax's INFO lines (dozens per save); its warnings and errors still show."""
+
+  def keep(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(keep)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from captcha_jax.vocab import BLANK_ID
+from captcha_jax.vocab import BLANK_ID, Vocab
 
 
 def ctc_loss(logits: jax.Array, labels: jax.Array, label_paddings: jax.Array) -> jax.Array:
@@ -89,3 +89,16 @@ def decode_with_length(log_probs: np.ndarray, length: int) -> list[int] | None:
     path.append(int(s))
   path.reverse()
   return [c for i, c in enumerate(path) if c != BLANK_ID and (i == 0 or path[i - 1] != c)]
+
+
+def decode_texts(log_probs: np.ndarray, vocab: Vocab, label_length: int):
+  """Greedy texts, their confidences, and texts post-processed to `label_length` (if > 0)."""
+  sequences, confidence = greedy_decode(log_probs)
+  raw = [vocab.decode(s) for s in sequences]
+  if label_length <= 0:
+    return raw, confidence, raw
+  fixed = []
+  for text, lp in zip(raw, log_probs, strict=True):
+    ids = decode_with_length(lp, label_length) if len(text) != label_length else None
+    fixed.append(vocab.decode(ids) if ids is not None else text)
+  return raw, confidence, fixed

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from captcha_jax import metrics, plots, train
+from captcha_jax import checkpoints, metrics, plots, train
 from captcha_jax.predict import Predictor
 from captcha_jax.vocab import Vocab
 
@@ -89,7 +89,7 @@ def main(argv):
   del argv
   from absl import flags
 
-  train.quiet_orbax()
+  checkpoints.quiet_orbax()
   try:
     report = evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.data_dir)
   except (FileNotFoundError, ValueError) as e:

@@ -78,10 +78,10 @@ def main(argv):
   del argv
   from absl import flags
 
+  from captcha_jax import checkpoints
   from captcha_jax.predict import Predictor
-  from captcha_jax.train import quiet_orbax
 
-  quiet_orbax()
+  checkpoints.quiet_orbax()
   try:
     predictor = Predictor.from_workdir(flags.FLAGS.workdir)
   except (FileNotFoundError, ValueError) as e:

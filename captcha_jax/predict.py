@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from captcha_jax import checkpoints, data, models
-from captcha_jax.train import decode_texts, quiet_orbax
+from captcha_jax import checkpoints, ctc, data, models
 from captcha_jax.vocab import Vocab
 
 
@@ -99,7 +98,7 @@ class Predictor:
       size = min(1 << (len(chunk) - 1).bit_length(), self.batch_size)
       padded = np.concatenate([chunk, np.repeat(chunk[:1], size - len(chunk), 0)])
       log_probs = np.asarray(self._apply(self.variables, data.normalize(padded)))[: len(chunk)]
-      raw, confidence, fixed = decode_texts(log_probs, self.vocab, self.config.label_length)
+      raw, confidence, fixed = ctc.decode_texts(log_probs, self.vocab, self.config.label_length)
       results += [
         Prediction(f, r, float(c)) for f, r, c in zip(fixed, raw, confidence, strict=True)
       ]
@@ -123,7 +122,7 @@ def expand_paths(inputs: Sequence[str]) -> list[Path]:
 def main(argv):
   from absl import flags
 
-  quiet_orbax()
+  checkpoints.quiet_orbax()
   if len(argv) < 2:
     raise SystemExit('Give one or more image files or folders to read.')
   try:

@@ -4,7 +4,6 @@
         --config.data_dir=/path/to/captcha_images_v2
 """
 
-import functools
 import json
 import logging
 import signal
@@ -19,18 +18,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from captcha_jax import checkpoints, ctc, data, metrics, models, plots
+from captcha_jax import checkpoints, ctc, data, metrics, models, plots, steps
 from captcha_jax.vocab import Vocab
 
-# Batch entries the steps read; the rest (`index`) stays on the host.
-DEVICE_KEYS = ('image', 'labels', 'label_paddings', 'mask')
 # Config entries that fix the shape or meaning of the parameters: a workdir keeps them.
 MODEL_KEYS = ('alphabet', 'max_label_length', 'image_height', 'image_width', 'model')
 
@@ -39,161 +34,25 @@ class UsageError(ValueError):
   """A config or workdir that cannot be used as given; the message says what to change."""
 
 
-class TrainState(train_state.TrainState):
-  """Parameters, their moving average, BatchNorm statistics, optimizer state, step, dropout key.
-
-  Evaluation and prediction read `ema_params`, which equal `params` when config.ema_decay is 0.
-  """
-
-  batch_stats: Any
-  ema_params: Any
-  rng: jax.Array
-
-
-def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-  """Linear warm-up to the peak learning rate, then cosine decay to 1% of it at the end."""
-  total = max(config.num_epochs * steps_per_epoch, 1)
-  warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
-  return optax.warmup_cosine_decay_schedule(
-    0.0, config.learning_rate, warmup, total, end_value=config.learning_rate * 0.01
-  )
-
-
-def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
-  """Clipped AdamW; weight decay on kernels only, never on biases or BatchNorm scales."""
-  decay_mask = functools.partial(jax.tree_util.tree_map_with_path, lambda path, x: x.ndim > 1)
-  return optax.chain(
-    optax.clip_by_global_norm(config.grad_clip_norm),
-    optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask),
-  )
-
-
-def create_train_state(
-  config: ml_collections.ConfigDict, model: nn.Module, tx, rng: jax.Array
-) -> TrainState:
-  """Freshly initialised state; dummy input of the configured image size."""
-  init_rng, state_rng = jax.random.split(rng)
-  shape = (1, config.image_height, config.image_width, 3)
-  variables = jax.jit(functools.partial(model.init, train=False))(
-    init_rng, jnp.zeros(shape, jnp.float32)
-  )
-  return TrainState.create(
-    apply_fn=model.apply,
-    params=variables['params'],
-    batch_stats=variables['batch_stats'],
-    ema_params=jax.tree.map(jnp.copy, variables['params']),  # own buffers: the step donates both
-    tx=tx,
-    rng=state_rng,
-  )
-
-
-def train_step(
-  state: TrainState, batch: data.Batch, ema_decay: float = 0.0
-) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on a batch; a step whose loss or gradient is not finite is skipped.
-
-  The moving average's decay ramps up as (1 + step) / (10 + step), so early averages are not
-  dominated by the random initialisation.
-  """
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
-  mask = batch['mask']
-
-  def loss_fn(params):
-    logits, updates = state.apply_fn(
-      {'params': params, 'batch_stats': state.batch_stats},
-      batch['image'],
-      train=True,
-      rngs={'dropout': dropout_rng},
-      mutable=['batch_stats'],
-    )
-    per_example = ctc.ctc_loss(logits, batch['labels'], batch['label_paddings'])
-    return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0), (updates, per_example)
-
-  (loss, (updates, per_example)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = optax.global_norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  new_state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
-  decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
-  new_state = new_state.replace(
-    ema_params=optax.incremental_update(new_state.params, state.ema_params, 1.0 - decay)
-  )
-  state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-  # A skipped step still counts, so checkpoint numbers (global steps) stay unique.
-  state = state.replace(step=new_state.step)
-  return state, {
-    'step': state.step,
-    'loss': loss,
-    'grad_norm': grad_norm,
-    'finite': finite,
-    'example_finite': jnp.isfinite(per_example),
-  }
-
-
-def eval_step(state: TrainState, batch: data.Batch) -> dict[str, jax.Array]:
-  """Per-example CTC loss [batch] and per-step log-probabilities [batch, time, classes]."""
-  logits = state.apply_fn(
-    {'params': state.ema_params, 'batch_stats': state.batch_stats}, batch['image'], train=False
-  )
-  return {
-    'loss': ctc.ctc_loss(logits, batch['labels'], batch['label_paddings']),
-    'log_probs': jax.nn.log_softmax(logits),
-  }
-
-
-def make_mesh() -> Mesh:
-  """A 1-axis data mesh over every device: batches are split, the state is replicated."""
-  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def to_device(batch: data.Batch, mesh: Mesh) -> dict[str, jax.Array]:
-  """Global step inputs split along the batch axis over the mesh, from this process's rows."""
-  sharding = NamedSharding(mesh, P('data'))
-  return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in DEVICE_KEYS}
-
-
-def shard() -> tuple[int, int]:
-  """(this process, process count): which rows of each global batch this process loads."""
-  return jax.process_index(), jax.process_count()
-
-
-def compile_steps(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Callable, Callable]:
-  """Jitted train and eval steps; their outputs are replicated so every process can read them."""
-  replicated = NamedSharding(mesh, P())
-  p_train_step = jax.jit(
-    functools.partial(train_step, ema_decay=config.ema_decay),
-    donate_argnums=0,
-    out_shardings=(replicated, replicated),
-  )
-  return p_train_step, jax.jit(eval_step, out_shardings=replicated)
-
-
-def decode_texts(log_probs: np.ndarray, vocab: Vocab, label_length: int):
-  """Greedy texts, their confidences, and texts post-processed to `label_length` (if > 0)."""
-  sequences, confidence = ctc.greedy_decode(log_probs)
-  raw = [vocab.decode(s) for s in sequences]
-  if label_length <= 0:
-    return raw, confidence, raw
-  fixed = []
-  for text, lp in zip(raw, log_probs, strict=True):
-    ids = ctc.decode_with_length(lp, label_length) if len(text) != label_length else None
-    fixed.append(vocab.decode(ids) if ids is not None else text)
-  return raw, confidence, fixed
-
-
 def evaluate(
-  eval_fn: Callable, state: TrainState, dataset: data.Dataset, config, vocab: Vocab, mesh: Mesh
+  eval_fn: Callable,
+  state: steps.TrainState,
+  dataset: data.Dataset,
+  config,
+  vocab: Vocab,
+  mesh: Mesh,
 ) -> tuple[dict[str, float], list[str]]:
   """Loss, exact match and CER (raw and post-processed) over `dataset`; and the raw texts."""
   losses, log_probs = [], []
   size = config.eval_batch_size
   for start, batch in zip(
-    range(0, len(dataset), size), data.eval_batches(dataset, size, shard=shard()), strict=True
+    range(0, len(dataset), size), data.eval_batches(dataset, size, shard=steps.shard()), strict=True
   ):
-    out = jax.device_get(eval_fn(state, to_device(batch, mesh)))
+    out = jax.device_get(eval_fn(state, steps.to_device(batch, mesh)))
     real = np.arange(start, start + size) < len(dataset)  # the global batch's real rows
     losses.append(out['loss'][real])
     log_probs.append(out['log_probs'][real])
-  raw, _, fixed = decode_texts(np.concatenate(log_probs), vocab, config.label_length)
+  raw, _, fixed = ctc.decode_texts(np.concatenate(log_probs), vocab, config.label_length)
   result = {
     'loss': float(np.mean(np.concatenate(losses))),
     'accuracy': metrics.exact_match(raw, dataset.texts),
@@ -306,13 +165,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   workdir = Path(workdir).absolute()
   vocab = Vocab(config.alphabet)
   model = models.create_model(config.model, vocab.num_classes)
-  steps = models.output_steps(model, config.image_height, config.image_width)
+  ctc_steps = models.output_steps(model, config.image_height, config.image_width)
   splits = load_splits(config, vocab)
-  check_label_fit(splits, steps)
+  check_label_fit(splits, ctc_steps)
   logging.info(
     'Images: %s; %d CTC steps per image.',
     ', '.join(f'{k} {len(v)}' for k, v in splits.items()),
-    steps,
+    ctc_steps,
   )
   if config.batch_size % jax.device_count() or config.eval_batch_size % jax.device_count():
     raise UsageError(
@@ -321,14 +180,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
 
   steps_per_epoch = len(splits['train']) // config.batch_size
-  schedule = make_schedule(config, steps_per_epoch)
+  schedule = steps.make_schedule(config, steps_per_epoch)
   rng = jax.random.PRNGKey(config.seed)
-  state = create_train_state(config, model, make_optimizer(config, schedule), rng)
+  state = steps.create_train_state(config, model, steps.make_optimizer(config, schedule), rng)
   if config.pretrained:
     from captcha_jax import port  # torch-free; only needed when starting from ImageNet weights
 
     state = port.load_pretrained_backbone(state, config.pretrained)
-  mesh = make_mesh()
+  mesh = steps.make_mesh()
   state = jax.device_put(state, NamedSharding(mesh, P()))
   main_process = jax.process_index() == 0  # the one that prints and writes files
   if main_process:
@@ -352,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   history = _read_history(history_path, finished_epochs)
   elapsed_before = history[-1]['elapsed_s'] if history else 0.0
 
-  p_train_step, p_eval_step = compile_steps(config, mesh)
+  p_train_step, p_eval_step = steps.compile_steps(config, mesh)
   tensorboard = SummaryWriter(str(workdir / 'tensorboard')) if main_process else None
   with StopSignals() as stop:
     for epoch in range(finished_epochs + 1, config.num_epochs + 1):
@@ -464,14 +323,14 @@ class StopSignals:
 
 def train_epoch(
   step_fn: Callable,
-  state: TrainState,
+  state: steps.TrainState,
   dataset: data.Dataset,
   config: ml_collections.ConfigDict,
   epoch: int,
   first_batch: int,
   mesh: Mesh,
   stop: StopSignals,
-) -> tuple[TrainState, int, list[float], list[str]]:
+) -> tuple[steps.TrainState, int, list[float], list[str]]:
   """Runs epoch `epoch` from batch `first_batch` until its end or a stop request.
 
   The batches come from a generator seeded by (seed, epoch), so a resumed epoch replays the same
@@ -483,7 +342,7 @@ def train_epoch(
     config.batch_size,
     (config.seed, epoch),
     config.augment,
-    shard=shard(),
+    shard=steps.shard(),
     first_batch=first_batch,
   )
   total = len(dataset) // config.batch_size
@@ -496,7 +355,7 @@ def train_epoch(
   for batch in batches:
     if stop:
       break
-    state, step_metrics = step_fn(state, to_device(batch, mesh))
+    state, step_metrics = step_fn(state, steps.to_device(batch, mesh))
     done += 1
     bar.update()
     # Read the previous step's metrics, so the host never waits on the step just queued.
@@ -534,16 +393,6 @@ def _record(pending, losses: list, skipped: list, dataset: data.Dataset, bar, po
   skipped.extend(files)
 
 
-def quiet_orbax() -> None:
-  """Hides orbax's INFO lines (dozens per save); its warnings and errors still show."""
-
-  def keep(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
-
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(keep)
-
-
 def initialize_distributed(
   coordinator_address: str | None, num_processes: int | None, process_id: int | None
 ) -> None:
@@ -573,7 +422,7 @@ def main(argv):
   del argv
   from absl import flags
 
-  quiet_orbax()
+  checkpoints.quiet_orbax()
   initialize_distributed(
     flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id
   )

@@ -15,7 +15,7 @@ torch = pytest.importorskip(
 )
 from torch import nn  # noqa: E402
 
-from captcha_jax import ctc, models, port, train  # noqa: E402
+from captcha_jax import ctc, models, port, steps, train  # noqa: E402
 from tests.torch_reference import (  # noqa: E402
   TorchCRNN,
   crnn_to_flax,
@@ -244,7 +244,7 @@ def test_pretrained_backbone_is_loaded_into_the_state(resnet, tmp_path, tiny_con
   torch.save(resnet.state_dict(), path)
   tiny_config.model.base_width = 64
   model = models.create_model(tiny_config.model, 20)
-  state = train.create_train_state(tiny_config, model, optax.adam(1e-3), jax.random.PRNGKey(0))
+  state = steps.create_train_state(tiny_config, model, optax.adam(1e-3), jax.random.PRNGKey(0))
   loaded = port.load_pretrained_backbone(state, path)
   np.testing.assert_allclose(
     loaded.params['backbone']['conv1']['kernel'],
@@ -256,7 +256,7 @@ def test_pretrained_backbone_is_loaded_into_the_state(resnet, tmp_path, tiny_con
     loaded.params['backbone']['layer1_0']['conv1']['kernel'],
   )
   tiny_config.model.base_width = 8
-  small = train.create_train_state(
+  small = steps.create_train_state(
     tiny_config,
     models.create_model(tiny_config.model, 20),
     optax.adam(1e-3),

@@ -22,7 +22,7 @@ from captcha_jax import data, train
 from captcha_jax.predict import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
-TIME_KEYS = ('epoch_s', 'elapsed_s')
+TIME_KEYS = ('epoch_s', 'elapsed_s', 'train_images_per_s')
 
 
 def rows_of(workdir):

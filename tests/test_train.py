@@ -134,7 +134,7 @@ STEP_SCRIPT = textwrap.dedent(
     import json, sys
     import jax, numpy as np
     sys.path.insert(0, {root!r})
-    from captcha_jax import data, models, train
+    from captcha_jax import data, models, steps, train
     from captcha_jax.vocab import Vocab
     from configs import tiny
     config = tiny.get_config()
@@ -142,15 +142,15 @@ STEP_SCRIPT = textwrap.dedent(
     vocab = Vocab(config.alphabet)
     splits = train.load_splits(config, vocab)
     model = models.create_model(config.model, vocab.num_classes)
-    schedule = train.make_schedule(config, 10)
-    state = train.create_train_state(
-        config, model, train.make_optimizer(config, schedule), jax.random.PRNGKey(0))
-    mesh = train.make_mesh()
+    schedule = steps.make_schedule(config, 10)
+    state = steps.create_train_state(
+        config, model, steps.make_optimizer(config, schedule), jax.random.PRNGKey(0))
+    mesh = steps.make_mesh()
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    step = jax.jit(train.train_step)
+    step = jax.jit(steps.train_step)
     losses = []
     for batch in data.train_batches(splits['train'], 8, (0,)):
-      state, m = step(state, train.to_device(batch, mesh))
+      state, m = step(state, steps.to_device(batch, mesh))
       losses.append(float(m['loss']))
     flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)])
     print(json.dumps({{'devices': jax.device_count(), 'losses': losses,

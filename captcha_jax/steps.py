@@ -1,0 +1,151 @@
+"""The pure, jitted parts of training: state, optimizer, train/eval steps, and the data mesh.
+
+`train_step(state, batch) -> (state, metrics)` and `eval_step(state, batch) -> outputs` compile
+once per shape; batches are split along the mesh's 'data' axis and the state is replicated.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from captcha_jax import ctc, data
+
+# Batch entries the steps read; the rest (`index`) stays on the host.
+DEVICE_KEYS = ('image', 'labels', 'label_paddings', 'mask')
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, their moving average, BatchNorm statistics, optimizer state, step, dropout key.
+
+  Evaluation and prediction read `ema_params`, which equal `params` when config.ema_decay is 0.
+  """
+
+  batch_stats: Any
+  ema_params: Any
+  rng: jax.Array
+
+
+def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up to the peak learning rate, then cosine decay to 1% of it at the end."""
+  total = max(config.num_epochs * steps_per_epoch, 1)
+  warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+  return optax.warmup_cosine_decay_schedule(
+    0.0, config.learning_rate, warmup, total, end_value=config.learning_rate * 0.01
+  )
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
+  """Clipped AdamW; weight decay on kernels only, never on biases or BatchNorm scales."""
+  decay_mask = functools.partial(jax.tree_util.tree_map_with_path, lambda path, x: x.ndim > 1)
+  return optax.chain(
+    optax.clip_by_global_norm(config.grad_clip_norm),
+    optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask),
+  )
+
+
+def create_train_state(
+  config: ml_collections.ConfigDict, model: nn.Module, tx, rng: jax.Array
+) -> TrainState:
+  """Freshly initialised state; dummy input of the configured image size."""
+  init_rng, state_rng = jax.random.split(rng)
+  shape = (1, config.image_height, config.image_width, 3)
+  variables = jax.jit(functools.partial(model.init, train=False))(
+    init_rng, jnp.zeros(shape, jnp.float32)
+  )
+  return TrainState.create(
+    apply_fn=model.apply,
+    params=variables['params'],
+    batch_stats=variables['batch_stats'],
+    ema_params=jax.tree.map(jnp.copy, variables['params']),  # own buffers: the step donates both
+    tx=tx,
+    rng=state_rng,
+  )
+
+
+def train_step(
+  state: TrainState, batch: data.Batch, ema_decay: float = 0.0
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a batch; a step whose loss or gradient is not finite is skipped.
+
+  The moving average's decay ramps up as (1 + step) / (10 + step), so early averages are not
+  dominated by the random initialisation.
+  """
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  mask = batch['mask']
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+      {'params': params, 'batch_stats': state.batch_stats},
+      batch['image'],
+      train=True,
+      rngs={'dropout': dropout_rng},
+      mutable=['batch_stats'],
+    )
+    per_example = ctc.ctc_loss(logits, batch['labels'], batch['label_paddings'])
+    return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0), (updates, per_example)
+
+  (loss, (updates, per_example)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  new_state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+  new_state = new_state.replace(
+    ema_params=optax.incremental_update(new_state.params, state.ema_params, 1.0 - decay)
+  )
+  state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  # A skipped step still counts, so checkpoint numbers (global steps) stay unique.
+  state = state.replace(step=new_state.step)
+  return state, {
+    'step': state.step,
+    'loss': loss,
+    'grad_norm': grad_norm,
+    'finite': finite,
+    'example_finite': jnp.isfinite(per_example),
+  }
+
+
+def eval_step(state: TrainState, batch: data.Batch) -> dict[str, jax.Array]:
+  """Per-example CTC loss [batch] and per-step log-probabilities [batch, time, classes]."""
+  logits = state.apply_fn(
+    {'params': state.ema_params, 'batch_stats': state.batch_stats}, batch['image'], train=False
+  )
+  return {
+    'loss': ctc.ctc_loss(logits, batch['labels'], batch['label_paddings']),
+    'log_probs': jax.nn.log_softmax(logits),
+  }
+
+
+def make_mesh() -> Mesh:
+  """A 1-axis data mesh over every device: batches are split, the state is replicated."""
+  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def to_device(batch: data.Batch, mesh: Mesh) -> dict[str, jax.Array]:
+  """Global step inputs split along the batch axis over the mesh, from this process's rows."""
+  sharding = NamedSharding(mesh, P('data'))
+  return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in DEVICE_KEYS}
+
+
+def shard() -> tuple[int, int]:
+  """(this process, process count): which rows of each global batch this process loads."""
+  return jax.process_index(), jax.process_count()
+
+
+def compile_steps(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Callable, Callable]:
+  """Jitted train and eval steps; their outputs are replicated so every process can read them."""
+  replicated = NamedSharding(mesh, P())
+  p_train_step = jax.jit(
+    functools.partial(train_step, ema_decay=config.ema_decay),
+    donate_argnums=0,
+    out_shardings=(replicated, replicated),
+  )
+  return p_train_step, jax.jit(eval_step, out_shardings=replicated)
