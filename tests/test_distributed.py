@@ -67,7 +67,13 @@ def finish(processes, timeout=240):
 
 def rows(workdir):
   lines = (Path(workdir) / 'metrics.jsonl').read_text().splitlines()
-  return [{k: v for k, v in json.loads(x).items() if not k.endswith('_s')} for x in lines]
+  return [json.loads(x) for x in lines]
+
+
+# Continuous quantities only: another reduction order (4 devices in one process against 2×2 over
+# gloo) moves logits by ~1e-7, which can flip a near-tied greedy reading of the barely trained
+# tiny model and so move accuracy, CER or the collapse flag by a whole image.
+CONTINUOUS = ('epoch', 'step', 'train_loss', 'val_loss', 'learning_rate', 'skipped_steps')
 
 
 def final_params(workdir):
@@ -90,11 +96,12 @@ def test_two_processes_match_one(tmp_path, captcha_dir):
   got, want = rows(pair), rows(single)
   assert [r['step'] for r in got] == [6, 12]
   for g, w in zip(got, want, strict=True):
-    assert g == pytest.approx(w, rel=1e-4, abs=1e-6)
+    for key in CONTINUOUS:
+      assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), key
   np.testing.assert_allclose(final_params(pair), final_params(single), atol=1e-4)
-  assert json.loads((pair / 'results.json').read_text())['test'] == pytest.approx(
-    json.loads((single / 'results.json').read_text())['test'], rel=1e-4, abs=1e-6
-  )
+  for split in ('train', 'val', 'test'):
+    results = [json.loads((d / 'results.json').read_text())[split] for d in (pair, single)]
+    assert results[0]['loss'] == pytest.approx(results[1]['loss'], rel=1e-4)
 
 
 def test_two_processes_killed_and_rerun_resume(tmp_path, captcha_dir):
