@@ -47,7 +47,7 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_jax(config, batch_size, steps, warmup):
+def run_jax(config, batch_size, num_steps, warmup):
   import jax
 
   from captcha_jax import models, steps
@@ -65,7 +65,7 @@ def run_jax(config, batch_size, steps, warmup):
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   times = []
-  for i in range(warmup + steps):
+  for i in range(warmup + num_steps):
     start = time.perf_counter()
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics['loss'])
@@ -79,7 +79,7 @@ def run_jax(config, batch_size, steps, warmup):
   }
 
 
-def run_torch(config, batch_size, steps, warmup):
+def run_torch(config, batch_size, num_steps, warmup):
   import torch
 
   from tests.torch_reference import TorchCRNN
@@ -126,7 +126,7 @@ def run_torch(config, batch_size, steps, warmup):
 
   times = []
   first_s = None
-  for i in range(warmup + steps):
+  for i in range(warmup + num_steps):
     start = time.perf_counter()
     loss = step()
     loss.item()

@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -169,3 +170,16 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   variables = model.init(jax.random.key(0), x, train=False)
   assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables['params']))
   assert model.apply(variables, x, train=False).dtype == jnp.float32
+
+
+@pytest.mark.parametrize('shape', [(2, 25, 100, 4), (1, 7, 8, 3), (3, 1, 1, 2)])
+def test_slice_max_pool_matches_reduce_window_and_its_gradient(shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  reference = functools.partial(
+    flax.linen.max_pool, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1))
+  )
+  np.testing.assert_array_equal(models.max_pool_3x3_s2(x), reference(x))
+  cotangent = jax.random.normal(jax.random.key(1), reference(x).shape)
+  grad = jax.grad(lambda y: (models.max_pool_3x3_s2(y) * cotangent).sum())(x)
+  expected = jax.grad(lambda y: (reference(y) * cotangent).sum())(x)
+  np.testing.assert_allclose(grad, expected, atol=1e-6)  # no ties in random normal data
