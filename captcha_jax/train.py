@@ -205,7 +205,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   progress = {'epoch': 0, 'batch': steps_per_epoch}  # "epoch 0 complete": a fresh start
   if manager.latest_step() is not None:
     state, progress = checkpoints.restore(manager, manager.latest_step(), state)
-    logging.info('Resumed from step %d (epoch %s).', manager.latest_step(), progress)
+    logging.info(
+      'Resumed from step %d: epoch %d, %d batch(es) done.',
+      manager.latest_step(),
+      progress['epoch'],
+      progress['batch'],
+    )
   finished_epochs = progress['epoch'] - (progress['batch'] < steps_per_epoch)
   history_path = workdir / 'metrics.jsonl'
   history = _read_history(history_path, finished_epochs)
