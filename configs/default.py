@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.nan_policy = 'skip'  # non-finite loss/gradient: 'skip' the step (logged) or 'stop'
 
   config.augment = ml_collections.ConfigDict()
+  # Small affine warps on the host (~0.1 ms an image); kept from the first recipe, not ablated yet.
   config.augment.enabled = True
   config.augment.max_shift_x = 4.0  # pixels
   config.augment.max_shift_y = 3.0
@@ -47,14 +48,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Optimisation.
   config.seed = 0  # initialisation, dropout, shuffling and augmentation
-  config.batch_size = 16
-  config.num_epochs = 30  # 98% val by epoch ~12; 40 epochs added nothing on val
+  config.batch_size = 16  # the seed's; 47 steps an epoch on 752 images
+  config.num_epochs = 30  # 98% val by epoch 7-10 over 3 seeds; 40 epochs added nothing on val
   config.learning_rate = 1e-3  # peak, after warm-up
-  config.warmup_epochs = 2.0
+  config.warmup_epochs = 2.0  # then cosine decay; blank plateau 2-3 epochs (length not ablated)
   config.weight_decay = 1e-4
   config.grad_clip_norm = 5.0
   # Evaluate a moving average of the weights (0 = raw weights): on seed 0, the lowest val after
-  # first reaching 98% went 95.7% → 97.9% and test exact 98.9% → 100% (README, Ablation).
+  # first reaching 98% went 95.7% → 97.9% and test exact 98.9% → 100% (README, Results).
   config.ema_decay = 0.99
 
   # Checkpoints and logging.
