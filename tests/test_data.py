@@ -9,6 +9,11 @@ from captcha_jax import data
 from captcha_jax.vocab import Vocab
 
 VOCAB = Vocab('2345678bcdefgmnpwxy')
+AUGMENT = ml_collections.ConfigDict(
+  dict(
+    enabled=True, max_shift_x=4.0, max_shift_y=3.0, max_rotation=3.0, max_scale=0.05, max_shear=0.1
+  )
+)
 
 
 def load(folder, **kwargs):
@@ -80,16 +85,7 @@ def test_train_batches_fixed_shape_shuffled_reproducibly(captcha_dir):
 
 def test_augmentation_changes_pixels_but_not_shape(captcha_dir):
   ds = load(captcha_dir)
-  config = ml_collections.ConfigDict(
-    dict(
-      enabled=True,
-      max_shift_x=4.0,
-      max_shift_y=3.0,
-      max_rotation=3.0,
-      max_scale=0.05,
-      max_shear=0.1,
-    )
-  )
+  config = AUGMENT
   plain = next(data.train_batches(ds, 8, (0,)))
   warped = next(data.train_batches(ds, 8, (0,), config))
   np.testing.assert_array_equal(plain['index'], warped['index'])
@@ -171,16 +167,7 @@ def test_load_image_rejects_bad_arrays():
 
 def test_process_shards_are_disjoint_and_rebuild_the_global_batch(captcha_dir):
   ds = load(captcha_dir)
-  config = ml_collections.ConfigDict(
-    dict(
-      enabled=True,
-      max_shift_x=4.0,
-      max_shift_y=3.0,
-      max_rotation=3.0,
-      max_scale=0.05,
-      max_shear=0.1,
-    )
-  )
+  config = AUGMENT
   whole = list(data.train_batches(ds, 16, (5, 2), config))
   parts = [list(data.train_batches(ds, 16, (5, 2), config, shard=(p, 4))) for p in range(4)]
   for i, batch in enumerate(whole):

@@ -135,6 +135,18 @@ def test_gru_matches_torch_bidirectional_two_layers():
   np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
 
 
+def torch_ctc(logits, labels, lengths, reduction):
+  """torch's CTC on [batch, time, classes] logits, every time step real."""
+  return nn.functional.ctc_loss(
+    logits.log_softmax(-1).transpose(0, 1),
+    torch.from_numpy(labels),
+    torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long),
+    torch.from_numpy(lengths),
+    blank=0,
+    reduction=reduction,
+  )
+
+
 @pytest.fixture(scope='module')
 def crnn_pair():
   """The seed's CRNN in torch and its conversion, with a real-size batch and labels."""
@@ -158,14 +170,7 @@ def test_crnn_logits_and_ctc_loss_match_torch(crnn_pair):
   logits = flax_model.apply(crnn_to_flax(reference), images, train=False)
   np.testing.assert_allclose(logits, torch_logits.numpy(), atol=1e-4)
 
-  torch_loss = nn.functional.ctc_loss(
-    torch_logits.log_softmax(-1).transpose(0, 1),
-    torch.from_numpy(labels),
-    torch.full((4,), logits.shape[1], dtype=torch.long),
-    torch.from_numpy(lengths),
-    blank=0,
-    reduction='none',
-  )
+  torch_loss = torch_ctc(torch_logits, labels, lengths, 'none')
   loss = ctc.ctc_loss(logits, labels, paddings)
   np.testing.assert_allclose(loss, torch_loss.numpy(), rtol=1e-4)
 
@@ -192,14 +197,7 @@ def test_one_training_step_matches_torch(crnn_pair, name):
   reference.train()
   optimizer = torch_optimizer(reference.parameters())
   logits = reference(nchw(images))
-  loss = nn.functional.ctc_loss(
-    logits.log_softmax(-1).transpose(0, 1),
-    torch.from_numpy(labels),
-    torch.full((4,), logits.shape[1], dtype=torch.long),
-    torch.from_numpy(lengths),
-    blank=0,
-    reduction='mean',
-  )
+  loss = torch_ctc(logits, labels, lengths, 'mean')
   optimizer.zero_grad()
   loss.backward()
   torch_grads = crnn_to_flax(_with_params_as_grads(reference))['params']
