@@ -50,10 +50,7 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int 
     fixed = [p.text for p in predictions]
     report[name] = {
       'images': len(dataset),
-      'accuracy': metrics.exact_match(raw, dataset.texts),
-      'cer': metrics.character_error_rate(raw, dataset.texts),
-      'accuracy_post': metrics.exact_match(fixed, dataset.texts),
-      'cer_post': metrics.character_error_rate(fixed, dataset.texts),
+      **metrics.reading_metrics(raw, fixed, dataset.texts),
       'confusions': [
         {'true': t, 'read': r, 'count': n}
         for (t, r), n in confusions(raw, dataset.texts).most_common(top)

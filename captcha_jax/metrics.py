@@ -23,3 +23,15 @@ def character_error_rate(predictions: Sequence[str], targets: Sequence[str]) -> 
   """Total edit distance over total target characters."""
   errors = sum(edit_distance(p, t) for p, t in zip(predictions, targets, strict=True))
   return errors / max(sum(len(t) for t in targets), 1)
+
+
+def reading_metrics(
+  raw: Sequence[str], post_processed: Sequence[str], targets: Sequence[str]
+) -> dict[str, float]:
+  """Exact match and CER of the raw (greedy) and the post-processed readings."""
+  return {
+    'accuracy': exact_match(raw, targets),
+    'cer': character_error_rate(raw, targets),
+    'accuracy_post': exact_match(post_processed, targets),
+    'cer_post': character_error_rate(post_processed, targets),
+  }

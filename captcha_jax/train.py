@@ -55,10 +55,7 @@ def evaluate(
   raw, _, fixed = ctc.decode_texts(np.concatenate(log_probs), vocab, config.label_length)
   result = {
     'loss': float(np.mean(np.concatenate(losses))),
-    'accuracy': metrics.exact_match(raw, dataset.texts),
-    'cer': metrics.character_error_rate(raw, dataset.texts),
-    'accuracy_post': metrics.exact_match(fixed, dataset.texts),
-    'cer_post': metrics.character_error_rate(fixed, dataset.texts),
+    **metrics.reading_metrics(raw, fixed, dataset.texts),
   }
   return result, raw
 
@@ -138,7 +135,7 @@ def load_splits(config: ml_collections.ConfigDict, vocab: Vocab) -> dict[str, da
   }
 
 
-def check_label_fit(splits: dict[str, data.Dataset], steps: int) -> None:
+def check_label_fit(splits: dict[str, data.Dataset], ctc_steps: int) -> None:
   """Raises when some label needs more CTC steps than the model emits (its loss would be ~1e5)."""
   worst = max(
     (
@@ -147,9 +144,9 @@ def check_label_fit(splits: dict[str, data.Dataset], steps: int) -> None:
       for i in range(len(ds))
     ),
   )
-  if worst[0] > steps:
+  if worst[0] > ctc_steps:
     raise data.DataError(
-      f'{worst[1]!r} needs {worst[0]} CTC steps but the model emits {steps} for '
+      f'{worst[1]!r} needs {worst[0]} CTC steps but the model emits {ctc_steps} for '
       'this image width: lower max_label_length, widen the image, or keep more width in '
       'config.model.backbone_strides.'
     )

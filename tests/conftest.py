@@ -13,6 +13,19 @@ from captcha_jax import synthetic, train  # noqa: E402
 from configs import tiny  # noqa: E402
 
 
+def train_command(workdir, captcha_dir, epochs: int = 3) -> list[str]:
+  """`python -m captcha_jax.train` on the tiny config, for tests that run it as a process."""
+  return [
+    sys.executable,
+    '-m',
+    'captcha_jax.train',
+    '--config=configs/tiny.py',
+    f'--workdir={workdir}',
+    f'--config.data_dir={captcha_dir}',
+    f'--config.num_epochs={epochs}',
+  ]
+
+
 @pytest.fixture(scope='session')
 def captcha_dir(tmp_path_factory) -> Path:
   """60 synthetic 200×50 captchas of the default alphabet, named LABEL.png."""

@@ -20,6 +20,7 @@ from PIL import Image
 
 from captcha_jax import data, train
 from captcha_jax.predict import Predictor
+from tests.conftest import train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 TIME_KEYS = ('epoch_s', 'elapsed_s', 'train_images_per_s')
@@ -41,18 +42,6 @@ def assert_row_close(got: dict, want: dict) -> None:
 
 def without_times(rows):
   return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in rows]
-
-
-def train_command(workdir, captcha_dir, epochs=3):
-  return [
-    sys.executable,
-    '-m',
-    'captcha_jax.train',
-    '--config=configs/tiny.py',
-    f'--workdir={workdir}',
-    f'--config.data_dir={captcha_dir}',
-    f'--config.num_epochs={epochs}',
-  ]
 
 
 def start_and_signal(cmd, workdir, signum, after_rows=1):
