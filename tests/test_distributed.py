@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from captcha_jax import checkpoints
+from tests.conftest import train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -26,15 +26,8 @@ def free_port() -> int:
 
 
 def command(workdir, captcha_dir, epochs, cluster=None):
-  cmd = [
-    sys.executable,
-    '-m',
-    'captcha_jax.train',
-    '--config=configs/tiny.py',
-    f'--workdir={workdir}',
-    f'--config.data_dir={captcha_dir}',
-    f'--config.num_epochs={epochs}',
-  ]
+  """The tiny training command; as process `cluster[1]` of 2 when `cluster` = (port, process)."""
+  cmd = train_command(workdir, captcha_dir, epochs)
   if cluster:
     port, process = cluster
     cmd += [
@@ -98,7 +91,12 @@ def test_two_processes_match_one(tmp_path, captcha_dir):
   for g, w in zip(got, want, strict=True):
     for key in CONTINUOUS:
       assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), key
-  np.testing.assert_allclose(final_params(pair), final_params(single), atol=1e-4)
+  # Adam steps a weight by about ±lr whatever its gradient's size, so a gradient near zero whose
+  # sign differs by reduction order (it does under load) moves that weight ~1e-4..1e-3 apart.
+  # A broken shuffle or sharding shows in the losses above, far beyond these tolerances.
+  got_params, want_params = final_params(pair), final_params(single)
+  np.testing.assert_allclose(got_params, want_params, atol=1e-3)
+  assert np.mean(np.abs(got_params - want_params) > 1e-4) < 0.01
   for split in ('train', 'val', 'test'):
     results = [json.loads((d / 'results.json').read_text())[split] for d in (pair, single)]
     assert results[0]['loss'] == pytest.approx(results[1]['loss'], rel=1e-4)
