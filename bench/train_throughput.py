@@ -1,10 +1,11 @@
 """Train-step throughput: captcha_jax's jitted step against the same model in PyTorch.
 
-    python bench/train_throughput.py [--batch-size 32] [--steps 30] [--config configs/default.py]
+    python bench/train_throughput.py [--batch-size 32] [--steps 30] [--rounds 3]
 
-Each framework runs in its own subprocess (so peak memory is its own), back to back, on the same
-architecture, batch, input size, loss and optimizer (AdamW, global-norm clipping, CTC). Prints
-images/s (median over timed steps), compile or first-step time, peak RSS, and the ratio.
+Each framework runs in its own subprocess (so peak memory is its own), alternating for --rounds
+rounds, on the same architecture, batch, input size, loss and optimizer (AdamW, global-norm
+clipping, CTC) and with the same environment. Prints images/s (median over timed steps, then over
+rounds), compile or first-step time, peak RSS, and the ratio.
 """
 
 import argparse
@@ -19,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from captcha_jax import hostmem  # noqa: E402
 
 
 def load_config(path):
@@ -150,6 +153,12 @@ def _trunk_height(height, strides):
   return height
 
 
+def median_result(results: list[dict]) -> dict:
+  """One framework's rounds → the median of each figure (its name from the first)."""
+  keys = ('step_s', 'first_s', 'images_per_s', 'peak_rss_mb')
+  return {**results[0], **{k: statistics.median(r[k] for r in results) for k in keys}}
+
+
 def child(args):
   config = load_config(args.config)
   runner = run_jax if args.child == 'jax' else run_torch
@@ -165,31 +174,26 @@ def main():
   parser.add_argument('--batch-size', type=int, default=32)
   parser.add_argument('--steps', type=int, default=30)
   parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--rounds', type=int, default=3, help='alternating runs of each')
   parser.add_argument('--skip-torch', action='store_true')
   parser.add_argument('--child', choices=['jax', 'torch'], help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     return child(args)
-  results = {}
-  for name in ['jax'] + ([] if args.skip_torch else ['torch']):
-    cmd = [
-      sys.executable,
-      __file__,
-      '--child',
-      name,
-      '--config',
-      args.config,
-      '--batch-size',
-      str(args.batch_size),
-      '--steps',
-      str(args.steps),
-      '--warmup',
-      str(args.warmup),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if out.returncode:
-      sys.exit(f'{name} failed:\n{out.stderr[-3000:]}')
-    results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+  # Rounds alternate the frameworks so that a machine whose speed drifts (shared cloud cores)
+  # affects both alike; each framework's figures are the median over its rounds.
+  env = hostmem.with_huge_pages(os.environ)  # as the CLIs run (captcha_jax/hostmem.py)
+  runs = {name: [] for name in ['jax'] + ([] if args.skip_torch else ['torch'])}
+  for _ in range(args.rounds):
+    for name, results in runs.items():
+      cmd = [sys.executable, __file__, '--child', name, '--config', args.config]
+      cmd += ['--batch-size', str(args.batch_size), '--steps', str(args.steps)]
+      cmd += ['--warmup', str(args.warmup)]
+      out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+      if out.returncode:
+        sys.exit(f'{name} failed:\n{out.stderr[-3000:]}')
+      results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+  results = {name: median_result(rs) for name, rs in runs.items()}
   print(f'batch {args.batch_size}, {args.config}, {os.cpu_count()} CPU threads')
   print(
     f'{"framework":32s} {"images/s":>9s} {"step ms":>8s} {"compile/first s":>16s} {"peak MB":>8s}'

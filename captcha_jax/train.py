@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from captcha_jax import checkpoints, ctc, data, metrics, models, plots, steps
+from captcha_jax import checkpoints, ctc, data, hostmem, metrics, models, plots, steps
 from captcha_jax.vocab import Vocab
 
 # Config entries that fix the shape or meaning of the parameters: a workdir keeps them.
@@ -435,6 +435,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  hostmem.restart_with_huge_pages()  # before any work: it re-executes the process
   from absl import app, flags
   from ml_collections import config_flags
 
