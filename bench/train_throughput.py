@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from captcha_jax import hostmem  # noqa: E402
+from captcha_jax import host  # noqa: E402
 
 
 def load_config(path):
@@ -55,6 +55,7 @@ def run_jax(config, batch_size, num_steps, warmup):
 
   from captcha_jax import models, steps
 
+  host.use_cpu_cores(batch_size)  # as the train CLI does
   model = models.create_model(config.model, len(config.alphabet) + 1)
   schedule = steps.make_schedule(config, 100)
   state = steps.create_train_state(
@@ -75,7 +76,7 @@ def run_jax(config, batch_size, num_steps, warmup):
     if i >= warmup:
       times.append(time.perf_counter() - start)
   return {
-    'framework': f'jax {jax.__version__} ({jax.devices()[0].platform})',
+    'framework': f'jax {jax.__version__} ({jax.device_count()} {jax.devices()[0].platform})',
     'step_s': statistics.median(times),
     'first_s': compile_s,
     'loss': float(metrics['loss']),
@@ -182,7 +183,7 @@ def main():
     return child(args)
   # Rounds alternate the frameworks so that a machine whose speed drifts (shared cloud cores)
   # affects both alike; each framework's figures are the median over its rounds.
-  env = hostmem.with_huge_pages(os.environ)  # as the CLIs run (captcha_jax/hostmem.py)
+  env = host.with_huge_pages(os.environ)  # as the CLIs run (captcha_jax/host.py)
   runs = {name: [] for name in ['jax'] + ([] if args.skip_torch else ['torch'])}
   for _ in range(args.rounds):
     for name, results in runs.items():

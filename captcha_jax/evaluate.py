@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from captcha_jax import checkpoints, hostmem, metrics, plots, train
+from captcha_jax import checkpoints, host, metrics, plots, train
 from captcha_jax.predict import Predictor
 from captcha_jax.vocab import Vocab
 
@@ -95,7 +95,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  hostmem.restart_with_huge_pages()  # before any work: it re-executes the process
+  host.restart_with_huge_pages()  # before any work: it re-executes the process
   from absl import app, flags
 
   flags.DEFINE_string('workdir', None, 'The --workdir of a training run.', required=True)

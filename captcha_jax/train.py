@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from captcha_jax import checkpoints, ctc, data, hostmem, metrics, models, plots, steps
+from captcha_jax import checkpoints, ctc, data, host, metrics, models, plots, steps
 from captcha_jax.vocab import Vocab
 
 # Config entries that fix the shape or meaning of the parameters: a workdir keeps them.
@@ -425,17 +425,21 @@ def main(argv):
   from absl import flags
 
   checkpoints.quiet_orbax()
-  initialize_distributed(
-    flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id
-  )
+  config = flags.FLAGS.config
+  if flags.FLAGS.coordinator_address:
+    initialize_distributed(
+      flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id
+    )
+  else:
+    host.use_cpu_cores(config.batch_size, config.eval_batch_size)
   try:
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    train_and_evaluate(config, flags.FLAGS.workdir)
   except (data.DataError, UsageError, FileNotFoundError) as e:
     raise SystemExit(f'error: {e}') from None
 
 
 if __name__ == '__main__':
-  hostmem.restart_with_huge_pages()  # before any work: it re-executes the process
+  host.restart_with_huge_pages()  # before any work: it re-executes the process
   from absl import app, flags
   from ml_collections import config_flags
 

@@ -1,0 +1,83 @@
+"""Huge pages for XLA:CPU's per-step scratch memory (captcha_jax.host)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from captcha_jax import host
+from tests.conftest import ROOT
+
+# A jitted function with a 64 MB intermediate (the sort's output), run 10 times after warm-up;
+# prints GLIBC_TUNABLES and the minor page faults per call.
+SCRIPT = """
+import os, resource, sys
+from captcha_jax import host
+if sys.argv[1] == 'restart':
+  host.restart_with_huge_pages()
+import jax, jax.numpy as jnp
+x = jnp.ones((64, 512, 512))
+f = jax.jit(lambda x: jnp.sort(jnp.sin(x), axis=1).sum(axis=(1, 2)))
+for _ in range(2):
+  f(x).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+  f(x).block_until_ready()
+print('tunables=' + os.environ.get('GLIBC_TUNABLES', ''))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+"""
+
+
+def run_script(mode: str, env: dict[str, str]) -> tuple[str, float]:
+  out = subprocess.run(
+    [sys.executable, '-c', SCRIPT, mode], capture_output=True, text=True, cwd=ROOT, env=env
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  tunables, faults = out.stdout.strip().splitlines()[-2:]
+  return tunables.removeprefix('tunables='), float(faults)
+
+
+def test_with_huge_pages_keeps_other_tunables():
+  env = host.with_huge_pages({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2', 'A': 'b'})
+  assert env == {'GLIBC_TUNABLES': f'glibc.malloc.arena_max=2:{host.HUGE_PAGES}', 'A': 'b'}
+  assert host.with_huge_pages({})['GLIBC_TUNABLES'] == host.HUGE_PAGES
+  set_by_user = {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}
+  assert host.with_huge_pages(set_by_user) == set_by_user
+
+
+@pytest.mark.skipif(not host.huge_pages_would_help(), reason='needs glibc and THP on madvise')
+def test_restart_stops_per_call_page_faults(monkeypatch):
+  monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
+  env = dict(os.environ)
+  tunables, fresh = run_script('plain', env)
+  assert tunables == ''
+  # Without huge pages each call faults in the whole 64 MB again (16,384 pages of 4 KiB).
+  assert fresh > 12_000
+  tunables, huge = run_script('restart', env)
+  assert tunables == host.HUGE_PAGES  # the process re-executed itself with the tunable
+  assert huge < 0.1 * fresh
+
+
+def device_count_after(batch_sizes: str, env: dict[str, str]) -> str:
+  script = (
+    'import jax\nfrom captcha_jax import host\n'
+    f'print(host.use_cpu_cores({batch_sizes}), jax.device_count())'
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', script], capture_output=True, text=True, cwd=ROOT, env=env
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  return out.stdout.split()
+
+
+def test_use_cpu_cores_splits_the_cpu_into_devices_that_divide_the_batches(monkeypatch):
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  cores = len(os.sched_getaffinity(0))
+  expected = max(n for n in range(1, cores + 1) if 16 % n == 0 and 64 % n == 0)
+  assert device_count_after('16, 64', env) == [str(expected)] * 2
+  assert device_count_after('7', env) == (['1', '1'] if cores < 7 else ['7', '7'])
+  # A count the user chose is kept.
+  forced = dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=3')
+  assert device_count_after('16', forced) == ['None', '3']
