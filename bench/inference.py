@@ -115,5 +115,5 @@ def main():
 if __name__ == '__main__':
   from captcha_jax import host
 
-  host.restart_with_huge_pages()  # as the predict CLI does; both frameworks run in this process
+  host.restart_with_huge_pages()  # as train/evaluate do; both frameworks run in this process
   main()

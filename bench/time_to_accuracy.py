@@ -1,6 +1,6 @@
 """Time to accuracy, and accuracy, of the default recipe over several seeds on one fixed split.
 
-    python bench/time_to_accuracy.py --data-dir ../shared/data/captcha_v2 --seeds 3 [--config.x=y ...]
+    python bench/time_to_accuracy.py --data-dir ../shared/data/captcha_v2 --seeds 3 [--config.x=y]
 
 Trains each seed with `python -m captcha_jax.train` (a fresh process: compile time counts), then
 prints per seed: test exact match and CER (raw, and post-processed to the known length) of the

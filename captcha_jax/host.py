@@ -6,7 +6,8 @@ that large from XLA's worker threads with a fresh `mmap` and unmaps it on free, 
 faults the whole buffer in again, one 4 KiB page at a time: about 79,000 page faults and 120 ms
 of kernel time per step on 2 cores. glibc's `hugetlb` tunable makes it ask for transparent huge
 pages on those mappings (2 MiB: about 160 faults a step). Tunables are read when a process
-starts, so the command-line tools restart themselves once with it set. Keeping freed memory
+starts, so the train and evaluate commands restart themselves once with it set (about 1 s of
+imports again; the predict command, often run for a few images, does not). Keeping freed memory
 instead (`mallopt`) saved the same time but grew the resident memory by 200-500 MB through
 fragmentation.
 
@@ -23,14 +24,15 @@ from pathlib import Path
 
 import jax
 
-HUGE_PAGES = 'glibc.malloc.hugetlb=1'
+_TUNABLE = 'glibc.malloc.hugetlb'
+HUGE_PAGES = f'{_TUNABLE}=1'
 _THP_MODE = Path('/sys/kernel/mm/transparent_hugepage/enabled')
 
 
 def with_huge_pages(env: Mapping[str, str]) -> dict[str, str]:
   """A copy of `env` whose GLIBC_TUNABLES also asks malloc for huge pages (others kept)."""
   tunables = env.get('GLIBC_TUNABLES', '')
-  if 'glibc.malloc.hugetlb' in tunables:
+  if _TUNABLE in tunables:
     return dict(env)
   return {**env, 'GLIBC_TUNABLES': ':'.join(filter(None, [tunables, HUGE_PAGES]))}
 
@@ -54,7 +56,7 @@ def restart_with_huge_pages() -> None:
   Call first thing in a command-line entry point, before any work that would be lost. Returns
   without doing anything when the tunable is already set or would not help.
   """
-  if 'glibc.malloc.hugetlb' in os.environ.get('GLIBC_TUNABLES', '') or not huge_pages_would_help():
+  if _TUNABLE in os.environ.get('GLIBC_TUNABLES', '') or not huge_pages_would_help():
     return
   sys.stdout.flush()
   sys.stderr.flush()

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from captcha_jax import checkpoints, ctc, data, host, models
+from captcha_jax import checkpoints, ctc, data, models
 from captcha_jax.vocab import Vocab
 
 
@@ -136,7 +136,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  host.restart_with_huge_pages()  # before any work: it re-executes the process
   from absl import app, flags
 
   flags.DEFINE_string('workdir', None, 'The --workdir of a training run.', required=True)

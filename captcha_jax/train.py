@@ -426,12 +426,11 @@ def main(argv):
 
   checkpoints.quiet_orbax()
   config = flags.FLAGS.config
-  if flags.FLAGS.coordinator_address:
-    initialize_distributed(
-      flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id
-    )
-  else:
+  if not flags.FLAGS.coordinator_address:  # a multi-process run's launcher picks its devices
     host.use_cpu_cores(config.batch_size, config.eval_batch_size)
+  initialize_distributed(
+    flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id
+  )
   try:
     train_and_evaluate(config, flags.FLAGS.workdir)
   except (data.DataError, UsageError, FileNotFoundError) as e:
