@@ -183,3 +183,19 @@ def test_slice_max_pool_matches_reduce_window_and_its_gradient(shape):
   grad = jax.grad(lambda y: (models.max_pool_3x3_s2(y) * cotangent).sum())(x)
   expected = jax.grad(lambda y: (reference(y) * cotangent).sum())(x)
   np.testing.assert_allclose(grad, expected, atol=1e-6)  # no ties in random normal data
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_like_torch():
+  torch = pytest.importorskip('torch')
+  # After a ReLU most windows tie (at 0); rounding makes ties between positive values too.
+  x = np.maximum(np.random.default_rng(0).normal(size=(2, 11, 14, 3)), 0).round(1)
+  x = x.astype(np.float32)
+  cotangent = np.random.default_rng(1).normal(size=(2, 6, 7, 3)).astype(np.float32)
+  grad = jax.grad(lambda y: (models.max_pool_3x3_s2(y) * cotangent).sum())(jnp.asarray(x))
+  x_torch = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+  out = torch.nn.functional.max_pool2d(x_torch, 3, 2, 1)
+  (out * torch.tensor(cotangent.transpose(0, 3, 1, 2))).sum().backward()
+  np.testing.assert_allclose(
+    models.max_pool_3x3_s2(jnp.asarray(x)), out.detach().numpy().transpose(0, 2, 3, 1)
+  )
+  np.testing.assert_allclose(grad, x_torch.grad.numpy().transpose(0, 2, 3, 1), atol=1e-6)
