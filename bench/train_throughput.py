@@ -56,7 +56,7 @@ def run_jax(config, batch_size, num_steps, warmup):
   from captcha_jax import models, steps
 
   host.use_cpu_cores(batch_size)  # as the train CLI does
-  model = models.create_model(config.model, len(config.alphabet) + 1)
+  model = models.create_model(config.model, len(config.alphabet) + 1, axis_name=steps.DATA_AXIS)
   schedule = steps.make_schedule(config, 100)
   state = steps.create_train_state(
     config, model, steps.make_optimizer(config, schedule), jax.random.PRNGKey(0)
@@ -64,7 +64,7 @@ def run_jax(config, batch_size, num_steps, warmup):
   mesh = steps.make_mesh()
   state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   batch = steps.to_device(fake_batch(config, batch_size), mesh)
-  step = jax.jit(steps.train_step, donate_argnums=0)
+  step = steps.compile_steps(config, mesh)[0]  # the train CLI's step
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start

@@ -23,12 +23,18 @@ class BasicBlock(nn.Module):
   features: int
   strides: Strides = (1, 1)
   dtype: Any = jnp.float32
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     norm = functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      axis_name=self.axis_name,
     )
     y = conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)), name='conv1')(x)
     y = nn.relu(norm(name='bn1')(y))
@@ -109,12 +115,15 @@ class ResNet18(nn.Module):
 
   x: [batch, height, width, 3] float, ImageNet-normalised. Returns [batch, h', w', channels].
   Each stage's output is sown into the 'intermediates' collection as stem, layer1, ...
+  In training, BatchNorm averages its batch statistics over the mesh axis `axis_name` (for a
+  step run per device under `shard_map`), or over this call's batch when it is None.
   """
 
   num_layers: int = 4
   strides: Sequence[Strides] = TORCHVISION_STRIDES
   base_width: int = 64
   dtype: Any = jnp.float32
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -134,15 +143,21 @@ class ResNet18(nn.Module):
       name='conv1',
     )(x)
     x = nn.BatchNorm(
-      use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name='bn1'
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      axis_name=self.axis_name,
+      name='bn1',
     )(x)
     x = max_pool_3x3_s2(nn.relu(x))
     self.sow('intermediates', 'stem', x)
     for i in range(self.num_layers):
       features = self.base_width * 2**i
       strides = tuple(self.strides[i])
-      x = BasicBlock(features, strides, self.dtype, name=f'layer{i + 1}_0')(x, train)
-      x = BasicBlock(features, (1, 1), self.dtype, name=f'layer{i + 1}_1')(x, train)
+      block = functools.partial(BasicBlock, features, dtype=self.dtype, axis_name=self.axis_name)
+      x = block(strides, name=f'layer{i + 1}_0')(x, train)
+      x = block((1, 1), name=f'layer{i + 1}_1')(x, train)
       self.sow('intermediates', f'layer{i + 1}', x)
     return x
 
@@ -219,6 +234,7 @@ class CRNN(nn.Module):
   images: [batch, height, width, 3] ImageNet-normalised float.
   Returns logits [batch, time, num_classes] float32, time = the trunk's output width; class 0 is
   the CTC blank.
+  `axis_name`: as in `ResNet18`.
   """
 
   num_classes: int
@@ -230,11 +246,17 @@ class CRNN(nn.Module):
   rnn_layers: int = 2
   dropout: float = 0.1
   dtype: Any = jnp.float32
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
     x = ResNet18(
-      self.backbone_layers, self.backbone_strides, self.base_width, self.dtype, name='backbone'
+      self.backbone_layers,
+      self.backbone_strides,
+      self.base_width,
+      self.dtype,
+      self.axis_name,
+      name='backbone',
     )(images, train)
     b, h, w, c = x.shape
     # Fold height into features: each column of the feature map is one time step.
@@ -247,8 +269,8 @@ class CRNN(nn.Module):
     return logits.astype(jnp.float32)
 
 
-def create_model(model_config, num_classes: int) -> CRNN:
-  """The CRNN described by `config.model`."""
+def create_model(model_config, num_classes: int, axis_name: str | None = None) -> CRNN:
+  """The CRNN described by `config.model`; `axis_name` for training under `shard_map`."""
   return CRNN(
     num_classes=num_classes,
     backbone_layers=model_config.backbone_layers,
@@ -259,6 +281,7 @@ def create_model(model_config, num_classes: int) -> CRNN:
     rnn_layers=model_config.rnn_layers,
     dropout=model_config.dropout,
     dtype=jnp.dtype(model_config.dtype),
+    axis_name=axis_name,
   )
 
 

@@ -1,7 +1,8 @@
 """The pure, jitted parts of training: state, optimizer, train/eval steps, and the data mesh.
 
 `train_step(state, batch) -> (state, metrics)` and `eval_step(state, batch) -> outputs` compile
-once per shape; batches are split along the mesh's 'data' axis and the state is replicated.
+once per shape; batches are split along the mesh's 'data' axis and the state is replicated. The
+train step runs per device under `shard_map`, so gradients cross devices once per step.
 """
 
 import functools
@@ -21,6 +22,8 @@ from captcha_jax import ctc, data
 
 # Batch entries the steps read; the rest (`index`) stays on the host.
 DEVICE_KEYS = ('image', 'labels', 'label_paddings', 'mask')
+# The mesh axis batches are split along; the training model's BatchNorm averages over it.
+DATA_AXIS = 'data'
 
 
 class TrainState(train_state.TrainState):
@@ -72,15 +75,28 @@ def create_train_state(
 
 
 def train_step(
-  state: TrainState, batch: data.Batch, ema_decay: float = 0.0
+  state: TrainState, batch: data.Batch, ema_decay: float = 0.0, axis_name: str | None = None
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a batch; a step whose loss or gradient is not finite is skipped.
 
   The moving average's decay ramps up as (1 + step) / (10 + step), so early averages are not
   dominated by the random initialisation.
+
+  With `axis_name`, the step runs on each device under `shard_map` (see `compile_steps`): `batch`
+  is the device's rows, the model (built with the same axis_name) averages BatchNorm statistics
+  over the axis, and loss and gradients are summed over it once, after the backward pass. Under
+  a plain `jit`, XLA's partitioner instead all-reduced the GRU's weight gradients at every step
+  of its scans. Each device draws its own dropout masks.
   """
+
+  def total(x):
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:
+    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
   mask = batch['mask']
+  count = jnp.maximum(total(jnp.sum(mask)), 1.0)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
@@ -91,9 +107,10 @@ def train_step(
       mutable=['batch_stats'],
     )
     per_example = ctc.ctc_loss(logits, batch['labels'], batch['label_paddings'])
-    return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0), (updates, per_example)
+    return jnp.sum(per_example * mask) / count, (updates, per_example)
 
   (loss, (updates, per_example)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  loss, grads = total((loss, grads))
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new_state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
@@ -126,12 +143,14 @@ def eval_step(state: TrainState, batch: data.Batch) -> dict[str, jax.Array]:
 
 def make_mesh() -> Mesh:
   """A 1-axis data mesh over every device: batches are split, the state is replicated."""
-  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh(
+    (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def to_device(batch: data.Batch, mesh: Mesh) -> dict[str, jax.Array]:
   """Global step inputs split along the batch axis over the mesh, from this process's rows."""
-  sharding = NamedSharding(mesh, P('data'))
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
   return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in DEVICE_KEYS}
 
 
@@ -141,11 +160,20 @@ def shard() -> tuple[int, int]:
 
 
 def compile_steps(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Callable, Callable]:
-  """Jitted train and eval steps; their outputs are replicated so every process can read them."""
+  """Jitted train and eval steps; their outputs are replicated so every process can read them.
+
+  The train step expects a state whose model was built with `axis_name=DATA_AXIS`.
+  """
   replicated = NamedSharding(mesh, P())
-  p_train_step = jax.jit(
-    functools.partial(train_step, ema_decay=config.ema_decay),
-    donate_argnums=0,
-    out_shardings=(replicated, replicated),
+  per_device_step = jax.shard_map(
+    functools.partial(train_step, ema_decay=config.ema_decay, axis_name=DATA_AXIS),
+    mesh=mesh,
+    in_specs=(P(), P(DATA_AXIS)),
+    out_specs=(
+      P(),
+      {'step': P(), 'loss': P(), 'grad_norm': P(), 'finite': P(), 'example_finite': P(DATA_AXIS)},
+    ),
+    check_vma=False,  # optax.ctc_loss's scan starts from carries not marked per-device
   )
+  p_train_step = jax.jit(per_device_step, donate_argnums=0, out_shardings=(replicated, replicated))
   return p_train_step, jax.jit(eval_step, out_shardings=replicated)

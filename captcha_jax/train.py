@@ -161,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   start_time = time.time()
   workdir = Path(workdir).absolute()
   vocab = Vocab(config.alphabet)
-  model = models.create_model(config.model, vocab.num_classes)
+  model = models.create_model(config.model, vocab.num_classes, axis_name=steps.DATA_AXIS)
   ctc_steps = models.output_steps(model, config.image_height, config.image_width)
   splits = load_splits(config, vocab)
   check_label_fit(splits, ctc_steps)
