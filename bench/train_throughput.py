@@ -9,6 +9,7 @@ rounds), compile or first-step time, peak RSS, and the ratio.
 """
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -56,18 +57,27 @@ def run_jax(config, batch_size, num_steps, warmup):
   from captcha_jax import models, steps
 
   host.use_cpu_cores(batch_size)  # as the train CLI does
+  config.batch_size = batch_size
   model = models.create_model(config.model, len(config.alphabet) + 1, axis_name=steps.DATA_AXIS)
   schedule = steps.make_schedule(config, 100)
-  state = steps.create_train_state(
-    config, model, steps.make_optimizer(config, schedule), jax.random.PRNGKey(0)
+  create_state = functools.partial(
+    steps.create_train_state,
+    config,
+    model,
+    steps.make_optimizer(config, schedule),
+    jax.random.PRNGKey(0),
   )
   mesh = steps.make_mesh()
-  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  batch = steps.to_device(fake_batch(config, batch_size), mesh)
-  step = steps.compile_steps(config, mesh)[0]  # the train CLI's step
   start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  # As the train CLI does: both steps compiled from shapes before the state exists, and the
+  # compilers' freed memory given back.
+  compiled = steps.compile_steps(config, mesh, jax.eval_shape(create_state))[0]
   compile_s = time.perf_counter() - start
+  host.release_free_memory()
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = jax.device_put(create_state(), replicated)
+  host.release_free_memory()
+  batch = steps.to_device(fake_batch(config, batch_size), mesh)
   times = []
   for i in range(warmup + num_steps):
     start = time.perf_counter()

@@ -159,12 +159,36 @@ def shard() -> tuple[int, int]:
   return jax.process_index(), jax.process_count()
 
 
-def compile_steps(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Callable, Callable]:
-  """Jitted train and eval steps; their outputs are replicated so every process can read them.
+def batch_shapes(
+  config: ml_collections.ConfigDict, batch_size: int, mesh: Mesh
+) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global step inputs `to_device` makes for batches of `batch_size`, as shapes."""
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  image = (batch_size, config.image_height, config.image_width, 3)
+  label = (batch_size, config.max_label_length)
+  shapes = {
+    'image': (image, jnp.float32),
+    'labels': (label, jnp.int32),
+    'label_paddings': (label, jnp.float32),
+    'mask': ((batch_size,), jnp.float32),
+  }
+  return {k: jax.ShapeDtypeStruct(*v, sharding=sharding) for k, v in shapes.items()}
 
-  The train step expects a state whose model was built with `axis_name=DATA_AXIS`.
+
+def compile_steps(
+  config: ml_collections.ConfigDict, mesh: Mesh, state_shapes: TrainState
+) -> tuple[Callable, Callable]:
+  """Train and eval steps compiled ahead of time for states shaped like `state_shapes`.
+
+  Their outputs are replicated so every process can read them. The train step expects a state
+  whose model was built with `axis_name=DATA_AXIS`. Compiling from shapes lets a caller do it
+  before any array exists, and give the compiler's working memory back (`host.
+  release_free_memory`) before the state and batches take theirs.
   """
   replicated = NamedSharding(mesh, P())
+  state_shapes = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state_shapes
+  )
   per_device_step = jax.shard_map(
     functools.partial(train_step, ema_decay=config.ema_decay, axis_name=DATA_AXIS),
     mesh=mesh,
@@ -176,4 +200,8 @@ def compile_steps(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Callab
     check_vma=False,  # optax.ctc_loss's scan starts from carries not marked per-device
   )
   p_train_step = jax.jit(per_device_step, donate_argnums=0, out_shardings=(replicated, replicated))
-  return p_train_step, jax.jit(eval_step, out_shardings=replicated)
+  p_eval_step = jax.jit(eval_step, out_shardings=replicated)
+  return (
+    p_train_step.lower(state_shapes, batch_shapes(config, config.batch_size, mesh)).compile(),
+    p_eval_step.lower(state_shapes, batch_shapes(config, config.eval_batch_size, mesh)).compile(),
+  )

@@ -4,6 +4,7 @@
         --config.data_dir=/path/to/captcha_images_v2
 """
 
+import functools
 import json
 import logging
 import signal
@@ -178,14 +179,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
   steps_per_epoch = len(splits['train']) // config.batch_size
   schedule = steps.make_schedule(config, steps_per_epoch)
-  rng = jax.random.PRNGKey(config.seed)
-  state = steps.create_train_state(config, model, steps.make_optimizer(config, schedule), rng)
-  if config.pretrained:
-    from captcha_jax import port  # torch-free; only needed when starting from ImageNet weights
-
-    state = port.load_pretrained_backbone(state, config.pretrained)
+  create_state = functools.partial(
+    steps.create_train_state,
+    config,
+    model,
+    steps.make_optimizer(config, schedule),
+    jax.random.PRNGKey(config.seed),
+  )
   mesh = steps.make_mesh()
-  state = jax.device_put(state, NamedSharding(mesh, P()))
   main_process = jax.process_index() == 0  # the one that prints and writes files
   if main_process:
     print(
@@ -198,6 +199,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   check_workdir_config(config, workdir)
   if main_process:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  # Compiled before the state exists, and the compilers' freed memory given back each time, so
+  # the peak resident memory is the largest of these phases rather than their sum.
+  p_train_step, p_eval_step = steps.compile_steps(config, mesh, jax.eval_shape(create_state))
+  host.release_free_memory()
+  state = create_state()
+  if config.pretrained:
+    from captcha_jax import port  # torch-free; only needed when starting from ImageNet weights
+
+    state = port.load_pretrained_backbone(state, config.pretrained)
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  host.release_free_memory()
   manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
   progress = {'epoch': 0, 'batch': steps_per_epoch}  # "epoch 0 complete": a fresh start
   if manager.latest_step() is not None:
@@ -213,7 +225,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   history = _read_history(history_path, finished_epochs)
   elapsed_before = history[-1]['elapsed_s'] if history else 0.0
 
-  p_train_step, p_eval_step = steps.compile_steps(config, mesh)
   tensorboard = SummaryWriter(str(workdir / 'tensorboard')) if main_process else None
   with StopSignals() as stop:
     for epoch in range(finished_epochs + 1, config.num_epochs + 1):

@@ -151,7 +151,7 @@ STEP_SCRIPT = textwrap.dedent(
         config, model, steps.make_optimizer(config, schedule), jax.random.PRNGKey(0))
     mesh = steps.make_mesh()
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    step = steps.compile_steps(config, mesh)[0] if sharded else jax.jit(steps.train_step)
+    step = steps.compile_steps(config, mesh, state)[0] if sharded else jax.jit(steps.train_step)
     losses = []
     for batch in data.train_batches(splits['train'], 8, (0,)):
       state, m = step(state, steps.to_device(batch, mesh))
