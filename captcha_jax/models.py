@@ -17,6 +17,18 @@ Strides = tuple[int, int]
 TORCHVISION_STRIDES = ((1, 1), (2, 2), (2, 2), (2, 2))
 
 
+def _batch_norm(train: bool, dtype: Any, axis_name: str | None) -> functools.partial:
+  """nn.BatchNorm with torch's BatchNorm2d settings (Flax momentum 0.9 = torch's 0.1)."""
+  return functools.partial(
+    nn.BatchNorm,
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    dtype=dtype,
+    axis_name=axis_name,
+  )
+
+
 class BasicBlock(nn.Module):
   """ResNet basic block: two 3×3 convs and a residual, with a 1×1 projection when shapes change."""
 
@@ -28,14 +40,7 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    norm = functools.partial(
-      nn.BatchNorm,
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      dtype=self.dtype,
-      axis_name=self.axis_name,
-    )
+    norm = _batch_norm(train, self.dtype, self.axis_name)
     y = conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)), name='conv1')(x)
     y = nn.relu(norm(name='bn1')(y))
     y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name='conv2')(y)
@@ -142,14 +147,7 @@ class ResNet18(nn.Module):
       dtype=self.dtype,
       name='conv1',
     )(x)
-    x = nn.BatchNorm(
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      dtype=self.dtype,
-      axis_name=self.axis_name,
-      name='bn1',
-    )(x)
+    x = _batch_norm(train, self.dtype, self.axis_name)(name='bn1')(x)
     x = max_pool_3x3_s2(nn.relu(x))
     self.sow('intermediates', 'stem', x)
     for i in range(self.num_layers):
