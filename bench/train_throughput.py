@@ -9,7 +9,6 @@ rounds), compile or first-step time, peak RSS, and the ratio.
 """
 
 import argparse
-import functools
 import json
 import os
 import resource
@@ -59,24 +58,13 @@ def run_jax(config, batch_size, num_steps, warmup):
   host.use_cpu_cores(batch_size)  # as the train CLI does
   config.batch_size = batch_size
   model = models.create_model(config.model, len(config.alphabet) + 1, axis_name=steps.DATA_AXIS)
-  schedule = steps.make_schedule(config, 100)
-  create_state = functools.partial(
-    steps.create_train_state,
-    config,
-    model,
-    steps.make_optimizer(config, schedule),
-    jax.random.PRNGKey(0),
-  )
   mesh = steps.make_mesh()
   start = time.perf_counter()
-  # As the train CLI does: both steps compiled from shapes before the state exists, and the
-  # compilers' freed memory given back.
-  compiled = steps.compile_steps(config, mesh, jax.eval_shape(create_state))[0]
+  # As the train CLI does: both steps compiled from shapes, then the state.
+  state, compiled, _ = steps.compile_and_create_state(
+    config, model, steps.make_schedule(config, 100), mesh
+  )
   compile_s = time.perf_counter() - start
-  host.release_free_memory()
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = jax.device_put(create_state(), replicated)
-  host.release_free_memory()
   batch = steps.to_device(fake_batch(config, batch_size), mesh)
   times = []
   for i in range(warmup + num_steps):

@@ -18,7 +18,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from captcha_jax import ctc, data
+from captcha_jax import ctc, data, host
 
 # Batch entries the steps read; the rest (`index`) stays on the host.
 DEVICE_KEYS = ('image', 'labels', 'label_paddings', 'mask')
@@ -205,3 +205,31 @@ def compile_steps(
     p_train_step.lower(state_shapes, batch_shapes(config, config.batch_size, mesh)).compile(),
     p_eval_step.lower(state_shapes, batch_shapes(config, config.eval_batch_size, mesh)).compile(),
   )
+
+
+def compile_and_create_state(
+  config: ml_collections.ConfigDict, model: nn.Module, schedule: Callable, mesh: Mesh
+) -> tuple[TrainState, Callable, Callable]:
+  """The initial state, replicated over the mesh, and the compiled train and eval steps.
+
+  The state has the ImageNet backbone when `config.pretrained` names one. The steps are compiled
+  from shapes before the state exists, and the compilers' freed memory is given back after each
+  phase, so the peak resident memory is the largest phase, not their sum.
+  """
+  create_state = functools.partial(
+    create_train_state,
+    config,
+    model,
+    make_optimizer(config, schedule),
+    jax.random.PRNGKey(config.seed),
+  )
+  p_train_step, p_eval_step = compile_steps(config, mesh, jax.eval_shape(create_state))
+  host.release_free_memory()
+  state = create_state()
+  if config.pretrained:
+    from captcha_jax import port  # torch-free; only needed when starting from ImageNet weights
+
+    state = port.load_pretrained_backbone(state, config.pretrained)
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  host.release_free_memory()
+  return state, p_train_step, p_eval_step

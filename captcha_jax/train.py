@@ -4,7 +4,6 @@
         --config.data_dir=/path/to/captcha_images_v2
 """
 
-import functools
 import json
 import logging
 import signal
@@ -19,8 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
@@ -178,14 +176,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
 
   steps_per_epoch = len(splits['train']) // config.batch_size
-  schedule = steps.make_schedule(config, steps_per_epoch)
-  create_state = functools.partial(
-    steps.create_train_state,
-    config,
-    model,
-    steps.make_optimizer(config, schedule),
-    jax.random.PRNGKey(config.seed),
-  )
   mesh = steps.make_mesh()
   main_process = jax.process_index() == 0  # the one that prints and writes files
   if main_process:
@@ -199,17 +189,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   check_workdir_config(config, workdir)
   if main_process:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  # Compiled before the state exists, and the compilers' freed memory given back each time, so
-  # the peak resident memory is the largest of these phases rather than their sum.
-  p_train_step, p_eval_step = steps.compile_steps(config, mesh, jax.eval_shape(create_state))
-  host.release_free_memory()
-  state = create_state()
-  if config.pretrained:
-    from captcha_jax import port  # torch-free; only needed when starting from ImageNet weights
-
-    state = port.load_pretrained_backbone(state, config.pretrained)
-  state = jax.device_put(state, NamedSharding(mesh, P()))
-  host.release_free_memory()
+  schedule = steps.make_schedule(config, steps_per_epoch)
+  state, p_train_step, p_eval_step = steps.compile_and_create_state(config, model, schedule, mesh)
   manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
   progress = {'epoch': 0, 'batch': steps_per_epoch}  # "epoch 0 complete": a fresh start
   if manager.latest_step() is not None:
