@@ -116,14 +116,21 @@ def train_step(
   loss, grads = total((loss, grads))
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  new_state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
-  decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
-  new_state = new_state.replace(
-    ema_params=optax.incremental_update(new_state.params, state.ema_params, 1.0 - decay)
-  )
-  state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-  # A skipped step still counts, so checkpoint numbers (global steps) stay unique.
-  state = state.replace(step=new_state.step)
+
+  def update(state: TrainState) -> TrainState:
+    new_state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    return new_state.replace(
+      ema_params=optax.incremental_update(new_state.params, state.ema_params, 1.0 - decay)
+    )
+
+  def skip(state: TrainState) -> TrainState:
+    # A skipped step still counts, so checkpoint numbers (global steps) stay unique.
+    return state.replace(step=state.step + 1)
+
+  # A branch, not a select over the whole state: the select read and wrote the parameters,
+  # moments and averages once more every step (6 ms of 290 on the 2-core CPU).
+  state = jax.lax.cond(finite, update, skip, state)
   return state, {
     'step': state.step,
     'loss': loss,
