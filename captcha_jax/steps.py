@@ -128,8 +128,9 @@ def train_step(
     # A skipped step still counts, so checkpoint numbers (global steps) stay unique.
     return state.replace(step=state.step + 1)
 
-  # A branch, not a select over the whole state: the select read and wrote the parameters,
-  # moments and averages once more every step (6 ms of 290 on the 2-core CPU).
+  # A branch, not a select over the whole state: the select kept the old and new states alive
+  # together (the train bench's peak RSS 835 → 730 MB) and passed over both once more a step.
+  # `skip` is branch 0, whose pass-through XLA forwards without copies on every jaxlib.
   state = jax.lax.cond(finite, update, skip, state)
   return state, {
     'step': state.step,
