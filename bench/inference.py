@@ -51,9 +51,10 @@ def main():
   import jax
   from train_throughput import _trunk_height, load_config
 
-  from captcha_jax import data, models, steps
+  from captcha_jax import data, host, models, steps
   from captcha_jax.predict import Predictor
 
+  host.use_cpu_cores(args.batch_size)  # as the predict and evaluate commands do
   if args.workdir:
     predictor = Predictor.from_workdir(args.workdir, batch_size=args.batch_size)
   else:
@@ -73,7 +74,10 @@ def main():
     images = np.random.default_rng(0).integers(0, 256, (args.batch_size, h, w, 3), np.uint8)
   images = np.concatenate([images] * (-(-args.batch_size // len(images))))[: args.batch_size]
 
-  print(f'batch {args.batch_size}, {os.cpu_count()} CPU threads, {jax.devices()[0].platform}')
+  platform = jax.devices()[0].platform
+  print(
+    f'batch {args.batch_size}, {os.cpu_count()} CPU threads, {jax.device_count()} {platform} devices'
+  )
   print(f'{"":28s} {"1 image ms":>10s} {"p95 ms":>9s} {"batch img/s":>12s}')
   jax_rate = summary(
     f'captcha_jax {jax.__version__}',

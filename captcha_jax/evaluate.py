@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from captcha_jax import checkpoints, host, metrics, plots, train
-from captcha_jax.predict import Predictor
+from captcha_jax.predict import BATCH_SIZE, Predictor
 from captcha_jax.vocab import Vocab
 
 MISSING = '∅'
@@ -86,6 +86,7 @@ def main(argv):
   del argv
   from absl import flags
 
+  host.use_cpu_cores(BATCH_SIZE)  # before JAX starts its CPU backend
   checkpoints.quiet_orbax()
   try:
     report = evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.data_dir)

@@ -76,6 +76,41 @@ def test_predictor_reads_like_evaluation(trained, captcha_dir):
   assert all(set(p.text) <= set(config.alphabet) for p in from_paths)
 
 
+SPLIT_SCRIPT = textwrap.dedent(
+  """
+    import json, sys
+    sys.path.insert(0, {root!r})
+    import jax, numpy as np
+    from captcha_jax import data
+    from captcha_jax.predict import Predictor
+    split = Predictor.from_workdir({workdir!r})  # every device
+    one = Predictor.from_workdir({workdir!r}, mesh=jax.make_mesh((1,), ('data',)))
+    size = split.config.image_height, split.config.image_width
+    images = [data.load_image(p, *size) for p in data.find_images({data_dir!r})[:40]]
+    a, b = split.predict(images), one.predict(images)  # batches of 32 (split) and 8 (not)
+    used = split._log_probs(data.normalize(np.stack(images[:33])), split=True).sharding
+    print(json.dumps({{'devices': [split.mesh.size, len(used.device_set)],
+                      'texts': [[p.raw_text for p in a], [p.raw_text for p in b]],
+                      'confidence': [[p.confidence for p in a], [p.confidence for p in b]]}}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_predictor_splits_batches_over_devices(trained, captcha_dir):
+  """Three CPU devices (batches padded to a multiple of 3) read as one device does."""
+  _, workdir, _ = trained
+  script = SPLIT_SCRIPT.format(root=ROOT, data_dir=str(captcha_dir), workdir=str(workdir))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=3')
+  out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result['devices'] == [3, 3]
+  split, one = result['texts']
+  assert split == one and len(split) == 40
+  np.testing.assert_allclose(*result['confidence'], rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_predict_cli(trained, captcha_dir):
   _, workdir, _ = trained
