@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from captcha_jax import checkpoints, ctc, data, host, models, steps
+from captcha_jax import checkpoints, ctc, data, host, models
 from captcha_jax.vocab import Vocab
 
 # Batches of at least this many images are split over the mesh's devices; smaller ones run on
@@ -40,8 +40,8 @@ class Prediction:
 class Predictor:
   """A trained CRNN with its preprocessing; `predict` reads a list of images.
 
-  Batches of MIN_SPLIT images or more are split over `mesh` (default: every device), smaller ones
-  run on its first device.
+  Batches of MIN_SPLIT images or more are split over all axes of `mesh` (default: every device
+  of this process), smaller ones run on its first device.
   """
 
   def __init__(
@@ -56,7 +56,7 @@ class Predictor:
     self.model = models.create_model(config.model, self.vocab.num_classes)
     self.batch_size = batch_size
     self._check_variables(variables)
-    self.mesh = mesh or steps.make_mesh()
+    self.mesh = mesh or Mesh(np.asarray(jax.local_devices()), ('batch',))
     self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
     self._one_device = self.mesh.devices.flat[0]
     self._variables_one = jax.tree.map(self._on_one_device, self.variables)  # no copy
@@ -134,7 +134,7 @@ class Predictor:
   def _log_probs(self, images: np.ndarray, split: bool) -> jax.Array:
     if split:
       return self._apply(
-        self.variables, jax.device_put(images, NamedSharding(self.mesh, P(steps.DATA_AXIS)))
+        self.variables, jax.device_put(images, NamedSharding(self.mesh, P(self.mesh.axis_names)))
       )
     return self._apply(self._variables_one, jax.device_put(images, self._one_device))
 
