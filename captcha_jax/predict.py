@@ -58,6 +58,7 @@ class Predictor:
     self._check_variables(variables)
     self.mesh = mesh or Mesh(np.asarray(jax.local_devices()), ('batch',))
     self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
+    self._split = NamedSharding(self.mesh, P(self.mesh.axis_names))  # batch over every axis
     self._one_device = self.mesh.devices.flat[0]
     self._variables_one = jax.tree.map(self._on_one_device, self.variables)  # no copy
     self._apply = jax.jit(lambda v, x: jax.nn.log_softmax(self.model.apply(v, x, train=False)))
@@ -133,9 +134,7 @@ class Predictor:
 
   def _log_probs(self, images: np.ndarray, split: bool) -> jax.Array:
     if split:
-      return self._apply(
-        self.variables, jax.device_put(images, NamedSharding(self.mesh, P(self.mesh.axis_names)))
-      )
+      return self._apply(self.variables, jax.device_put(images, self._split))
     return self._apply(self._variables_one, jax.device_put(images, self._one_device))
 
 

@@ -76,6 +76,14 @@ def test_predictor_reads_like_evaluation(trained, captcha_dir):
   assert all(set(p.text) <= set(config.alphabet) for p in from_paths)
 
 
+def run_on_cpu_devices(script: str, devices: int) -> dict:
+  """Runs a Python script in a process with `devices` CPU devices; its last line, as JSON."""
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 SPLIT_SCRIPT = textwrap.dedent(
   """
     import json, sys
@@ -101,10 +109,7 @@ def test_predictor_splits_batches_over_devices(trained, captcha_dir):
   """Three CPU devices (batches padded to a multiple of 3) read as one device does."""
   _, workdir, _ = trained
   script = SPLIT_SCRIPT.format(root=ROOT, data_dir=str(captcha_dir), workdir=str(workdir))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=3')
-  out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True)
-  assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result = run_on_cpu_devices(script, 3)
   assert result['devices'] == [3, 3]
   split, one = result['texts']
   assert split == one and len(split) == 40
@@ -204,10 +209,7 @@ def test_eight_devices_give_the_same_steps_as_one(captcha_dir):
 
   def run(devices, sharded):
     script = STEP_SCRIPT.format(root=ROOT, data_dir=str(captcha_dir), sharded=sharded)
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-    out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_on_cpu_devices(script, devices)
 
   one, eight = run(1, sharded=False), run(8, sharded=True)
   assert (one['devices'], eight['devices']) == (1, 8)
