@@ -1,12 +1,18 @@
-"""Orbax checkpoints of the TrainState: the latest few and the best by validation, resumable."""
+"""Orbax checkpoints of the TrainState: the latest few and the best by validation, resumable, with
+damaged ones passed over rather than fatal."""
 
 import logging
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from captcha_jax.errors import DataError
 
 
 def selection_score(metrics: dict[str, float]) -> float:
@@ -34,14 +40,12 @@ def checkpoint_manager(workdir: str | Path, keep: int = 2, *, read_only: bool = 
   )
 
 
-def save(
-  manager, step: int, state: Any, progress: dict[str, int], metrics: dict | None = None
-) -> None:
+def save(manager, step: int, state: Any, progress: dict, metrics: dict | None = None) -> None:
   """Saves asynchronously; an interrupted save leaves no step behind (orbax writes atomically).
 
-  progress: {'epoch': e, 'batch': k}, k batches of epoch e done (and, mid-epoch, the losses of
-  those batches, so the epoch's mean covers all of them). metrics: validation metrics at
-  the end of an epoch; None for a mid-epoch save (a stop signal), never picked as the best.
+  progress: what the step number cannot give (the epoch's losses so far, for a mid-epoch save).
+  metrics: validation metrics at the end of an epoch; None for a mid-epoch save (a stop
+  signal), never picked as the best.
   """
   args = ocp.args.Composite(
     state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
@@ -49,7 +53,7 @@ def save(
   manager.save(step, args=args, metrics=metrics)
 
 
-def restore(manager, step: int, state: Any) -> tuple[Any, dict[str, int]]:
+def restore(manager, step: int, state: Any) -> tuple[Any, dict]:
   """Restores `step` into the structure, shapes and shardings of `state`; and its progress."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   restored = manager.restore(
@@ -75,11 +79,47 @@ def restore_raw(manager, step: int) -> dict:
   return restored['state']
 
 
-def best_step(manager) -> int | None:
-  """The kept step with the best selection score; the latest when none has metrics (a run
-  stopped before its first epoch ended). None when there is no checkpoint."""
+def first_intact(
+  manager, steps: list[int], restore_fn: Callable[[int], Any], *, move_damaged: bool
+) -> tuple[int, Any]:
+  """(step, restore_fn(step)) for the first of `steps` that restores; each damaged one is named
+  in a warning and, with `move_damaged`, moved to checkpoints/damaged/ so that a later save can
+  use its number.
+
+  Raises DataError naming every failure when none restores.
+  """
+  failures = []
+  for step in steps:
+    try:
+      return step, restore_fn(step)
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds for bad files
+      failures.append(f'step {step}: {type(e).__name__}: {str(e)[:300]}')
+      logging.warning(
+        'Checkpoint %d in %s is damaged, trying another: %s', step, manager.directory, failures[-1]
+      )
+      if move_damaged:
+        _move_aside(Path(manager.directory), step)
+        manager.reload()
+  raise DataError(
+    f'No checkpoint in {manager.directory} can be restored:\n  ' + '\n  '.join(failures)
+  )
+
+
+def _move_aside(directory: Path, step: int) -> None:
+  damaged = directory / 'damaged'
+  damaged.mkdir(exist_ok=True)
+  shutil.move(str(directory / str(step)), str(damaged / f'{step}-{int(time.time())}'))
+
+
+def newest_first(manager) -> list[int]:
+  return sorted(manager.all_steps(), reverse=True)
+
+
+def best_first(manager) -> list[int]:
+  """Kept steps, the best by validation first, then the rest newest first."""
   best = manager.best_step()
-  return best if best is not None else manager.latest_step()
+  rest = newest_first(manager)
+  return [best, *(s for s in rest if s != best)] if best is not None else rest
 
 
 def quiet_orbax() -> None:

@@ -1,31 +1,41 @@
-"""Label-named image folders → decoded arrays in memory, the split, and fixed-shape batches.
+"""The input pipeline on the host: labelled examples, the split, the settings read from the data,
+decoding into memory, and fixed-shape batches of uint8 images.
 
-NumPy and Pillow only: the jitted steps get plain arrays of one shape, so they compile once.
+    examples (folder names or a labels file) → usable ones → split → Dataset per split → batches
+
+The jitted steps get arrays of one shape (`BatchSpec`), so they compile once; images stay uint8
+until the model's own preprocessing runs on the device.
 """
 
+import concurrent.futures
+import csv
 import dataclasses
 import logging
 import math
+import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import ml_collections
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from captcha_jax import ctc, images, settings
+from captcha_jax.errors import DataError
 from captcha_jax.vocab import Vocab
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 # `abcde (1).png` is how browsers and file managers name a second copy of `abcde.png`.
 _COPY_SUFFIX = re.compile(r' \(\d+\)$')
+SPLITS = ('train', 'val', 'test')
 
 Batch = dict[str, np.ndarray]
 
 
-class DataError(ValueError):
-  """Input data that cannot be used; the message names the file(s) and what to do."""
+@dataclasses.dataclass(frozen=True)
+class Example:
+  path: str
+  text: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,23 +66,10 @@ class Dataset:
     )
 
 
-def find_images(data_dir: str | Path) -> list[Path]:
-  """Image files (png/jpg) directly in `data_dir`, sorted by name so every OS sees one order."""
-  folder = Path(data_dir).expanduser()
-  if not folder.is_dir():
-    raise DataError(
-      f'Data folder {str(folder)!r} does not exist. Download the Kaggle dataset '
-      '"captcha-version-2-images" and unpack its images there, or set --config.data_dir.'
-    )
-  paths = sorted(
-    p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-  )
-  if not paths:
-    raise DataError(
-      f'Data folder {str(folder)!r} holds no {"/".join(IMAGE_EXTENSIONS)} images: '
-      'it should hold images named by their text, like 226md.png.'
-    )
-  return paths
+Splits = dict[str, Dataset]
+
+
+# --- Examples: which files, which texts. ---
 
 
 def label_from_path(path: str | Path) -> str:
@@ -80,111 +77,92 @@ def label_from_path(path: str | Path) -> str:
   return _COPY_SUFFIX.sub('', Path(path).stem)
 
 
-def load_image(
-  source: 'str | Path | Image.Image | np.ndarray', height: int, width: int
-) -> np.ndarray:
-  """Decodes an image (path, PIL image or array) to [height, width, 3] uint8 RGB.
-
-  Transparent pixels are laid on white, as the captchas are drawn on white. Raises DataError
-  naming the file when it cannot be decoded.
-  """
-  if isinstance(source, np.ndarray):
-    array = source
-    if array.ndim == 3 and array.shape[-1] == 1:
-      array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-      raise DataError(
-        f'An image array must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {array.shape}.'
-      )
-    if array.dtype != np.uint8:
-      raise DataError(f'An image array must be uint8 (0..255), got {array.dtype}.')
-    image = Image.fromarray(array)
-  elif isinstance(source, Image.Image):
-    image = source
-  else:
-    path = Path(source)
-    try:
-      with Image.open(path) as opened:
-        opened.load()
-        image = opened.copy()
-    except FileNotFoundError as e:
-      raise DataError(f'{str(path)!r}: no such file.') from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-      raise DataError(f'{str(path)!r} is not a readable image ({e}).') from e
-  if image.mode in ('RGBA', 'LA', 'PA') or (image.mode == 'P' and 'transparency' in image.info):
-    rgba = image.convert('RGBA')
-    white = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
-    image = Image.alpha_composite(white, rgba)
-  image = image.convert('RGB')
-  if image.size != (width, height):
-    image = image.resize((width, height), Image.Resampling.BILINEAR)
-  return np.asarray(image, np.uint8)
-
-
-def load_dataset(
-  data_dir: str | Path,
-  vocab: Vocab,
-  *,
-  height: int,
-  width: int,
-  max_label_length: int,
-  skip_bad_files: bool = True,
-) -> Dataset:
-  """Decodes every image in `data_dir` into memory.
-
-  Files that cannot be used (undecodable, a label outside the alphabet, empty or longer than
-  `max_label_length`) are skipped with one warning listing them, or raise DataError when
-  `skip_bad_files` is False.
-  """
-  images, texts, paths, problems = [], [], [], []
-  for path in find_images(data_dir):
-    text = label_from_path(path)
-    unknown = vocab.unknown_chars(text)
-    if not text:
-      problems.append(f'{path}: empty label (the file name is the label)')
-    elif unknown:
-      problems.append(f'{path}: label {text!r} has characters outside the alphabet: {unknown!r}')
-    elif len(text) > max_label_length:
-      problems.append(f'{path}: label {text!r} is longer than max_label_length={max_label_length}')
+def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
+  """Image files directly in `folder`, sorted by name so every OS sees one order; and what was
+  passed over there (sub-folders, broken links, other files), one line each."""
+  folder = Path(folder).expanduser()
+  if not folder.is_dir():
+    raise DataError(f'Data folder {str(folder)!r} does not exist or is not a folder.')
+  found, passed_over = [], []
+  for path in sorted(folder.iterdir()):
+    if path.is_dir():
+      passed_over.append(f'{path}: a folder (only images directly in {str(folder)!r} are read)')
+    elif not path.exists():
+      passed_over.append(f'{path}: a link to nothing')
+    elif path.suffix.lower() not in images.IMAGE_EXTENSIONS:
+      passed_over.append(f'{path}: not an image file name ({"/".join(images.IMAGE_EXTENSIONS)})')
     else:
-      try:
-        images.append(load_image(path, height, width))
-      except DataError as e:
-        problems.append(str(e))
-        continue
-      texts.append(text)
-      paths.append(str(path))
-  if problems:
-    listing = '\n  '.join(problems)
-    if not skip_bad_files:
-      raise DataError(
-        f'{len(problems)} unusable file(s) in {str(data_dir)!r}:\n  {listing}\n'
-        'Fix or remove them, or set --config.skip_bad_files=True to skip them.'
-      )
-    logging.warning('Skipping %d unusable file(s):\n  %s', len(problems), listing)
-  if not paths:
-    raise DataError(f'No usable images in {str(data_dir)!r}: every file was skipped.')
-  return dataset_from_arrays(images, texts, paths, vocab, max_label_length)
+      found.append(path)
+  if not found:
+    raise DataError(
+      f'Data folder {str(folder)!r} holds no images ({"/".join(images.IMAGE_EXTENSIONS)}): '
+      'it should hold images named by their text, like 226md.png, or set config.labels_file.'
+    )
+  return found, passed_over
 
 
-def dataset_from_arrays(
-  images: Sequence[np.ndarray],
-  texts: Sequence[str],
-  paths: Sequence[str],
-  vocab: Vocab,
-  max_label_length: int,
-) -> Dataset:
-  """A Dataset of decoded uint8 images and their (already checked) texts."""
-  labels = np.zeros((len(texts), max_label_length), np.int32)
-  for i, text in enumerate(texts):
-    labels[i, : len(text)] = vocab.encode(text)
-  return Dataset(
-    images=np.stack(images),
-    labels=labels,
-    lengths=np.array([len(t) for t in texts], np.int32),
-    texts=tuple(texts),
-    paths=tuple(paths),
-  )
+def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]]:
+  """(path, text) rows of a CSV or TSV file, paths relative to `folder`; and its bad lines.
+
+  A first row whose path is not a file is taken as a header. Missing files, empty texts and
+  repeated paths are reported with their line numbers; the first row of a repeated path is kept.
+  """
+  try:
+    content = path.read_text(encoding='utf-8-sig')
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f'Labels file {str(path)!r} cannot be read ({e}).') from e
+  first = content.split('\n', 1)[0]
+  dialect = 'excel-tab' if '\t' in first else 'excel'
+  examples, problems, seen = [], [], {}
+  for number, row in enumerate(csv.reader(content.splitlines(), dialect), 1):
+    if not row or not any(field.strip() for field in row):
+      continue
+    where = f'{path}, line {number}'
+    if len(row) < 2:
+      problems.append(f'{where}: expected a path and a text, got {row!r}')
+      continue
+    file, text = row[0].strip(), row[1]
+    image = folder / file
+    if not image.is_file():
+      if number == 1:
+        continue  # a header
+      problems.append(f'{where}: {str(image)!r} is not a file')
+    elif not text:
+      problems.append(f'{where}: empty text for {file!r}')
+    elif file in seen:
+      problems.append(f'{where}: {file!r} is listed again (first on line {seen[file]})')
+    else:
+      seen[file] = number
+      examples.append(Example(str(image), text))
+  if not examples:
+    raise DataError(f'Labels file {str(path)!r} lists no usable image.')
+  return examples, problems
+
+
+def find_examples(
+  config: ml_collections.ConfigDict, folder: Path
+) -> tuple[list[Example], list[str]]:
+  """Every labelled image of the set, with `config.case` applied; and the problems met."""
+  if config.labels_file:
+    labels = Path(config.labels_file).expanduser()
+    labels = labels if labels.is_absolute() else folder / labels
+    if not labels.is_file():
+      raise DataError(f'Labels file {str(labels)!r} does not exist (config.labels_file).')
+    examples, problems = read_labels_file(labels, folder)
+  else:
+    paths, problems = find_images(folder)
+    examples = []
+    for path in paths:
+      text = label_from_path(path)
+      if text:
+        examples.append(Example(str(path), text))
+      else:
+        problems.append(f'{path}: empty label (the file name is the label)')
+  case = {'keep': str, 'lower': str.lower, 'upper': str.upper}[config.case]
+  return [Example(e.path, case(e.text)) for e in examples], problems
+
+
+# --- The split. ---
 
 
 def split_indices(n: int, fractions: Sequence[float], seed: int) -> tuple[np.ndarray, ...]:
@@ -206,9 +184,219 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> tuple[np.nda
   return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
 
 
-def normalize(images: np.ndarray) -> np.ndarray:
-  """uint8 [..., 3] RGB → float32 with ImageNet mean/std, the statistics of the backbone."""
-  return (images.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+# --- Decoding into memory. ---
+
+
+def decode(
+  examples: Sequence[Example], height: int, width: int
+) -> tuple[list[np.ndarray | None], list[str]]:
+  """Each example's image as [height, width, 3] uint8, None where it cannot be decoded; and the
+  reasons. Decoding runs on a few threads: Pillow releases the GIL while it decodes."""
+
+  def one(example: Example):
+    try:
+      return images.load_image(example.path, height, width), None
+    except DataError as e:
+      return None, str(e)
+
+  workers = min(8, os.cpu_count() or 1)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    results = list(pool.map(one, examples))
+  return [image for image, _ in results], [problem for _, problem in results if problem]
+
+
+def dataset_from_arrays(
+  pixels: Sequence[np.ndarray], examples: Sequence[Example], vocab: Vocab, max_label_length: int
+) -> Dataset:
+  """A Dataset of decoded uint8 images and their (already checked) texts."""
+  labels = np.zeros((len(examples), max_label_length), np.int32)
+  for i, example in enumerate(examples):
+    labels[i, : len(example.text)] = vocab.encode(example.text)
+  return Dataset(
+    images=np.stack(pixels),
+    labels=labels,
+    lengths=np.array([len(e.text) for e in examples], np.int32),
+    texts=tuple(e.text for e in examples),
+    paths=tuple(e.path for e in examples),
+  )
+
+
+def report_problems(problems: Sequence[str], where: str, skip: bool) -> None:
+  """Logs every unusable file in one warning, or raises DataError when `skip` is False."""
+  if not problems:
+    return
+  listing = '\n  '.join(problems)
+  if not skip:
+    raise DataError(
+      f'{len(problems)} unusable file(s) in {where}:\n  {listing}\n'
+      'Fix or remove them, or set --config.skip_bad_files=True to skip them.'
+    )
+  logging.warning('Skipping %d unusable file(s) in %s:\n  %s', len(problems), where, listing)
+
+
+def data_folder(config: ml_collections.ConfigDict) -> Path:
+  """config.data_dir, or the folder config.data_url unpacks to (downloaded once, then cached)."""
+  if config.data_dir:
+    folder = Path(config.data_dir).expanduser()
+    if not folder.is_dir():
+      raise DataError(
+        f'Data folder {str(folder)!r} (config.data_dir) does not exist. Point it at a folder of '
+        'images named by their text, or leave it empty to download config.data_url.'
+      )
+    return folder
+  if not config.data_url:
+    raise DataError('No data: set --config.data_dir to a folder of images named by their text.')
+  from captcha_jax import download
+
+  return download.fetch(
+    config.data_url,
+    config.download_dir,
+    sha256=config.data_sha256,
+    git_blob_sha1=config.data_git_blob,
+  )
+
+
+def resolve(
+  config: ml_collections.ConfigDict, output_steps: Callable[[int, int], int]
+) -> tuple[ml_collections.ConfigDict, dict[str, list[Example]]]:
+  """The examples of each split, and the config with every automatic setting (data folder,
+  alphabet, label lengths, image width) filled in from the data; no image is decoded.
+
+  `output_steps(height, width)`: the CTC steps the model emits for that image size. What was
+  inferred is logged; unusable files are skipped with one warning (or fatal, see
+  config.skip_bad_files). A resolved config (a run's config.json) gives back the same config and
+  split. Files that later fail to decode leave their split without moving any other file.
+  """
+  config = config.copy_and_resolve_references()
+  folder = data_folder(config)
+  config.data_dir = str(folder)
+  examples, problems = find_examples(config, folder)
+  usable = []
+  for e in examples:
+    if 0 < config.max_label_length < len(e.text):
+      problems.append(
+        f'{e.path}: label {e.text!r} is longer than max_label_length={config.max_label_length}'
+      )
+    else:
+      usable.append(e)
+  report_problems(problems, repr(str(folder)), config.skip_bad_files)
+  if not usable:
+    raise DataError(f'No usable images in {str(folder)!r}: every file was skipped.')
+
+  if config.max_label_length == 0:
+    config.max_label_length = max(len(e.text) for e in usable)
+  if config.image_width == 0:
+    config.image_width = settings.auto_width(
+      [size for e in _sample(usable, 2000) if (size := _header_size(e.path))],
+      config.image_height,
+      config.max_label_length,
+      output_steps,
+    )
+  indices = split_indices(len(usable), config.split, config.split_seed)
+  auto_alphabet = config.alphabet == settings.AUTO
+  if auto_alphabet:
+    config.alphabet = ''.join(sorted({c for i in indices[0] for c in usable[i].text}))
+  vocab = Vocab(config.alphabet)
+  if config.fixed_label_length == settings.AUTO_LENGTH:
+    config.fixed_label_length = settings.common_length([e.text for e in usable])
+
+  splits, unreadable = {}, []
+  for name, idx in zip(SPLITS, indices, strict=True):
+    splits[name] = []
+    for i in idx:
+      unknown = vocab.unknown_chars(usable[i].text)
+      if not unknown:
+        splits[name].append(usable[i])
+      elif name == 'train':
+        unreadable.append(
+          f'{usable[i].path}: {unknown!r} is not in the alphabet {config.alphabet!r}'
+        )
+      else:
+        unreadable.append(f'{usable[i].path}: {unknown!r} is not in the alphabet (or training)')
+  # Characters only val/test hold are the data's doing, not a bad file: never fatal.
+  report_problems(
+    unreadable, 'labels the model cannot read', config.skip_bad_files or auto_alphabet
+  )
+  check_label_fit(splits, vocab, output_steps(config.image_height, config.image_width))
+  logging.info(
+    'Data %s: %s; alphabet %r (%d symbols), labels of %s character(s), images %d×%d.',
+    folder,
+    ', '.join(f'{k} {len(v)}' for k, v in splits.items()),
+    config.alphabet,
+    len(config.alphabet),
+    config.fixed_label_length or f'up to {config.max_label_length}',
+    config.image_width,
+    config.image_height,
+  )
+  return config, splits
+
+
+def load_in_memory(config: ml_collections.ConfigDict, examples: dict[str, list[Example]]) -> Splits:
+  """Each split decoded into memory at the config's image size; undecodable files are skipped
+  with one warning (or fatal, see config.skip_bad_files)."""
+  vocab = Vocab(config.alphabet)
+  splits, problems = {}, []
+  for name, split in examples.items():
+    pixels, undecodable = decode(split, config.image_height, config.image_width)
+    problems += undecodable
+    kept = [i for i, p in enumerate(pixels) if p is not None]
+    if not kept:
+      raise DataError(f'No image of the {name} split can be decoded: see the files above.')
+    splits[name] = dataset_from_arrays(
+      [pixels[i] for i in kept], [split[i] for i in kept], vocab, config.max_label_length
+    )
+  report_problems(problems, repr(config.data_dir), config.skip_bad_files)
+  return splits
+
+
+def prepare(
+  config: ml_collections.ConfigDict, output_steps: Callable[[int, int], int]
+) -> tuple[ml_collections.ConfigDict, Splits]:
+  """`resolve`d config and the splits decoded into memory (from the folder, or through the
+  tensorflow-datasets builder with config.data_source = 'tfds')."""
+  config, examples = resolve(config, output_steps)
+  if config.data_source == 'tfds':
+    from captcha_jax import tfds_builder  # optional: pip install 'captcha-jax[tfds]'
+
+    return config, tfds_builder.load_splits(config, examples)
+  return config, load_in_memory(config, examples)
+
+
+def _header_size(path: str) -> tuple[int, int] | None:
+  try:
+    return images.image_size(path)
+  except DataError:
+    return None  # reported when the image is decoded
+
+
+def _sample(items: Sequence, count: int) -> list:
+  """Up to `count` of `items`, the same ones every run."""
+  if len(items) <= count:
+    return list(items)
+  chosen = np.random.default_rng(0).choice(len(items), count, replace=False)
+  return [items[i] for i in sorted(chosen)]
+
+
+def check_label_fit(splits: dict[str, list[Example]], vocab: Vocab, ctc_steps: int) -> None:
+  """Raises when some label needs more CTC steps than the model emits (its loss would be ~1e5)."""
+  needs = (
+    (ctc.required_steps(vocab.encode(e.text)), e.path) for split in splits.values() for e in split
+  )
+  worst = max(needs, default=(0, ''))
+  if worst[0] > ctc_steps:
+    raise DataError(
+      f'{worst[1]!r} needs {worst[0]} CTC steps but the model emits {ctc_steps} for '
+      'this image width: lower max_label_length, widen the image, or keep more width in '
+      'config.model.backbone_strides.'
+    )
+
+
+def split_fingerprint(splits: Splits) -> dict[str, list[str]]:
+  """The files of each split, sorted: what a resumed run must find again."""
+  return {name: sorted(ds.paths) for name, ds in splits.items()}
+
+
+# --- Augmentation and batches. ---
 
 
 def augment_image(image: np.ndarray, rng: np.random.Generator, config) -> np.ndarray:
@@ -232,19 +420,60 @@ def augment_image(image: np.ndarray, rng: np.random.Generator, config) -> np.nda
   return np.asarray(warped)
 
 
-def _batch(dataset: Dataset, indices: np.ndarray, mask: np.ndarray, images: np.ndarray) -> Batch:
-  return {
-    'image': normalize(images),
-    'labels': dataset.labels[indices],
-    'label_paddings': (np.arange(dataset.labels.shape[1]) >= dataset.lengths[indices, None]).astype(
-      np.float32
-    ),
-    'mask': mask,
-    'index': indices.astype(np.int32),
-  }
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+  """The layout of a batch, written once: host batches, the compiled steps' input shapes and the
+  benches' fake batches all come from here.
+
+  image [b, h, w, 3] uint8; labels [b, L] int32 class ids right-padded with the blank;
+  label_paddings [b, L] float32, 1.0 = padding; mask [b] float32, 0.0 = a padding row.
+  """
+
+  size: int
+  height: int
+  width: int
+  max_label_length: int
+
+  @classmethod
+  def of(cls, config: ml_collections.ConfigDict, size: int) -> 'BatchSpec':
+    return cls(size, config.image_height, config.image_width, config.max_label_length)
+
+  def shapes(self, size: int | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of each entry; `size` rows instead of `self.size` (a process's share)."""
+    b = self.size if size is None else size
+    label = (b, self.max_label_length)
+    return {
+      'image': ((b, self.height, self.width, 3), np.dtype(np.uint8)),
+      'labels': (label, np.dtype(np.int32)),
+      'label_paddings': (label, np.dtype(np.float32)),
+      'mask': ((b,), np.dtype(np.float32)),
+    }
+
+  def make(self, images: np.ndarray, labels: np.ndarray, lengths: np.ndarray, mask: np.ndarray):
+    """A batch of these rows, checked against the layout."""
+    batch = {
+      'image': images,
+      'labels': labels,
+      'label_paddings': (np.arange(self.max_label_length) >= lengths[:, None]).astype(np.float32),
+      'mask': mask.astype(np.float32),
+    }
+    for key, (shape, dtype) in self.shapes(len(mask)).items():
+      assert batch[key].shape == shape and batch[key].dtype == dtype, (key, batch[key].shape)
+    return batch
+
+  def random(self, num_classes: int, seed: int = 0) -> Batch:
+    """A batch of random images and full-length labels, for benchmarks and tests."""
+    rng = np.random.default_rng(seed)
+    b, length = self.size, self.max_label_length
+    return self.make(
+      rng.integers(0, 256, (b, self.height, self.width, 3), dtype=np.uint8),
+      rng.integers(1, num_classes, (b, length)).astype(np.int32),
+      np.full(b, length, np.int32),
+      np.ones(b, np.float32),
+    )
 
 
-def _local_rows(batch_size: int, shard: tuple[int, int]) -> slice:
+def local_rows(batch_size: int, shard: tuple[int, int]) -> slice:
   """This process's rows of a global batch: the batch is split evenly across processes."""
   process, count = shard
   if batch_size % count:
@@ -255,51 +484,54 @@ def _local_rows(batch_size: int, shard: tuple[int, int]) -> slice:
 
 def train_batches(
   dataset: Dataset,
-  batch_size: int,
+  spec: BatchSpec,
   seed: Sequence[int],
   augment_config=None,
   *,
   shard: tuple[int, int] = (0, 1),
   first_batch: int = 0,
-) -> Iterator[Batch]:
+) -> Iterator[tuple[np.ndarray, Batch]]:
   """One epoch of shuffled full batches (the remainder is dropped; the next epoch reshuffles).
 
   The order comes from `seed` (e.g. (config.seed, epoch)) and each example's augmentation from
   (seed, its position in the epoch), so every process of a multi-process run sees the same global
-  batches, whatever the process count, and a resumed epoch can start at `first_batch`. Yields this
-  process's rows (shard = (process index, process count)) of each global batch of `batch_size`:
-  image [b, h, w, 3] float32, labels [b, L] int32, label_paddings [b, L] float32 (1.0 = padding),
-  mask [b] float32 (all ones here), index [b] int32 into `dataset`.
+  batches, whatever the process count, and a resumed epoch can start at `first_batch`. Yields
+  (indices into `dataset`, batch) for this process's rows (shard = (process index, process
+  count)) of each global batch of `spec.size`.
   """
-  if len(dataset) < batch_size:
+  if len(dataset) < spec.size:
     raise DataError(
-      f'The train split has {len(dataset)} image(s), fewer than batch_size={batch_size}: '
+      f'The train split has {len(dataset)} image(s), fewer than batch_size={spec.size}: '
       'add images or lower --config.batch_size.'
     )
-  rows = _local_rows(batch_size, shard)
+  rows = local_rows(spec.size, shard)
   order = np.random.default_rng(list(seed)).permutation(len(dataset))
-  for start in range(first_batch * batch_size, len(order) - batch_size + 1, batch_size):
-    positions = np.arange(start, start + batch_size)[rows]
+  for start in range(first_batch * spec.size, len(order) - spec.size + 1, spec.size):
+    positions = np.arange(start, start + spec.size)[rows]
     indices = order[positions]
-    images = dataset.images[indices]
+    pixels = dataset.images[indices]
     if augment_config is not None and augment_config.enabled:
-      images = np.stack(
+      pixels = np.stack(
         [
           augment_image(im, np.random.default_rng([*seed, int(p)]), augment_config)
-          for im, p in zip(images, positions, strict=True)
+          for im, p in zip(pixels, positions, strict=True)
         ]
       )
-    yield _batch(dataset, indices, np.ones(len(indices), np.float32), images)
+    mask = np.ones(len(indices), np.float32)
+    yield indices, spec.make(pixels, dataset.labels[indices], dataset.lengths[indices], mask)
 
 
 def eval_batches(
-  dataset: Dataset, batch_size: int, *, shard: tuple[int, int] = (0, 1)
-) -> Iterator[Batch]:
+  dataset: Dataset, spec: BatchSpec, *, shard: tuple[int, int] = (0, 1)
+) -> Iterator[tuple[np.ndarray, Batch]]:
   """Every item once, in order, in global batches of one shape; the last is padded and masked
-  (mask 0). Yields this process's rows of each global batch (see `train_batches`)."""
-  rows = _local_rows(batch_size, shard)
-  for start in range(0, len(dataset), batch_size):
-    real = np.arange(start, min(start + batch_size, len(dataset)))
-    indices = np.concatenate([real, np.full(batch_size - len(real), real[0])])
-    mask = (np.arange(batch_size) < len(real)).astype(np.float32)
-    yield _batch(dataset, indices[rows], mask[rows], dataset.images[indices[rows]])
+  (mask 0). Yields (indices, batch) for this process's rows of each global batch."""
+  rows = local_rows(spec.size, shard)
+  for start in range(0, len(dataset), spec.size):
+    real = np.arange(start, min(start + spec.size, len(dataset)))
+    indices = np.concatenate([real, np.full(spec.size - len(real), real[0])])[rows]
+    mask = (np.arange(spec.size) < len(real))[rows]
+    yield (
+      indices,
+      spec.make(dataset.images[indices], dataset.labels[indices], dataset.lengths[indices], mask),
+    )

@@ -8,13 +8,13 @@ red). Raw readings are greedy CTC; post-processed ones are constrained to config
 
 import collections
 import difflib
-import json
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
-from captcha_jax import checkpoints, host, metrics, plots, train
-from captcha_jax.predict import BATCH_SIZE, Predictor
-from captcha_jax.vocab import Vocab
+from captcha_jax import data, decoding, metrics, models, plots
+from captcha_jax import workdir as run_folder
+from captcha_jax.predict import Predictor
 
 MISSING = '∅'
 
@@ -36,18 +36,20 @@ def confusions(predictions: Sequence[str], targets: Sequence[str]) -> collection
 
 
 def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int = 10) -> dict:
-  """Per-split metrics of WORKDIR's best checkpoint on the split its config defines."""
+  """Per-split metrics of WORKDIR's best checkpoint on the split its config defines (on
+  `data_dir` instead of the training folder, when given); writes the report files."""
   workdir = Path(workdir)
   predictor = Predictor.from_workdir(workdir)
-  config = predictor.config
+  config = predictor.config.copy_and_resolve_references()
   if data_dir:
     config.data_dir = data_dir
-  splits = train.load_splits(config, Vocab(config.alphabet))
+  _, splits = data.prepare(config, functools.partial(models.output_steps, config.model))
   report = {}
   for name, dataset in splits.items():
-    predictions = predictor.predict(list(dataset.images))
-    raw = [p.raw_text for p in predictions]
-    fixed = [p.text for p in predictions]
+    readings = []
+    for start in range(0, len(dataset), predictor.batch_size):
+      readings += predictor.read_pixels(dataset.images[start : start + predictor.batch_size])
+    raw, fixed = decoding.texts(readings)
     report[name] = {
       'images': len(dataset),
       **metrics.reading_metrics(raw, fixed, dataset.texts),
@@ -62,9 +64,10 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int 
       ],
     }
     if name == 'test':
-      plots.plot_predictions(dataset.images, raw, dataset.texts, workdir / 'predictions.png')
-  (workdir / 'evaluation.json').write_text(json.dumps(report, indent=2, ensure_ascii=False) + '\n')
-  (workdir / 'evaluation.txt').write_text(format_report(report))
+      figure = plots.predictions_figure(dataset.images, raw, dataset.texts)
+      plots.save(figure, workdir / 'predictions.png')
+  run_folder.write_json(workdir / 'evaluation.json', report)
+  run_folder.write_atomic(workdir / 'evaluation.txt', format_report(report))
   return report
 
 
@@ -82,23 +85,7 @@ def format_report(report: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def main(argv):
-  del argv
-  from absl import flags
-
-  host.use_cpu_cores(BATCH_SIZE)  # before JAX starts its CPU backend
-  checkpoints.quiet_orbax()
-  try:
-    report = evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.data_dir)
-  except (FileNotFoundError, ValueError) as e:
-    raise SystemExit(f'error: {e}') from None
-  print(format_report(report), end='')
-
-
 if __name__ == '__main__':
-  host.restart_with_huge_pages()  # before any work: it re-executes the process
-  from absl import app, flags
+  from captcha_jax import cli
 
-  flags.DEFINE_string('workdir', None, 'The --workdir of a training run.', required=True)
-  flags.DEFINE_string('data_dir', None, 'Image folder, if not the one the run was trained on.')
-  app.run(main)
+  cli.evaluate()

@@ -1,13 +1,16 @@
-"""Export a trained reader as one file that runs without captcha_jax's model code.
+"""A trained reader as one `jax.export` file that runs without captcha_jax's model code.
 
     python -m captcha_jax.export --workdir runs/default --out model.bin
+    python -m captcha_jax.export --workdir runs/default --format onnx --out model.onnx
 
-The file holds a JSON header (alphabet, image size, known length) and a serialized `jax.export`
-of uint8 images [batch, height, width, 3] → log-probabilities [batch, time, classes], with the
-weights and the normalisation baked in and the batch size left symbolic. `load` reads it back with
-jax and NumPy alone.
+The file: MAGIC, a format version, the header's length, the sha256 of header and payload, a
+JSON header (alphabet, image size, fixed label length), and the serialized `jax.export` of uint8
+images [batch, height, width, 3] → log-probabilities [batch, time, classes], weights and
+preprocessing baked in, the batch size symbolic. `load` checks every part before use, so a
+damaged file is an error, never wrong readings. It needs jax and NumPy alone.
 """
 
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -16,84 +19,81 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-MAGIC = b'CAPTCHAJAX1'
+from captcha_jax import decoding
+from captcha_jax.errors import DataError
+from captcha_jax.vocab import Vocab
+
+MAGIC = b'CAPTCHAJAX'
+VERSION = 2
 
 
 def export_predictor(predictor) -> bytes:
   """The predictor's model, preprocessing included, as bytes for `load`."""
-  from captcha_jax import data
-
   config = predictor.config
-  mean = jnp.asarray(data.IMAGENET_MEAN)
-  std = jnp.asarray(data.IMAGENET_STD)
   variables = jax.tree.map(jnp.asarray, predictor.variables)
 
   def infer(images):
-    x = (images.astype(jnp.float32) / 255.0 - mean) / std
-    return jax.nn.log_softmax(predictor.model.apply(variables, x, train=False))
+    return jax.nn.log_softmax(predictor.model.apply(variables, images, train=False))
 
   (batch,) = jax.export.symbolic_shape('batch')
   spec = jax.ShapeDtypeStruct((batch, config.image_height, config.image_width, 3), jnp.uint8)
-  exported = jax.export.export(jax.jit(infer), platforms=('cpu', 'cuda', 'tpu'))(spec)
+  payload = bytes(
+    jax.export.export(jax.jit(infer), platforms=('cpu', 'cuda', 'tpu'))(spec).serialize()
+  )
   header = json.dumps(
     {
       'alphabet': config.alphabet,
       'image_height': config.image_height,
       'image_width': config.image_width,
-      'label_length': config.label_length,
+      'fixed_label_length': config.fixed_label_length,
     }
   ).encode()
-  return MAGIC + struct.pack('<I', len(header)) + header + bytes(exported.serialize())
+  digest = hashlib.sha256(header + payload).digest()
+  return MAGIC + struct.pack('<HI', VERSION, len(header)) + digest + header + payload
 
 
 class ExportedReader:
-  """An exported model: `read(images)` → texts (greedy CTC) of uint8 [b, h, w, 3] images."""
+  """An exported model: `predict(images)` → readings of uint8 [b, h, w, 3] images."""
 
-  def __init__(self, blob: bytes):
-    if not blob.startswith(MAGIC):
-      raise ValueError('Not a captcha_jax export (wrong magic bytes).')
-    offset = len(MAGIC)
-    (size,) = struct.unpack('<I', blob[offset : offset + 4])
-    self.meta = json.loads(blob[offset + 4 : offset + 4 + size])
-    self._exported = jax.export.deserialize(bytearray(blob[offset + 4 + size :]))
+  def __init__(self, blob: bytes, name: str = 'the file'):
+    fixed = len(MAGIC) + struct.calcsize('<HI')
+    if not blob.startswith(MAGIC) or len(blob) < fixed + 32:
+      raise DataError(f'{name} is not a captcha_jax export (it does not start with {MAGIC!r}).')
+    version, size = struct.unpack('<HI', blob[len(MAGIC) : fixed])
+    if version != VERSION:
+      raise DataError(
+        f'{name} is a captcha_jax export of format {version}; this version reads format '
+        f'{VERSION}: export the run again.'
+      )
+    digest, rest = blob[fixed : fixed + 32], blob[fixed + 32 :]
+    if hashlib.sha256(rest).digest() != digest:
+      raise DataError(f'{name} is damaged (truncated or altered): export the run again.')
+    self.meta = json.loads(rest[:size])
+    payload = rest[size:]
+    self._exported = jax.export.deserialize(bytearray(payload))
+    self.vocab = Vocab(self.meta['alphabet'])
+    self.height, self.width = self.meta['image_height'], self.meta['image_width']
 
   def log_probs(self, images: np.ndarray) -> np.ndarray:
     return np.asarray(self._exported.call(jnp.asarray(images, jnp.uint8)))
 
-  def read(self, images: np.ndarray) -> list[str]:
-    best = self.log_probs(images).argmax(-1)
-    texts = []
-    for path in best:
-      keep = np.r_[True, path[1:] != path[:-1]] & (path != 0)
-      texts.append(''.join(self.meta['alphabet'][c - 1] for c in path[keep]))
-    return texts
+  def predict(self, images: np.ndarray, allowed: str = '') -> list[decoding.Reading]:
+    return decoding.read(
+      self.log_probs(images), self.vocab, self.meta['fixed_label_length'], allowed
+    )
 
 
 def load(path: str | Path) -> ExportedReader:
   """Reads a file written by `python -m captcha_jax.export`."""
-  return ExportedReader(Path(path).read_bytes())
-
-
-def main(argv):
-  del argv
-  from absl import flags
-
-  from captcha_jax import checkpoints
-  from captcha_jax.predict import Predictor
-
-  checkpoints.quiet_orbax()
+  path = Path(path)
   try:
-    predictor = Predictor.from_workdir(flags.FLAGS.workdir)
-  except (FileNotFoundError, ValueError) as e:
-    raise SystemExit(f'error: {e}') from None
-  blob = export_predictor(predictor)
-  Path(flags.FLAGS.out).write_bytes(blob)
-  print(f'Wrote {flags.FLAGS.out} ({len(blob) / 1e6:.1f} MB): load it with captcha_jax.export.load')
+    blob = path.read_bytes()
+  except OSError as e:
+    raise DataError(f'{str(path)!r} cannot be read ({e}).') from e
+  return ExportedReader(blob, repr(str(path)))
 
 
 if __name__ == '__main__':
-  from absl import app, flags
+  from captcha_jax import cli
 
-  flags.DEFINE_string('workdir', None, 'The --workdir of a training run.', required=True)
-  flags.DEFINE_string('out', None, 'File to write.', required=True)
-  app.run(main)
+  cli.export()

@@ -13,6 +13,9 @@ import jax
 import jax.numpy as jnp
 
 Strides = tuple[int, int]
+# The statistics torchvision's ImageNet weights were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's resnet18 stage strides; a CRNN keeps width with (2, 1) in late stages instead.
 TORCHVISION_STRIDES = ((1, 1), (2, 2), (2, 2), (2, 2))
 
@@ -160,6 +163,16 @@ class ResNet18(nn.Module):
     return x
 
 
+def preprocess(images: jax.Array) -> jax.Array:
+  """uint8 RGB [..., 3] → float32 normalised with ImageNet's statistics.
+
+  The one preprocessing: the CRNN runs it first, so training, evaluation, prediction and every
+  export share it, on the device, and images travel as uint8.
+  """
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+
+
 def _torch_uniform(scale: float):
   """U(-scale, scale), torch's default initialiser for recurrent weights (scale = 1/√hidden)."""
 
@@ -229,7 +242,7 @@ class BiGRU(nn.Module):
 class CRNN(nn.Module):
   """ResNet-18 trunk → columns as a sequence → BiGRU → per-step class logits for CTC.
 
-  images: [batch, height, width, 3] ImageNet-normalised float.
+  images: [batch, height, width, 3] uint8 RGB (`preprocess` runs inside).
   Returns logits [batch, time, num_classes] float32, time = the trunk's output width; class 0 is
   the CTC blank.
   `axis_name`: as in `ResNet18`.
@@ -255,7 +268,7 @@ class CRNN(nn.Module):
       self.dtype,
       self.axis_name,
       name='backbone',
-    )(images, train)
+    )(preprocess(images), train)
     b, h, w, c = x.shape
     # Fold height into features: each column of the feature map is one time step.
     x = x.transpose(0, 2, 1, 3).reshape(b, w, h * c)
@@ -283,9 +296,11 @@ def create_model(model_config, num_classes: int, axis_name: str | None = None) -
   )
 
 
-def output_steps(model: CRNN, height: int, width: int) -> int:
-  """Number of CTC time steps the model emits for a height×width image (no compute)."""
-  shape = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
+def output_steps(model_config, height: int, width: int) -> int:
+  """Number of CTC time steps the model of `config.model` emits for a height×width image (no
+  compute)."""
+  model = create_model(model_config, num_classes=2)
+  shape = jax.ShapeDtypeStruct((1, height, width, 3), jnp.uint8)
   init = functools.partial(model.init, train=False)
   variables = jax.eval_shape(init, jax.random.key(0), shape)
   logits = jax.eval_shape(functools.partial(model.apply, train=False), variables, shape)

@@ -1,19 +1,21 @@
-"""Pictures of a run: loss/accuracy curves and a grid of predictions (wrong ones in red)."""
+"""Pictures of a run: loss/accuracy curves and a grid of predictions (wrong ones in red).
+
+Drawn on `matplotlib.figure.Figure` objects, never through pyplot's global state, so importing
+this module changes nothing in a notebook's own plotting.
+"""
 
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use('Agg')  # files only; no display on training machines
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
-def plot_history(history: Sequence[dict], path: str | Path) -> None:
+def history_figure(history: Sequence[dict]) -> Figure:
   """Train and val loss (log scale) and val exact-match accuracy per epoch."""
   epochs = [r['epoch'] for r in history]
-  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  fig = Figure(figsize=(11, 4))
+  ax_loss, ax_acc = fig.subplots(1, 2)
   ax_loss.plot(epochs, [r['train_loss'] for r in history], label='train')
   ax_loss.plot(epochs, [r['val_loss'] for r in history], label='val')
   ax_loss.set(xlabel='epoch', ylabel='CTC loss', yscale='log', title='Loss')
@@ -23,22 +25,21 @@ def plot_history(history: Sequence[dict], path: str | Path) -> None:
   ax_acc.set(xlabel='epoch', ylabel='%', ylim=(0, 101), title='Validation')
   ax_acc.legend(loc='lower right')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
-def plot_predictions(
+def predictions_figure(
   images: np.ndarray,
   predictions: Sequence[str],
   targets: Sequence[str],
-  path: str | Path,
   max_images: int = 24,
-) -> None:
+) -> Figure:
   """A grid of images titled 'predicted (true)'; wrong readings in red, listed first."""
   order = sorted(range(len(targets)), key=lambda i: predictions[i] == targets[i])[:max_images]
   cols = 4
-  rows = (len(order) + cols - 1) // cols
-  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 1.2 * rows), squeeze=False)
+  rows = max(1, (len(order) + cols - 1) // cols)
+  fig = Figure(figsize=(3.2 * cols, 1.2 * rows))
+  axes = fig.subplots(rows, cols, squeeze=False)
   for ax in axes.flat:
     ax.axis('off')
   for ax, i in zip(axes.flat, order, strict=False):
@@ -47,5 +48,12 @@ def plot_predictions(
     title = predictions[i] if right else f'{predictions[i] or "∅"} ({targets[i]})'
     ax.set_title(title, color='green' if right else 'red', fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
+
+
+def save(fig: Figure, path: str | Path) -> None:
+  """Writes `fig` as a PNG (to a temporary name first, so a crash leaves no half picture)."""
+  path = Path(path)
+  temporary = path.with_name(f'.{path.name}.tmp')
+  fig.savefig(temporary, dpi=100, format='png')
+  temporary.replace(path)

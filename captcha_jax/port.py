@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from captcha_jax.errors import ConfigError, DataError
+
 WEIGHTS_URL = 'https://download.pytorch.org/models/resnet18-f37072fd.pth'
 HOW_TO_GET = (
   'Get the ImageNet weights with torchvision '
@@ -59,7 +61,7 @@ def convert_backbone(
 
   Conv kernels go from torch's (out, in, kh, kw) to Flax's (kh, kw, in, out); BatchNorm
   weight/bias become scale/bias and running_mean/var the batch_stats mean/var. Keys of later
-  stages and of fc are returned as unused; a missing key raises KeyError listing all missing.
+  stages and of fc are returned as unused; a missing key raises DataError listing all missing.
   """
   params: dict = {}
   stats: dict = {}
@@ -82,7 +84,7 @@ def convert_backbone(
     used.add(key)
   missing = sorted(set(expected_keys(num_layers)) - used)
   if missing:
-    raise KeyError(
+    raise DataError(
       f'The state_dict lacks {len(missing)} key(s) of a resnet18 through layer{num_layers}: '
       f'{", ".join(missing[:8])}{" …" if len(missing) > 8 else ""}. Is it a torchvision resnet18?'
     )
@@ -109,18 +111,18 @@ def read_torch_weights(path: str | Path) -> dict[str, np.ndarray]:
   """A .pth state_dict (a plain or `{'state_dict': ...}` dict of tensors) as NumPy arrays."""
   path = Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f'{str(path)!r}: no such weights file. {HOW_TO_GET}')
+    raise DataError(f'{str(path)!r}: no such weights file. {HOW_TO_GET}')
   try:
     import torch
   except ImportError as e:
-    raise ImportError(
+    raise ConfigError(
       f'Reading {str(path)!r} needs torch: pip install "captcha-jax[torch]", or convert it '
       'on a machine with torch (python -m captcha_jax.port) and use the output folder.'
     ) from e
   loaded = torch.load(path, map_location='cpu', weights_only=True)
   state_dict = loaded.get('state_dict', loaded) if isinstance(loaded, dict) else None
   if not isinstance(state_dict, dict):
-    raise ValueError(f'{str(path)!r} holds a {type(loaded).__name__}, not a state_dict.')
+    raise DataError(f'{str(path)!r} holds a {type(loaded).__name__}, not a state_dict.')
   return {k: _to_numpy(v) for k, v in state_dict.items()}
 
 
@@ -160,7 +162,7 @@ def load_pretrained_backbone(state, path: str | Path):
   if tree_shapes(params) != tree_shapes(backbone) or tree_shapes(stats) != tree_shapes(
     state.batch_stats['backbone']
   ):
-    raise ValueError(
+    raise ConfigError(
       f'The weights in {str(path)!r} do not fit this backbone: pretrained ResNet-18 weights '
       'need config.model.base_width=64.'
     )
@@ -178,22 +180,7 @@ def tree_shapes(tree) -> dict:
   }
 
 
-def main(argv: list[str] | None = None) -> None:
-  import argparse
-
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--torchvision-weights', required=True, help='A torchvision resnet18 .pth.')
-  parser.add_argument('--out', required=True, help='Folder for the orbax checkpoint.')
-  args = parser.parse_args(argv)
-  try:
-    params, stats, unused = convert_backbone(read_torch_weights(args.torchvision_weights))
-  except (FileNotFoundError, ImportError, KeyError, ValueError) as e:
-    raise SystemExit(f'error: {e}') from None
-  out = save_backbone(params, stats, args.out)
-  if unused:
-    print(f'Not used: {", ".join(sorted(unused))}')
-  print(f'Wrote the ResNet-18 backbone to {out}; train from it with --config.pretrained={out}')
-
-
 if __name__ == '__main__':
-  main()
+  from captcha_jax import cli
+
+  cli.port()

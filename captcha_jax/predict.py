@@ -1,16 +1,11 @@
-"""Reading captchas with a trained run: `Predictor` and a command line.
+"""Reading captchas with a trained run: `Predictor`, and reading files in batches as they come.
 
-    python -m captcha_jax.predict --workdir runs/default path/to/226md.png more/images/
-
-prints `path<TAB>text<TAB>confidence` per image. The saved config carries the preprocessing, so a
-loaded model reads images exactly as it did in training.
+The saved config carries the model and its image size, and the model carries its preprocessing,
+so a loaded reader reads images exactly as evaluation did.
 """
 
-import dataclasses
 import functools
-import json
-import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import jax
@@ -20,28 +15,23 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from captcha_jax import checkpoints, ctc, data, host, models
+from captcha_jax import checkpoints, data, decoding, images, models
+from captcha_jax import workdir as run_folder
+from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.vocab import Vocab
 
 # Batches of at least this many images are split over the mesh's devices; smaller ones run on
-# one. On 2 CPU devices a batch of 64 read 349 → 467 images/s split, but one image took 5 → 12 ms
-# (the hand-off to the other device costs more than it saves); 8 images broke even.
+# one, where the hand-off to a second device would cost more than it saves (bench/README.md).
 MIN_SPLIT = 16
-BATCH_SIZE = 32  # images per call of the model; the commands split it over the CPU's cores
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-  text: str  # post-processed to config.label_length when that is set
-  raw_text: str  # greedy CTC decoding
-  confidence: float  # probability of the greedy path
+BATCH_SIZE = 32  # images per call of the model
 
 
 class Predictor:
-  """A trained CRNN with its preprocessing; `predict` reads a list of images.
+  """A trained CRNN; `predict` reads a list of images.
 
   Batches of MIN_SPLIT images or more are split over all axes of `mesh` (default: every device
-  of this process), smaller ones run on its first device.
+  of this process), smaller ones run on its first device. Each batch is padded to a power of
+  two, so at most log2(batch_size) + 1 shapes are ever compiled.
   """
 
   def __init__(
@@ -53,6 +43,7 @@ class Predictor:
   ):
     self.config = config
     self.vocab = Vocab(config.alphabet)
+    self.height, self.width = config.image_height, config.image_width
     self.model = models.create_model(config.model, self.vocab.num_classes)
     self.batch_size = batch_size
     self._check_variables(variables)
@@ -65,112 +56,124 @@ class Predictor:
 
   @classmethod
   def from_workdir(cls, workdir: str | Path, step: int | None = None, **kwargs) -> 'Predictor':
-    """Loads WORKDIR's saved config and its best checkpoint (or `step`)."""
+    """WORKDIR's saved config and its best intact checkpoint (or `step`)."""
     workdir = Path(workdir)
-    config_path = workdir / 'config.json'
-    if not config_path.exists():
-      raise FileNotFoundError(
-        f'{str(workdir)!r} has no config.json: is it the --workdir of a training run?'
-      )
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    manager = checkpoints.checkpoint_manager(workdir, read_only=True)
-    step = step if step is not None else checkpoints.best_step(manager)
-    if step is None:
-      raise FileNotFoundError(
+    config = run_folder.read_config(workdir)
+    if not (workdir / 'checkpoints').is_dir():
+      raise ConfigError(
         f'{str(workdir)!r} has no checkpoint yet: train first, or wait for the first epoch.'
       )
-    state = checkpoints.restore_raw(manager, step)
+    manager = checkpoints.checkpoint_manager(workdir, read_only=True)
+    candidates = [step] if step is not None else checkpoints.best_first(manager)
+    if not candidates:
+      raise ConfigError(
+        f'{str(workdir)!r} has no checkpoint yet: train first, or wait for the first epoch.'
+      )
+    _, state = checkpoints.first_intact(
+      manager, candidates, functools.partial(checkpoints.restore_raw, manager), move_damaged=False
+    )
     manager.close()
-    if not isinstance(state, dict) or not {'params', 'batch_stats'} <= set(state):
-      raise ValueError(
-        f'Step {step} in {str(workdir)!r} is not a captcha_jax checkpoint (no params and '
+    if not isinstance(state, dict) or not {'ema_params', 'batch_stats'} <= set(state):
+      raise ConfigError(
+        f'The checkpoint in {str(workdir)!r} is not a captcha_jax one (no ema_params and '
         'batch_stats): was this workdir written by another program?'
       )
-    # Checkpoints from before the moving average was added hold only the raw weights.
-    params = state.get('ema_params', state['params'])
-    variables = {'params': params, 'batch_stats': state['batch_stats']}
-    return cls(config, variables, **kwargs)
+    return cls(
+      config, {'params': state['ema_params'], 'batch_stats': state['batch_stats']}, **kwargs
+    )
 
   def _check_variables(self, variables: dict) -> None:
-    shape = (1, self.config.image_height, self.config.image_width, 3)
     expected = jax.eval_shape(
       functools.partial(self.model.init, train=False),
       jax.random.key(0),
-      jax.ShapeDtypeStruct(shape, jnp.float32),
+      jax.ShapeDtypeStruct((1, self.height, self.width, 3), jnp.uint8),
     )
     got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), variables)
     if jax.tree.structure(expected) != jax.tree.structure(got) or any(
       a.shape != b.shape
       for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True)
     ):
-      raise ValueError(
+      raise ConfigError(
         'The checkpoint does not fit the model of its config (another alphabet or '
         'architecture?): retrain, or load it with the config it was trained with.'
       )
 
-  def predict(self, images: Sequence) -> list[Prediction]:
-    """Reads images given as paths, PIL images or uint8 arrays, in order."""
-    h, w = self.config.image_height, self.config.image_width
-    pixels = np.stack([data.load_image(im, h, w) for im in images]) if len(images) else None
-    results = []
-    for start in range(0, len(images), self.batch_size):
-      chunk = pixels[start : start + self.batch_size]
-      # Pad to a power of two: one image costs one image, and at most log2(batch_size) + 1
-      # shapes are ever compiled.
-      size = min(1 << (len(chunk) - 1).bit_length(), self.batch_size)
-      devices = self.mesh.size if size >= MIN_SPLIT else 1
-      size = -(-size // devices) * devices
-      padded = np.concatenate([chunk, np.repeat(chunk[:1], size - len(chunk), 0)])
-      log_probs = np.asarray(self._log_probs(data.normalize(padded), split=devices > 1))
-      log_probs = log_probs[: len(chunk)]
-      raw, confidence, fixed = ctc.decode_texts(log_probs, self.vocab, self.config.label_length)
-      results += [
-        Prediction(f, r, float(c)) for f, r, c in zip(fixed, raw, confidence, strict=True)
-      ]
-    return results
+  def decode(self, image: images.ImageSource) -> np.ndarray:
+    """One image (a path, bytes, a PIL image or a uint8 array) as this model's input."""
+    return images.load_image(image, self.height, self.width)
+
+  def predict(
+    self, sources: Sequence[images.ImageSource], allowed: str = ''
+  ) -> list[decoding.Reading]:
+    """Reads images given as paths, bytes, PIL images or uint8 arrays, in order.
+
+    `allowed` restricts the readings to those characters (the others are masked out before the
+    argmax). Raises DataError naming the first image that cannot be decoded.
+    """
+    readings = []
+    for start in range(0, len(sources), self.batch_size):
+      chunk = np.stack([self.decode(s) for s in sources[start : start + self.batch_size]])
+      readings += self.read_pixels(chunk, allowed)
+    return readings
+
+  def read_pixels(self, pixels: np.ndarray, allowed: str = '') -> list[decoding.Reading]:
+    """Readings of decoded images [n, height, width, 3] uint8, n ≤ batch_size."""
+    n = len(pixels)
+    size = min(1 << (n - 1).bit_length(), self.batch_size)
+    devices = self.mesh.size if size >= MIN_SPLIT else 1
+    size = -(-size // devices) * devices
+    padded = np.concatenate([pixels, np.repeat(pixels[:1], size - n, 0)])
+    log_probs = np.asarray(self._log_probs(padded, split=devices > 1))[:n]
+    return decoding.read(log_probs, self.vocab, self.config.fixed_label_length, allowed)
 
   def _on_one_device(self, x: jax.Array) -> jax.Array:
     return next(s.data for s in x.addressable_shards if s.device == self._one_device)
 
-  def _log_probs(self, images: np.ndarray, split: bool) -> jax.Array:
+  def _log_probs(self, pixels: np.ndarray, split: bool) -> jax.Array:
     if split:
-      return self._apply(self.variables, jax.device_put(images, self._split))
-    return self._apply(self._variables_one, jax.device_put(images, self._one_device))
+      return self._apply(self.variables, jax.device_put(pixels, self._split))
+    return self._apply(self._variables_one, jax.device_put(pixels, self._one_device))
 
 
-def expand_paths(inputs: Sequence[str]) -> list[Path]:
-  """Files as given, and the images inside any folder given."""
-  paths = []
+def expand_paths(inputs: Iterable[str]) -> Iterator[Path]:
+  """Files as given, and the images directly inside any folder given, lazily."""
   for item in inputs:
     path = Path(item)
     if path.is_dir():
-      paths += data.find_images(path)
-    elif path.exists():
-      paths.append(path)
+      yield from data.find_images(path)[0]
     else:
-      raise FileNotFoundError(f'{item!r}: no such file or folder.')
-  return paths
+      yield path
 
 
-def main(argv):
-  from absl import flags
+def read_files(
+  reader, paths: Iterable[Path], allowed: str = ''
+) -> Iterator[tuple[Path, decoding.Reading | DataError]]:
+  """(path, reading) for every path, in order, or (path, the error) for a file that cannot be
+  read. Decodes and reads `reader.batch_size` images at a time, so memory stays flat however
+  many files come."""
+  pending: list[tuple[Path, np.ndarray | DataError]] = []
+  decoded = 0
 
-  host.use_cpu_cores(BATCH_SIZE)  # before JAX starts its CPU backend
-  checkpoints.quiet_orbax()
-  if len(argv) < 2:
-    raise SystemExit('Give one or more image files or folders to read.')
-  try:
-    predictor = Predictor.from_workdir(flags.FLAGS.workdir)
-    paths = expand_paths(argv[1:])
-    predictions = predictor.predict(paths)
-  except (FileNotFoundError, ValueError) as e:
-    raise SystemExit(f'error: {e}') from None
-  for path, p in zip(paths, predictions, strict=True):
-    sys.stdout.write(f'{path}\t{p.text}\t{p.confidence:.3f}\n')
+  def flush():
+    pixels = [x for _, x in pending if isinstance(x, np.ndarray)]
+    readings = iter(reader.read_pixels(np.stack(pixels), allowed) if pixels else ())
+    for path, x in pending:
+      yield path, next(readings) if isinstance(x, np.ndarray) else x
+    pending.clear()
+
+  for path in paths:
+    try:
+      pending.append((path, reader.decode(path)))
+      decoded += 1
+    except DataError as e:
+      pending.append((path, e))
+    if decoded == reader.batch_size:
+      yield from flush()
+      decoded = 0
+  yield from flush()
 
 
 if __name__ == '__main__':
-  from absl import app, flags
+  from captcha_jax import cli
 
-  flags.DEFINE_string('workdir', None, 'The --workdir of a training run.', required=True)
-  app.run(main)
+  cli.predict()

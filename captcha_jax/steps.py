@@ -1,8 +1,9 @@
 """The pure, jitted parts of training: state, optimizer, train/eval steps, and the data mesh.
 
-`train_step(state, batch) -> (state, metrics)` and `eval_step(state, batch) -> outputs` compile
-once per shape; batches are split along the mesh's 'data' axis and the state is replicated. The
-train step runs per device under `shard_map`, so gradients cross devices once per step.
+`train_step(state, batch, stop_votes) -> (state, metrics)` and `eval_step(state, batch) ->
+outputs` compile once per shape; batches are split along the mesh's 'data' axis and the state is
+replicated. The train step runs per device under `shard_map`, so gradients cross devices once per
+step.
 """
 
 import functools
@@ -13,15 +14,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from captcha_jax import ctc, data, host
+from captcha_jax import ctc, data
 
-# Batch entries the steps read; the rest (`index`) stays on the host.
-DEVICE_KEYS = ('image', 'labels', 'label_paddings', 'mask')
 # The mesh axis batches are split along; the training model's BatchNorm averages over it.
 DATA_AXIS = 'data'
 # XLA:CPU's memory-minimising scheduler: the default train step's scratch 152 → 123 MB a device
@@ -65,7 +65,7 @@ def create_train_state(
   init_rng, state_rng = jax.random.split(rng)
   shape = (1, config.image_height, config.image_width, 3)
   variables = jax.jit(functools.partial(model.init, train=False))(
-    init_rng, jnp.zeros(shape, jnp.float32)
+    init_rng, jnp.zeros(shape, jnp.uint8)
   )
   return TrainState.create(
     apply_fn=model.apply,
@@ -78,9 +78,17 @@ def create_train_state(
 
 
 def train_step(
-  state: TrainState, batch: data.Batch, ema_decay: float = 0.0, axis_name: str | None = None
+  state: TrainState,
+  batch: data.Batch,
+  stop_votes: jax.Array,
+  ema_decay: float = 0.0,
+  axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a batch; a step whose loss or gradient is not finite is skipped.
+
+  stop_votes: [devices] float32, 1.0 where that device's process was asked to stop. Their
+  maximum comes back as metrics['stop'], the same in every process, so all processes of a run
+  stop after the same step without a collective of their own.
 
   The moving average's decay ramps up as (1 + step) / (10 + step), so early averages are not
   dominated by the random initialisation.
@@ -132,12 +140,14 @@ def train_step(
   # together (the train bench's peak RSS 835 → 730 MB) and passed over both once more a step.
   # `skip` is branch 0, whose pass-through XLA forwards without copies on every jaxlib.
   state = jax.lax.cond(finite, update, skip, state)
+  stop = jnp.max(stop_votes)
   return state, {
     'step': state.step,
     'loss': loss,
     'grad_norm': grad_norm,
     'finite': finite,
     'example_finite': jnp.isfinite(per_example),
+    'stop': stop if axis_name is None else jax.lax.pmax(stop, axis_name),
   }
 
 
@@ -162,28 +172,28 @@ def make_mesh() -> Mesh:
 def to_device(batch: data.Batch, mesh: Mesh) -> dict[str, jax.Array]:
   """Global step inputs split along the batch axis over the mesh, from this process's rows."""
   sharding = NamedSharding(mesh, P(DATA_AXIS))
-  return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in DEVICE_KEYS}
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def shard() -> tuple[int, int]:
-  """(this process, process count): which rows of each global batch this process loads."""
+def stop_votes(stop: bool, mesh: Mesh) -> jax.Array:
+  """This process's vote to stop, on each of its devices (see `train_step`)."""
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  local = np.full(jax.local_device_count(), float(stop), np.float32)
+  return jax.make_array_from_process_local_data(sharding, local)
+
+
+def process_shard() -> tuple[int, int]:
+  """(this process's index, the process count): which share of each global batch it loads."""
   return jax.process_index(), jax.process_count()
 
 
-def batch_shapes(
-  config: ml_collections.ConfigDict, batch_size: int, mesh: Mesh
-) -> dict[str, jax.ShapeDtypeStruct]:
-  """The global step inputs `to_device` makes for batches of `batch_size`, as shapes."""
+def input_shapes(spec: data.BatchSpec, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global step inputs `to_device` makes from batches of `spec`, as shapes."""
   sharding = NamedSharding(mesh, P(DATA_AXIS))
-  image = (batch_size, config.image_height, config.image_width, 3)
-  label = (batch_size, config.max_label_length)
-  shapes = {
-    'image': (image, jnp.float32),
-    'labels': (label, jnp.int32),
-    'label_paddings': (label, jnp.float32),
-    'mask': ((batch_size,), jnp.float32),
+  return {
+    k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+    for k, (shape, dtype) in spec.shapes().items()
   }
-  return {k: jax.ShapeDtypeStruct(*v, sharding=sharding) for k, v in shapes.items()}
 
 
 def compile_steps(
@@ -193,8 +203,7 @@ def compile_steps(
 
   Their outputs are replicated so every process can read them. The train step expects a state
   whose model was built with `axis_name=DATA_AXIS`. Compiling from shapes lets a caller do it
-  before any array exists, and give the compiler's working memory back (`host.
-  release_free_memory`) before the state and batches take theirs.
+  before any array exists (see `compile_and_create_state`).
   """
   replicated = NamedSharding(mesh, P())
   options = CPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == 'cpu' else {}
@@ -204,31 +213,46 @@ def compile_steps(
   per_device_step = jax.shard_map(
     functools.partial(train_step, ema_decay=config.ema_decay, axis_name=DATA_AXIS),
     mesh=mesh,
-    in_specs=(P(), P(DATA_AXIS)),
+    in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)),
     out_specs=(
       P(),
-      {'step': P(), 'loss': P(), 'grad_norm': P(), 'finite': P(), 'example_finite': P(DATA_AXIS)},
+      {
+        'step': P(),
+        'loss': P(),
+        'grad_norm': P(),
+        'finite': P(),
+        'example_finite': P(DATA_AXIS),
+        'stop': P(),
+      },
     ),
     check_vma=False,  # optax.ctc_loss's scan starts from carries not marked per-device
   )
-  p_train_step = jax.jit(per_device_step, donate_argnums=0, out_shardings=(replicated, replicated))
-  p_eval_step = jax.jit(eval_step, out_shardings=replicated)
-  train_shapes = (state_shapes, batch_shapes(config, config.batch_size, mesh))
-  eval_shapes = (state_shapes, batch_shapes(config, config.eval_batch_size, mesh))
+  train = jax.jit(per_device_step, donate_argnums=0, out_shardings=(replicated, replicated))
+  evaluate = jax.jit(eval_step, out_shardings=replicated)
+  votes = jax.ShapeDtypeStruct(
+    (mesh.size,), jnp.float32, sharding=NamedSharding(mesh, P(DATA_AXIS))
+  )
+  train_inputs = input_shapes(data.BatchSpec.of(config, config.batch_size), mesh)
+  eval_inputs = input_shapes(data.BatchSpec.of(config, config.eval_batch_size), mesh)
   return (
-    p_train_step.lower(*train_shapes).compile(options),
-    p_eval_step.lower(*eval_shapes).compile(options),
+    train.lower(state_shapes, train_inputs, votes).compile(options),
+    evaluate.lower(state_shapes, eval_inputs).compile(options),
   )
 
 
 def compile_and_create_state(
-  config: ml_collections.ConfigDict, model: nn.Module, schedule: Callable, mesh: Mesh
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  schedule: Callable,
+  mesh: Mesh,
+  after_compile: Callable[[], object] = lambda: None,
 ) -> tuple[TrainState, Callable, Callable]:
   """The initial state, replicated over the mesh, and the compiled train and eval steps.
 
   The state has the ImageNet backbone when `config.pretrained` names one. The steps are compiled
-  from shapes before the state exists, and the compilers' freed memory is given back after each
-  phase, so the peak resident memory is the largest phase, not their sum.
+  from shapes before the state exists, then `after_compile` runs (the train command passes
+  `host.release_free_memory` when asked to tune the CPU: the compiler's freed memory goes back to
+  the system before the state and the step's buffers take theirs).
   """
   create_state = functools.partial(
     create_train_state,
@@ -237,13 +261,11 @@ def compile_and_create_state(
     make_optimizer(config, schedule),
     jax.random.PRNGKey(config.seed),
   )
-  p_train_step, p_eval_step = compile_steps(config, mesh, jax.eval_shape(create_state))
-  host.release_free_memory()
+  train, evaluate = compile_steps(config, mesh, jax.eval_shape(create_state))
+  after_compile()
   state = create_state()
   if config.pretrained:
     from captcha_jax import port  # torch-free; only needed when starting from ImageNet weights
 
     state = port.load_pretrained_backbone(state, config.pretrained)
-  state = jax.device_put(state, NamedSharding(mesh, P()))
-  host.release_free_memory()
-  return state, p_train_step, p_eval_step
+  return jax.device_put(state, NamedSharding(mesh, P())), train, evaluate

@@ -1,52 +1,51 @@
-"""A tensorflow-datasets builder for label-named captcha folders (the Kaggle
-"captcha-version-2-images" data by default), with the same 80/10/10 split as `data.py`.
-
-Stored as array_record and read through `as_data_source`, so neither building nor reading needs
-TensorFlow. Install with `pip install 'captcha-jax[tfds]'`; train from it with
+"""A tensorflow-datasets builder for a resolved captcha set: the same splits as the folder
+pipeline, stored as array_record and read through `as_data_source`, so neither building nor
+reading needs TensorFlow. Install with `pip install 'captcha-jax[tfds]'`; train from it with
 `--config.data_source=tfds`.
+
+A prepared copy is named by a fingerprint of everything it was made from (the settings and
+every source file's path, size and modification time), so a changed folder is prepared anew
+rather than silently read stale, and tfds writes a split only once it is complete.
 """
 
 import dataclasses
 import hashlib
 import json
-import zipfile
+import os
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from captcha_jax import data
+from captcha_jax import data, images
+from captcha_jax.errors import DataError
 from captcha_jax.vocab import Vocab
+
+TFDS_SPLITS = {'train': 'train', 'val': 'validation', 'test': 'test'}
 
 
 @dataclasses.dataclass
 class CaptchaConfig(tfds.core.BuilderConfig):
-  """What the split depends on: the alphabet and length filter, the fractions and seed."""
+  """What a prepared copy holds: its image size, and the examples of each split."""
 
-  alphabet: str = '2345678bcdefgmnpwxy'
-  max_label_length: int = 5
   image_height: int = 50
   image_width: int = 200
-  split: tuple[float, float, float] = (0.8, 0.1, 0.1)
-  split_seed: int = 0
+  examples: dict = dataclasses.field(default_factory=dict)  # split → [(path, text)]
 
 
 class CaptchaImages(tfds.core.GeneratorBasedBuilder):
   """Captcha images with their text, split into train/validation/test like `data.py`."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  BUILDER_CONFIGS = [CaptchaConfig(name='default')]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = (
-    'Download "captcha-version-2-images" from Kaggle (fournierp/captcha-version-2-images) and put '
-    'its zip, or the images themselves (files like 226md.png), in the manual_dir.'
-  )
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {'2.0.0': 'Splits given by captcha_jax.data.resolve; images stored resized.'}
 
   def _info(self) -> tfds.core.DatasetInfo:
     # Built directly rather than from configs, which read metadata files beside this module.
     return tfds.core.DatasetInfo(
       builder=self,
-      description='CAPTCHA images named by their text.',
+      description='CAPTCHA images with their text.',
       features=tfds.features.FeaturesDict(
         {
           'image': tfds.features.Image(shape=(None, None, 3)),
@@ -58,78 +57,65 @@ class CaptchaImages(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    c = self.builder_config
-    dataset = data.load_dataset(
-      image_folder(Path(dl_manager.manual_dir)),
-      Vocab(c.alphabet),
-      height=c.image_height,
-      width=c.image_width,
-      max_label_length=c.max_label_length,
-    )
-    train, val, test = data.split_indices(len(dataset), c.split, c.split_seed)
+    del dl_manager  # the examples are given, nothing to download
     return {
-      'train': self._generate_examples(dataset, train),
-      'validation': self._generate_examples(dataset, val),
-      'test': self._generate_examples(dataset, test),
+      TFDS_SPLITS[name]: self._generate_examples(examples)
+      for name, examples in self.builder_config.examples.items()
     }
 
-  def _generate_examples(self, dataset: data.Dataset, indices: np.ndarray):
-    for i in indices:
-      name = Path(dataset.paths[i]).name
+  def _generate_examples(self, examples):
+    c = self.builder_config
+    for path, text in examples:
+      try:
+        pixels = images.load_image(path, c.image_height, c.image_width)
+      except DataError:
+        continue  # reported when the in-memory pipeline decodes; here only skipped
       # PIL images: tfds encodes them with Pillow, where NumPy arrays would need TensorFlow.
-      yield (
-        name,
-        {
-          'image': Image.fromarray(dataset.images[i]),
-          'label': dataset.texts[i],
-          'file_name': name,
-        },
-      )
+      yield path, {'image': Image.fromarray(pixels), 'label': text, 'file_name': path}
 
 
-def image_folder(manual_dir: Path) -> Path:
-  """The folder of images in `manual_dir`: itself, a folder inside, or an unpacked zip."""
-  zips = sorted(manual_dir.glob('*.zip'))
-  if zips:
-    target = manual_dir / 'extracted'
-    if not target.exists():
-      with zipfile.ZipFile(zips[0]) as archive:
-        archive.extractall(target)
-    manual_dir = target
-  candidates = [manual_dir, *sorted(p for p in manual_dir.rglob('*') if p.is_dir())]
-  for folder in candidates:
-    if any(p.suffix.lower() in data.IMAGE_EXTENSIONS for p in folder.iterdir()):
-      return folder
-  raise data.DataError(
-    f'No images in {str(manual_dir)!r}. {CaptchaImages.MANUAL_DOWNLOAD_INSTRUCTIONS}'
-  )
+def fingerprint(config: ml_collections.ConfigDict, examples: dict[str, list[data.Example]]) -> str:
+  """A hash of the settings and of every source file's path, size and modification time."""
+  digest = hashlib.sha256()
+  fields = [config.image_height, config.image_width, config.alphabet, config.max_label_length]
+  digest.update(json.dumps(fields).encode())
+  for name, split in sorted(examples.items()):
+    for e in split:
+      stat = os.stat(e.path)
+      digest.update(f'{name}\0{e.path}\0{e.text}\0{stat.st_size}\0{stat.st_mtime_ns}\n'.encode())
+  return digest.hexdigest()[:16]
 
 
-def load_splits(config, vocab: Vocab) -> dict[str, data.Dataset]:
-  """train/val/test from the builder (prepared on first use from config.data_dir)."""
-  fields = dict(
-    alphabet=config.alphabet,
-    max_label_length=config.max_label_length,
+def builder(
+  config: ml_collections.ConfigDict, examples: dict[str, list[data.Example]]
+) -> CaptchaImages:
+  """The builder of these examples, prepared (once per fingerprint) under config.tfds_data_dir."""
+  builder_config = CaptchaConfig(
+    name=f'set_{fingerprint(config, examples)}',
     image_height=config.image_height,
     image_width=config.image_width,
-    split=tuple(config.split),
-    split_seed=config.split_seed,
+    examples={k: [(e.path, e.text) for e in v] for k, v in examples.items()},
   )
-  # Named by its fields: each combination is prepared once, in its own folder.
-  digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
-  builder_config = CaptchaConfig(name=f'config_{digest}', **fields)
-  builder = CaptchaImages(
-    config=builder_config, data_dir=config.tfds_data_dir, file_format='array_record'
+  result = CaptchaImages(
+    config=builder_config,
+    data_dir=str(Path(config.tfds_data_dir).expanduser()),
+    file_format='array_record',
   )
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(manual_dir=config.data_dir)
-  )
+  result.download_and_prepare()
+  return result
+
+
+def load_splits(
+  config: ml_collections.ConfigDict, examples: dict[str, list[data.Example]]
+) -> data.Splits:
+  """train/val/test read back from the prepared copy, into memory."""
+  prepared = builder(config, examples)
+  vocab = Vocab(config.alphabet)
   splits = {}
-  for name, split in (('train', 'train'), ('val', 'validation'), ('test', 'test')):
-    source = builder.as_data_source(split)
+  for name, split in TFDS_SPLITS.items():
+    source = prepared.as_data_source(split)
     records = [source[i] for i in range(len(source))]
-    texts = [r['label'].decode() for r in records]
-    images = [data.load_image(r['image'], config.image_height, config.image_width) for r in records]
-    names = [r['file_name'].decode() for r in records]
-    splits[name] = data.dataset_from_arrays(images, texts, names, vocab, config.max_label_length)
+    rows = [data.Example(r['file_name'].decode(), r['label'].decode()) for r in records]
+    pixels = [np.asarray(r['image'], np.uint8) for r in records]
+    splits[name] = data.dataset_from_arrays(pixels, rows, vocab, config.max_label_length)
   return splits

@@ -1,17 +1,17 @@
-"""Training: TrainState, the jitted train/eval steps, the epoch loop, checkpoints, and `main`.
+"""Training: the epoch loop, evaluation, resumption from the step, and stop requests.
 
-    python -m captcha_jax.train --config configs/default.py --workdir runs/default \
-        --config.data_dir=/path/to/captcha_images_v2
+`train_and_evaluate(config, workdir)` is the whole job; `cli.train` is its command line:
+
+    python -m captcha_jax.train --config configs/default.py --workdir runs/default
 """
 
-import json
+import functools
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -19,44 +19,50 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from captcha_jax import checkpoints, ctc, data, host, metrics, models, plots, steps
+from captcha_jax import checkpoints, data, decoding, metrics, models, plots, settings, steps
+from captcha_jax import workdir as run_folder
+from captcha_jax.errors import ConfigError, UserError
+from captcha_jax.metric_writer import MetricWriter
 from captcha_jax.vocab import Vocab
 
-# Config entries that fix the shape or meaning of the parameters: a workdir keeps them.
-MODEL_KEYS = ('alphabet', 'max_label_length', 'image_height', 'image_width', 'model')
+
+class Stopped(Exception):  # noqa: N818 - what happened, not an error
+  """A stop signal ended the run after a checkpoint was saved; rerunning resumes it."""
 
 
-class UsageError(ValueError):
-  """A config or workdir that cannot be used as given; the message says what to change."""
+class Diverged(UserError):
+  """Training cannot go on: no step of an epoch had a finite loss and gradient."""
 
 
 def evaluate(
-  eval_fn: Callable,
+  eval_step: Callable,
   state: steps.TrainState,
   dataset: data.Dataset,
-  config,
+  config: ml_collections.ConfigDict,
   vocab: Vocab,
   mesh: Mesh,
-) -> tuple[dict[str, float], list[str]]:
-  """Loss, exact match and CER (raw and post-processed) over `dataset`; and the raw texts."""
+) -> tuple[dict[str, float], list[decoding.Reading]]:
+  """Loss, exact match and CER (raw and post-processed) over `dataset`; and its readings."""
   losses, log_probs = [], []
-  size = config.eval_batch_size
-  for start, batch in zip(
-    range(0, len(dataset), size), data.eval_batches(dataset, size, shard=steps.shard()), strict=True
+  spec = data.BatchSpec.of(config, config.eval_batch_size)
+  for start, (_, batch) in zip(
+    range(0, len(dataset), spec.size),
+    data.eval_batches(dataset, spec, shard=steps.process_shard()),
+    strict=True,
   ):
-    out = jax.device_get(eval_fn(state, steps.to_device(batch, mesh)))
-    real = np.arange(start, start + size) < len(dataset)  # the global batch's real rows
+    out = jax.device_get(eval_step(state, steps.to_device(batch, mesh)))
+    real = np.arange(start, start + spec.size) < len(dataset)  # the global batch's real rows
     losses.append(out['loss'][real])
     log_probs.append(out['log_probs'][real])
-  raw, _, fixed = ctc.decode_texts(np.concatenate(log_probs), vocab, config.label_length)
+  readings = decoding.read(np.concatenate(log_probs), vocab, config.fixed_label_length)
+  raw, fixed = decoding.texts(readings)
   result = {
     'loss': float(np.mean(np.concatenate(losses))),
     **metrics.reading_metrics(raw, fixed, dataset.texts),
   }
-  return result, raw
+  return result, readings
 
 
 def collapse_warning(texts: list[str]) -> str | None:
@@ -66,222 +72,6 @@ def collapse_warning(texts: list[str]) -> str | None:
   if len(texts) > 1 and len(set(texts)) == 1:
     return f'constant output: every image reads {texts[0]!r}'
   return None
-
-
-def check_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
-  """Refuses to resume a workdir whose saved model/alphabet/image size differ from `config`."""
-  path = workdir / 'config.json'
-  if not path.exists():
-    return
-  saved = json.loads(path.read_text())
-  current = json.loads(config.to_json_best_effort())
-  changed = [k for k in MODEL_KEYS if k in saved and saved[k] != current[k]]
-  if changed:
-    raise UsageError(
-      f'{str(workdir)!r} holds a run with a different {", ".join(changed)}: its checkpoints '
-      'cannot be resumed with this config. Use a new --workdir, or the saved config.'
-    )
-
-
-def write_scalars(writer, row: dict, batch_size: int) -> None:
-  """One epoch's metrics as TensorBoard scalars at the epoch's last global step."""
-  step = row['step']
-  for key in (
-    'train_loss',
-    'val_loss',
-    'val_accuracy',
-    'val_cer',
-    'val_accuracy_post',
-    'learning_rate',
-    'train_images_per_s',
-  ):
-    writer.add_scalar(key, row[key], step)
-  writer.add_scalar('train_steps_per_s', row['train_images_per_s'] / batch_size, step)
-  writer.flush()
-
-
-def _read_history(path: Path, last_epoch: int) -> list[dict]:
-  """metrics.jsonl rows up to `last_epoch`: rows past the restored checkpoint are dropped."""
-  if not path.exists():
-    return []
-  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  return [r for r in rows if r['epoch'] <= last_epoch]
-
-
-def _write_history(path: Path, rows: list[dict]) -> None:
-  path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
-
-
-def load_splits(config: ml_collections.ConfigDict, vocab: Vocab) -> dict[str, data.Dataset]:
-  """The configured data decoded and split into train/val/test (the same files either source)."""
-  if config.data_source == 'tfds':
-    from captcha_jax import tfds_builder  # optional dependency: pip install 'captcha-jax[tfds]'
-
-    return tfds_builder.load_splits(config, vocab)
-  if config.data_source != 'folder':
-    raise UsageError(f"config.data_source must be 'folder' or 'tfds', got {config.data_source!r}.")
-  dataset = data.load_dataset(
-    config.data_dir,
-    vocab,
-    height=config.image_height,
-    width=config.image_width,
-    max_label_length=config.max_label_length,
-    skip_bad_files=config.skip_bad_files,
-  )
-  indices = data.split_indices(len(dataset), config.split, config.split_seed)
-  return {
-    name: dataset.subset(idx) for name, idx in zip(('train', 'val', 'test'), indices, strict=True)
-  }
-
-
-def check_label_fit(splits: dict[str, data.Dataset], ctc_steps: int) -> None:
-  """Raises when some label needs more CTC steps than the model emits (its loss would be ~1e5)."""
-  worst = max(
-    (
-      (ctc.required_steps(ds.labels[i, : ds.lengths[i]]), ds.paths[i])
-      for ds in splits.values()
-      for i in range(len(ds))
-    ),
-  )
-  if worst[0] > ctc_steps:
-    raise data.DataError(
-      f'{worst[1]!r} needs {worst[0]} CTC steps but the model emits {ctc_steps} for '
-      'this image width: lower max_label_length, widen the image, or keep more width in '
-      'config.model.backbone_strides.'
-    )
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-  """Trains (resuming from WORKDIR's latest checkpoint), then evaluates the best checkpoint.
-
-  Writes WORKDIR/config.json, checkpoints/, metrics.jsonl, results.json, loss.png and
-  predictions.png. Returns the results: per-split metrics of the best-by-validation checkpoint.
-  """
-  start_time = time.time()
-  workdir = Path(workdir).absolute()
-  vocab = Vocab(config.alphabet)
-  model = models.create_model(config.model, vocab.num_classes, axis_name=steps.DATA_AXIS)
-  ctc_steps = models.output_steps(model, config.image_height, config.image_width)
-  splits = load_splits(config, vocab)
-  check_label_fit(splits, ctc_steps)
-  logging.info(
-    'Images: %s; %d CTC steps per image.',
-    ', '.join(f'{k} {len(v)}' for k, v in splits.items()),
-    ctc_steps,
-  )
-  if config.batch_size % jax.device_count() or config.eval_batch_size % jax.device_count():
-    raise UsageError(
-      f'batch_size={config.batch_size} and eval_batch_size={config.eval_batch_size} must '
-      f'divide by the {jax.device_count()} devices.'
-    )
-
-  steps_per_epoch = len(splits['train']) // config.batch_size
-  mesh = steps.make_mesh()
-  main_process = jax.process_index() == 0  # the one that prints and writes files
-  if main_process:
-    print(
-      nn.tabulate(model, jax.random.key(0), depth=2, console_kwargs={'width': 140})(
-        jnp.zeros((1, config.image_height, config.image_width, 3)), train=False
-      )
-    )
-
-  workdir.mkdir(parents=True, exist_ok=True)
-  check_workdir_config(config, workdir)
-  if main_process:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  schedule = steps.make_schedule(config, steps_per_epoch)
-  state, p_train_step, p_eval_step = steps.compile_and_create_state(config, model, schedule, mesh)
-  manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
-  progress = {'epoch': 0, 'batch': steps_per_epoch}  # "epoch 0 complete": a fresh start
-  if manager.latest_step() is not None:
-    state, progress = checkpoints.restore(manager, manager.latest_step(), state)
-    logging.info(
-      'Resumed from step %d: epoch %d, %d batch(es) done.',
-      manager.latest_step(),
-      progress['epoch'],
-      progress['batch'],
-    )
-  finished_epochs = progress['epoch'] - (progress['batch'] < steps_per_epoch)
-  history_path = workdir / 'metrics.jsonl'
-  history = _read_history(history_path, finished_epochs)
-  elapsed_before = history[-1]['elapsed_s'] if history else 0.0
-
-  tensorboard = SummaryWriter(str(workdir / 'tensorboard')) if main_process else None
-  with StopSignals() as stop:
-    for epoch in range(finished_epochs + 1, config.num_epochs + 1):
-      epoch_start = time.time()
-      resumed = epoch == progress['epoch']
-      first_batch = progress['batch'] if resumed else 0
-      state, done, train_losses, skipped = train_epoch(
-        p_train_step, state, splits['train'], config, epoch, first_batch, mesh, stop
-      )
-      train_s = time.time() - epoch_start
-      train_losses = (progress.get('losses', []) if resumed else []) + train_losses
-      if done < steps_per_epoch:  # a stop signal: save where we are, then leave
-        if manager.latest_step() != int(state.step):
-          here = {'epoch': epoch, 'batch': done, 'losses': train_losses}
-          checkpoints.save(manager, int(state.step), state, here)
-        manager.wait_until_finished()
-        raise SystemExit(
-          f'Stopped by {stop.name} at epoch {epoch}, batch {done}; saved step '
-          f'{int(state.step)}. Rerun the same command to resume.'
-        )
-      val, val_texts = evaluate(p_eval_step, state, splits['val'], config, vocab, mesh)
-      row = {
-        'epoch': epoch,
-        'step': int(state.step),
-        'train_loss': float(np.mean(train_losses)) if train_losses else float('nan'),
-        **{f'val_{k}': v for k, v in val.items()},
-        'learning_rate': float(schedule(int(state.step))),
-        'train_images_per_s': (done - first_batch) * config.batch_size / train_s,
-        'epoch_s': time.time() - epoch_start,
-        'elapsed_s': elapsed_before + time.time() - start_time,
-        'skipped_steps': len(skipped),
-      }
-      warning = collapse_warning(val_texts)
-      if warning:
-        row['collapse'] = warning
-        logging.warning('Epoch %d: %s.', epoch, warning)
-      history.append(row)
-      if main_process:
-        _write_history(history_path, history)
-        write_scalars(tensorboard, row, config.batch_size)
-        print(
-          f'epoch {epoch:3d}  train_loss {row["train_loss"]:.4f}  val_loss {val["loss"]:.4f}  '
-          f'val_acc {val["accuracy"]:.4f}  val_cer {val["cer"]:.4f}  '
-          f'lr {row["learning_rate"]:.2e}  {row["epoch_s"]:.1f}s',
-          flush=True,
-        )
-      checkpoints.save(
-        manager,
-        int(state.step),
-        state,
-        {'epoch': epoch, 'batch': steps_per_epoch},
-        {f'val_{k}': v for k, v in val.items()},
-      )
-  manager.wait_until_finished()
-  if tensorboard is not None:
-    tensorboard.close()
-
-  best = checkpoints.best_step(manager)
-  if best is None:
-    raise RuntimeError(f'No checkpoint in {manager.directory}: config.num_epochs is 0?')
-  state, best_progress = checkpoints.restore(manager, best, state)
-  manager.close()
-  results: dict[str, Any] = {'best_epoch': best_progress['epoch'], 'best_step': best}
-  test_texts = []
-  for name, dataset in splits.items():
-    split_metrics, texts = evaluate(p_eval_step, state, dataset, config, vocab, mesh)
-    results[name] = split_metrics
-    test_texts = texts if name == 'test' else test_texts
-  if main_process:
-    (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
-    plots.plot_history(history, workdir / 'loss.png')
-    test = splits['test']
-    if len(test):
-      plots.plot_predictions(test.images, test_texts, test.texts, workdir / 'predictions.png')
-  logging.info('Results of epoch %d: %s', best_progress['epoch'], json.dumps(results))
-  return results
 
 
 class StopSignals:
@@ -315,133 +105,234 @@ class StopSignals:
       signal.signal(signum, handler)
 
 
-def train_epoch(
-  step_fn: Callable,
-  state: steps.TrainState,
-  dataset: data.Dataset,
+def train_and_evaluate(
   config: ml_collections.ConfigDict,
-  epoch: int,
-  first_batch: int,
-  mesh: Mesh,
-  stop: StopSignals,
-) -> tuple[steps.TrainState, int, list[float], list[str]]:
-  """Runs epoch `epoch` from batch `first_batch` until its end or a stop request.
+  workdir: str | Path,
+  *,
+  after_compile: Callable[[], object] = lambda: None,
+) -> dict:
+  """Trains (resuming from WORKDIR's latest intact checkpoint), then evaluates the best one.
 
-  The batches come from a generator seeded by (seed, epoch), so a resumed epoch replays the same
-  order and augmentation and skips the batches already done. Returns the state, the number of
-  batches of the epoch done, the losses of finite steps, and the files of skipped steps.
+  Writes WORKDIR/config.json (the config with its automatic settings filled in from the data),
+  split.json, checkpoints/, metrics.jsonl, tensorboard/, results.json, loss.png and
+  predictions.png. Returns the results: per-split metrics of the best-by-validation checkpoint.
+  `after_compile` runs once the steps are compiled, before the state exists.
   """
-  batches = data.train_batches(
-    dataset,
-    config.batch_size,
-    (config.seed, epoch),
-    config.augment,
-    shard=steps.shard(),
-    first_batch=first_batch,
-  )
-  total = len(dataset) // config.batch_size
-  losses: list[float] = []
-  skipped: list[str] = []
-  pending = None
-  done = first_batch
-  quiet = None if jax.process_index() == 0 else True
-  bar = tqdm(total=total, initial=first_batch, desc=f'epoch {epoch}', leave=False, disable=quiet)
-  for batch in batches:
-    if stop:
-      break
-    state, step_metrics = step_fn(state, steps.to_device(batch, mesh))
-    done += 1
-    bar.update()
-    # Read the previous step's metrics, so the host never waits on the step just queued.
+  start_time = time.time()
+  settings.validate(config)
+  workdir = Path(workdir).absolute()
+  main_process = jax.process_index() == 0  # the one that prints and writes files
+  with run_folder.lock(workdir, enabled=main_process):
+    config, splits = data.prepare(config, functools.partial(models.output_steps, config.model))
+    fingerprint = data.split_fingerprint(splits)
+    run_folder.check_resumable(workdir, config, fingerprint)
+    devices = jax.device_count()
+    if config.batch_size % devices or config.eval_batch_size % devices:
+      raise ConfigError(
+        f'batch_size={config.batch_size} and eval_batch_size={config.eval_batch_size} must '
+        f'divide by the {devices} devices.'
+      )
+    vocab = Vocab(config.alphabet)
+    model = models.create_model(config.model, vocab.num_classes, axis_name=steps.DATA_AXIS)
+    if main_process:
+      print(
+        nn.tabulate(model, jax.random.key(0), depth=2, console_kwargs={'width': 140})(
+          jnp.zeros((1, config.image_height, config.image_width, 3), jnp.uint8), train=False
+        )
+      )
+    steps_per_epoch = len(splits['train']) // config.batch_size
+    schedule = steps.make_schedule(config, steps_per_epoch)
+    mesh = steps.make_mesh()
+    state, train_step, eval_step = steps.compile_and_create_state(
+      config, model, schedule, mesh, after_compile
+    )
+    manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
+    step, progress = 0, {}
+    if manager.all_steps():
+      step, (state, progress) = checkpoints.first_intact(
+        manager,
+        checkpoints.newest_first(manager),
+        functools.partial(checkpoints.restore, manager, state=state),
+        move_damaged=main_process,
+      )
+      logging.info(
+        'Resumed from step %d (epoch %d, batch %d).', step, *divmod(step, steps_per_epoch)
+      )
+    if main_process:
+      run_folder.save_run_settings(workdir, config, fingerprint)
+    writer = MetricWriter(workdir, resumed_step=step, enabled=main_process)
+    elapsed_before = writer.rows[-1]['elapsed_s'] if writer.rows else 0.0
+    loop = _Loop(config, mesh, train_step, eval_step, splits, vocab, schedule, manager, writer)
+    with StopSignals() as stop:
+      state = loop.run(state, step, progress, stop, start_time - elapsed_before)
+    writer.close()
+
+    best_step, state = checkpoints.first_intact(
+      manager,
+      checkpoints.best_first(manager),
+      lambda s: checkpoints.restore(manager, s, state)[0],
+      move_damaged=main_process,
+    )
+    manager.close()
+    results: dict = {'best_epoch': -(-best_step // steps_per_epoch), 'best_step': best_step}
+    test_readings = []
+    for name, dataset in splits.items():
+      results[name], readings = evaluate(eval_step, state, dataset, config, vocab, mesh)
+      test_readings = readings if name == 'test' else test_readings
+    if main_process:
+      run_folder.write_json(workdir / 'results.json', results)
+      plots.save(plots.history_figure(writer.rows), workdir / 'loss.png')
+      test = splits['test']
+      texts = [r.raw_text for r in test_readings]
+      plots.save(
+        plots.predictions_figure(test.images, texts, test.texts), workdir / 'predictions.png'
+      )
+    logging.info('Results of epoch %d: %s', results['best_epoch'], results)
+    return results
+
+
+class _Loop:
+  """The epochs from a resumed step to config.num_epochs: train, validate, checkpoint, log."""
+
+  def __init__(self, config, mesh, train_step, eval_step, splits, vocab, schedule, manager, writer):
+    self.config, self.mesh, self.splits, self.vocab = config, mesh, splits, vocab
+    self.train_step, self.eval_step, self.schedule = train_step, eval_step, schedule
+    self.manager, self.writer = manager, writer
+    self.steps_per_epoch = len(splits['train']) // config.batch_size
+
+  def run(self, state, step: int, progress: dict, stop: StopSignals, started: float):
+    done_epochs, first_batch = divmod(step, self.steps_per_epoch)
+    for epoch in range(done_epochs + 1, self.config.num_epochs + 1):
+      epoch_start = time.time()
+      state, epoch_progress = self.train_epoch(state, epoch, first_batch, progress, stop)
+      train_s = time.time() - epoch_start
+      if epoch_progress['stopped']:
+        self.save_and_stop(state, epoch, epoch_progress, stop)
+      losses = epoch_progress['loss_sum'], epoch_progress['loss_count']
+      if losses[1] == 0:
+        raise Diverged(
+          f'Every step of epoch {epoch} had a non-finite loss or gradient, so nothing was '
+          'learned: lower config.learning_rate, or look for broken images among the files '
+          'logged above.'
+        )
+      val, readings = evaluate(
+        self.eval_step, state, self.splits['val'], self.config, self.vocab, self.mesh
+      )
+      row = {
+        'epoch': epoch,
+        'step': int(state.step),
+        'train_loss': losses[0] / losses[1],
+        **{f'val_{k}': v for k, v in val.items()},
+        'learning_rate': float(self.schedule(int(state.step))),
+        'train_images_per_s': epoch_progress['batches'] * self.config.batch_size / train_s,
+        'epoch_s': time.time() - epoch_start,
+        'elapsed_s': time.time() - started,
+        'skipped_steps': len(epoch_progress['skipped']),
+      }
+      warning = collapse_warning([r.raw_text for r in readings])
+      if warning:
+        row['collapse'] = warning
+        logging.warning('Epoch %d: %s.', epoch, warning)
+      self.writer.write(row)
+      checkpoints.save(
+        self.manager, int(state.step), state, {}, {f'val_{k}': v for k, v in val.items()}
+      )
+      first_batch, progress = 0, {}
+    self.manager.wait_until_finished()
+    return state
+
+  def save_and_stop(self, state, epoch: int, epoch_progress: dict, stop: StopSignals):
+    step = int(state.step)
+    if self.manager.latest_step() != step:
+      kept = {k: epoch_progress[k] for k in ('loss_sum', 'loss_count')}
+      checkpoints.save(self.manager, step, state, kept)
+    self.manager.wait_until_finished()
+    batch = step - (epoch - 1) * self.steps_per_epoch
+    raise Stopped(
+      f'Stopped by {stop.name or "another process"} at epoch {epoch}, batch {batch}; saved step '
+      f'{step}. Rerun the same command to resume.'
+    )
+
+  def train_epoch(self, state, epoch: int, first_batch: int, progress: dict, stop: StopSignals):
+    """Epoch `epoch` from batch `first_batch` until its end or a stop request agreed by every
+    process. The batches come from a generator seeded by (seed, epoch), so a resumed epoch
+    replays the same order and augmentation and skips the batches already done."""
+    config, dataset = self.config, self.splits['train']
+    spec = data.BatchSpec.of(config, config.batch_size)
+    batches = data.train_batches(
+      dataset,
+      spec,
+      (config.seed, epoch),
+      config.augment,
+      shard=steps.process_shard(),
+      first_batch=first_batch,
+    )
+    tally = {
+      'loss_sum': progress.get('loss_sum', 0.0),
+      'loss_count': progress.get('loss_count', 0),
+      'skipped': [],
+      'batches': 0,
+      'stopped': False,
+    }
+    quiet = None if jax.process_index() == 0 else True
+    bar = tqdm(
+      total=self.steps_per_epoch,
+      initial=first_batch,
+      desc=f'epoch {epoch}',
+      leave=False,
+      disable=quiet,
+    )
+    pending = None
+    multi_process = jax.process_count() > 1
+    for indices, batch in batches:
+      requested = bool(stop)
+      if requested and not multi_process:
+        tally['stopped'] = True
+        break
+      votes = steps.stop_votes(requested, self.mesh)
+      state, step_metrics = self.train_step(state, steps.to_device(batch, self.mesh), votes)
+      tally['batches'] += 1
+      bar.update()
+      # Read the previous step's metrics, so the host never waits on the step just queued.
+      agreed = pending is not None and self._record(pending, tally, dataset, bar)
+      pending = (indices, step_metrics)
+      if agreed:  # every process reads the same vote, so all stop after this same step
+        tally['stopped'] = True
+        break
     if pending is not None:
-      _record(pending, losses, skipped, dataset, bar, config.nan_policy)
-    pending = (batch['index'], step_metrics)
-  if pending is not None:
-    _record(pending, losses, skipped, dataset, bar, config.nan_policy)
-  bar.close()
-  if skipped:
-    logging.warning(
-      'Epoch %d: skipped %d example(s) in steps with a non-finite loss or gradient: %s',
-      epoch,
-      len(skipped),
-      ', '.join(sorted(set(skipped))[:20]),
-    )
-  return state, done, losses, skipped
+      self._record(pending, tally, dataset, bar)
+    bar.close()
+    if tally['skipped']:
+      logging.warning(
+        'Epoch %d: skipped %d example(s) in steps with a non-finite loss or gradient: %s',
+        epoch,
+        len(tally['skipped']),
+        ', '.join(sorted(set(tally['skipped']))[:20]),
+      )
+    return state, tally
 
-
-def _record(pending, losses: list, skipped: list, dataset: data.Dataset, bar, policy: str):
-  indices, step_metrics = pending
-  m = jax.device_get(step_metrics)
-  if m['finite']:
-    losses.append(float(m['loss']))
-    bar.set_postfix(loss=f'{m["loss"]:.4f}', refresh=False)
-    return
-  local = m['example_finite'].reshape(jax.process_count(), -1)[jax.process_index()]
-  bad = indices[~local] if not local.all() else indices
-  files = [dataset.paths[i] for i in bad]
-  if policy == 'stop':
-    raise FloatingPointError(
-      f'Non-finite loss or gradient at step {int(m["step"])}; the batch held: '
-      f'{", ".join(files)}. Set --config.nan_policy=skip to skip such steps instead.'
-    )
-  skipped.extend(files)
-
-
-def initialize_distributed(
-  coordinator_address: str | None, num_processes: int | None, process_id: int | None
-) -> None:
-  """Joins a multi-process run through jax.distributed; a no-op for a single process.
-
-  With a coordinator address, the count and id must be given too (flags or the JAX_* variables
-  jax reads); with `auto`, jax detects the cluster (Cloud TPU, SLURM, ...) itself.
-  """
-  if not coordinator_address:
-    return
-  # CPU processes exchange gradients over gloo; GPU/TPU use their own collectives.
-  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  if coordinator_address == 'auto':
-    jax.distributed.initialize()
-  else:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  logging.info(
-    'Process %d of %d; %d local and %d global devices.',
-    jax.process_index(),
-    jax.process_count(),
-    jax.local_device_count(),
-    jax.device_count(),
-  )
-
-
-def main(argv):
-  del argv
-  from absl import flags
-
-  checkpoints.quiet_orbax()
-  config = flags.FLAGS.config
-  if not flags.FLAGS.coordinator_address:  # a multi-process run's launcher picks its devices
-    host.use_cpu_cores(config.batch_size, config.eval_batch_size)
-  initialize_distributed(
-    flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id
-  )
-  try:
-    train_and_evaluate(config, flags.FLAGS.workdir)
-  except (data.DataError, UsageError, FileNotFoundError) as e:
-    raise SystemExit(f'error: {e}') from None
+  def _record(self, pending, tally: dict, dataset: data.Dataset, bar) -> bool:
+    """Adds one step's metrics to the tally; returns whether some process voted to stop."""
+    indices, step_metrics = pending
+    m = jax.device_get(step_metrics)
+    if m['finite']:
+      tally['loss_sum'] += float(m['loss'])
+      tally['loss_count'] += 1
+      bar.set_postfix(loss=f'{m["loss"]:.4f}', refresh=False)
+    else:
+      local = m['example_finite'].reshape(jax.process_count(), -1)[jax.process_index()]
+      bad = indices[~local] if not local.all() else indices
+      files = [dataset.paths[i] for i in bad]
+      if self.config.nan_policy == 'stop':
+        raise Diverged(
+          f'Non-finite loss or gradient at step {int(m["step"])}; the batch held: '
+          f'{", ".join(files)}. Set --config.nan_policy=skip to skip such steps instead.'
+        )
+      tally['skipped'].extend(files)
+    return bool(m['stop'])
 
 
 if __name__ == '__main__':
-  host.restart_with_huge_pages()  # before any work: it re-executes the process
-  from absl import app, flags
-  from ml_collections import config_flags
+  from captcha_jax import cli
 
-  config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.')
-  flags.DEFINE_string(
-    'coordinator_address',
-    None,
-    'host:port of process 0 for a multi-process run, or "auto" to let jax detect the cluster.',
-  )
-  flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
-  flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  cli.train()

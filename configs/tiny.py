@@ -8,6 +8,8 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.data_dir = ''  # tests point this at a generated folder
+  config.data_url = ''  # and never download
+  config.alphabet = '2345678bcdefgmnpwxy'
   config.image_height = 32
   config.image_width = 96
   config.model.backbone_layers = 2

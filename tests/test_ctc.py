@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from captcha_jax import ctc
+from captcha_jax import ctc, decoding
+from captcha_jax.vocab import Vocab
 
 
 def collapse(path):
@@ -73,29 +74,29 @@ def one_hot_log_probs(path, classes=4, p=0.9):
 def test_greedy_decode_hand_worked():
   paths = [[0, 1, 1, 0, 1, 2, 2], [3, 3, 3, 0, 0, 0, 0], [0] * 7, [1, 0, 1, 0, 1, 1, 2]]
   log_probs = np.stack([one_hot_log_probs(p) for p in paths])
-  sequences, confidence = ctc.greedy_decode(log_probs)
+  sequences, confidence = decoding.greedy_decode(log_probs)
   assert sequences == [[1, 1, 2], [3], [], [1, 1, 1, 2]]
   np.testing.assert_allclose(confidence, 0.9**7)
 
 
 def test_decode_with_length_agrees_with_greedy_when_length_fits():
   lp = np.log(jax.nn.softmax(np.random.default_rng(0).normal(size=(12, 5)) * 3))
-  [greedy], _ = ctc.greedy_decode(lp[None])
-  assert ctc.decode_with_length(lp, len(greedy)) == greedy
+  [greedy], _ = decoding.greedy_decode(lp[None])
+  assert decoding.decode_with_length(lp, len(greedy)) == greedy
 
 
 def test_decode_with_length_restores_a_merged_repeat():
   # Greedy reads "1 1 1 1" as one symbol; the second-best step at t=2 is a blank.
   lp = one_hot_log_probs([1, 1, 1, 1])
   lp[2] = np.log([0.4, 0.58, 0.01, 0.01])
-  assert ctc.greedy_decode(lp[None])[0] == [[1]]
-  assert ctc.decode_with_length(lp, 2) == [1, 1]
+  assert decoding.greedy_decode(lp[None])[0] == [[1]]
+  assert decoding.decode_with_length(lp, 2) == [1, 1]
 
 
 def test_decode_with_length_drops_the_weakest_symbol():
   lp = one_hot_log_probs([1, 0, 2, 0, 3])
   lp[2] = np.log([0.45, 0.05, 0.45 + 0.04, 0.01])
-  assert ctc.decode_with_length(lp, 2) == [1, 3]
+  assert decoding.decode_with_length(lp, 2) == [1, 3]
 
 
 def test_decode_with_length_brute_force():
@@ -109,9 +110,31 @@ def test_decode_with_length_brute_force():
         if len(collapse(path)) == length
       ]
       best = max(candidates)[1] if candidates else None
-      got = ctc.decode_with_length(lp, length)
+      got = decoding.decode_with_length(lp, length)
       assert (tuple(got) if got is not None else None) == best
 
 
 def test_decode_with_length_too_long_for_steps():
-  assert ctc.decode_with_length(one_hot_log_probs([1, 1]), 3) is None
+  assert decoding.decode_with_length(one_hot_log_probs([1, 1]), 3) is None
+
+
+def test_restricted_reading_masks_classes_before_the_argmax():
+  vocab = Vocab('abc')
+  # Step 1 prefers 'c' (class 3) over 'b' (class 2): allowed='ab' must pick 'b', not drop it.
+  lp = np.log(np.array([[[0.05, 0.8, 0.05, 0.1], [0.1, 0.05, 0.25, 0.6], [0.9, 0.04, 0.03, 0.03]]]))
+  [free] = decoding.read(lp, vocab)
+  [only_ab] = decoding.read(lp, vocab, allowed='ab')
+  assert (free.text, only_ab.text) == ('ac', 'ab')
+  # Renormalised over what is left: the path's probability is 0.8/0.9 · 0.25/0.4 · 0.9/0.97.
+  np.testing.assert_allclose(only_ab.confidence, 0.8 / 0.9 * 0.25 / 0.4 * 0.9 / 0.97, rtol=1e-6)
+  with pytest.raises(ValueError, match="'z' cannot be read"):
+    decoding.read(lp, vocab, allowed='az')
+
+
+def test_fixed_length_correction_applies_only_to_other_lengths():
+  vocab = Vocab('abc')
+  lp = one_hot_log_probs([1, 1, 1, 1])
+  lp[2] = np.log([0.4, 0.58, 0.01, 0.01])
+  [fixed] = decoding.read(lp[None], vocab, fixed_label_length=2)
+  [free] = decoding.read(lp[None], vocab, fixed_label_length=0)
+  assert (fixed.raw_text, fixed.text, free.text) == ('a', 'aa', 'a')

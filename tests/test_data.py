@@ -1,12 +1,19 @@
-"""Data: labels from names, the split, decoding, batches, and the errors bad input gets."""
+"""Data: labels from names or a labels file, the split, the settings read from the data,
+batches, and the errors bad input gets."""
+
+import functools
+import logging
+from pathlib import Path
 
 import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
-from captcha_jax import data
+from captcha_jax import data, models, synthetic
+from captcha_jax.errors import DataError
 from captcha_jax.vocab import Vocab
+from configs import tiny
 
 VOCAB = Vocab('2345678bcdefgmnpwxy')
 AUGMENT = ml_collections.ConfigDict(
@@ -16,8 +23,29 @@ AUGMENT = ml_collections.ConfigDict(
 )
 
 
-def load(folder, **kwargs):
-  return data.load_dataset(folder, VOCAB, height=32, width=96, max_label_length=5, **kwargs)
+def config_for(folder, **overrides) -> ml_collections.ConfigDict:
+  config = tiny.get_config()
+  config.data_dir = str(folder)
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def resolve(config):
+  return data.resolve(config, functools.partial(models.output_steps, config.model))
+
+
+def load(folder, **overrides) -> data.Dataset:
+  """Every usable image of `folder` as one Dataset (no split)."""
+  config = config_for(folder, max_label_length=5, **overrides)
+  examples, problems = data.find_examples(config, Path(folder))
+  data.report_problems(problems, str(folder), config.skip_bad_files)
+  usable = [e for e in examples if not VOCAB.unknown_chars(e.text) and len(e.text) <= 5]
+  return data.load_in_memory(config, {'all': usable})['all']
+
+
+def spec(size, length=5):
+  return data.BatchSpec(size, 32, 96, length)
 
 
 def test_vocab_round_trip_and_blank():
@@ -57,40 +85,45 @@ def test_split_is_deterministic_disjoint_and_complete():
 
 
 def test_split_too_small_names_the_problem():
-  with pytest.raises(data.DataError, match='1 image.*too few'):
+  with pytest.raises(DataError, match='1 image.*too few'):
     data.split_indices(1, (0.8, 0.1, 0.1), seed=0)
-  with pytest.raises(data.DataError, match='summing to 1'):
+  with pytest.raises(DataError, match='summing to 1'):
     data.split_indices(10, (0.8, 0.1), seed=0)
-
-
-def test_normalize_uses_imagenet_statistics():
-  white = np.full((1, 2, 2, 3), 255, np.uint8)
-  expected = (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
-  np.testing.assert_allclose(data.normalize(white)[0, 0, 0], expected, rtol=1e-6)
 
 
 def test_train_batches_fixed_shape_shuffled_reproducibly(captcha_dir):
   ds = load(captcha_dir)
-  first = list(data.train_batches(ds, 16, (3,)))
-  again = list(data.train_batches(ds, 16, (3,)))
+  first = list(data.train_batches(ds, spec(16), (3,)))
+  again = list(data.train_batches(ds, spec(16), (3,)))
   assert len(first) == 3  # 60 // 16; the remainder waits for the next epoch's shuffle
-  for batch, same in zip(first, again, strict=True):
-    assert batch['image'].shape == (16, 32, 96, 3) and batch['image'].dtype == np.float32
-    np.testing.assert_array_equal(batch['index'], same['index'])
-  seen = np.concatenate([b['index'] for b in first])
+  for (indices, batch), (same, _) in zip(first, again, strict=True):
+    assert batch['image'].shape == (16, 32, 96, 3) and batch['image'].dtype == np.uint8
+    np.testing.assert_array_equal(batch['image'], ds.images[indices])  # no augmentation asked
+    np.testing.assert_array_equal(indices, same)
+  seen = np.concatenate([indices for indices, _ in first])
   assert len(set(seen.tolist())) == 48
-  padding = first[0]['label_paddings']
+  padding = first[0][1]['label_paddings']
   assert padding.shape == (16, 5) and (padding == 0).all()  # every label has 5 symbols
+
+
+def test_batch_spec_is_the_one_layout(captcha_dir):
+  """Host batches, fake batches and the spec's shapes agree entry by entry."""
+  ds = load(captcha_dir)
+  layout = spec(8)
+  _, real = next(data.train_batches(ds, layout, (0,)))
+  fake = layout.random(num_classes=20)
+  for batch in (real, fake):
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == layout.shapes()
+  assert (fake['labels'] >= 1).all() and (fake['labels'] < 20).all()
 
 
 def test_augmentation_changes_pixels_but_not_shape(captcha_dir):
   ds = load(captcha_dir)
-  config = AUGMENT
-  plain = next(data.train_batches(ds, 8, (0,)))
-  warped = next(data.train_batches(ds, 8, (0,), config))
-  np.testing.assert_array_equal(plain['index'], warped['index'])
+  plain_indices, plain = next(data.train_batches(ds, spec(8), (0,)))
+  warped_indices, warped = next(data.train_batches(ds, spec(8), (0,), AUGMENT))
+  np.testing.assert_array_equal(plain_indices, warped_indices)
   assert warped['image'].shape == plain['image'].shape
-  assert np.abs(warped['image'] - plain['image']).mean() > 0.05
+  assert np.abs(warped['image'].astype(float) - plain['image']).mean() > 5
 
 
 def test_identity_augmentation_is_exact():
@@ -103,19 +136,19 @@ def test_identity_augmentation_is_exact():
 
 def test_eval_batches_pad_and_mask_the_last_batch(captcha_dir):
   ds = load(captcha_dir)
-  batches = list(data.eval_batches(ds, 25))
-  assert [b['image'].shape[0] for b in batches] == [25, 25, 25]
-  assert [int(b['mask'].sum()) for b in batches] == [25, 25, 10]
-  real = np.concatenate([b['index'][b['mask'] > 0] for b in batches])
+  batches = list(data.eval_batches(ds, spec(25)))
+  assert [b['image'].shape[0] for _, b in batches] == [25, 25, 25]
+  assert [int(b['mask'].sum()) for _, b in batches] == [25, 25, 10]
+  real = np.concatenate([indices[b['mask'] > 0] for indices, b in batches])
   np.testing.assert_array_equal(real, np.arange(60))
 
 
 def test_missing_and_empty_folders(tmp_path):
-  with pytest.raises(data.DataError, match="'.*nowhere' does not exist.*captcha-version-2-images"):
-    load(tmp_path / 'nowhere')
+  with pytest.raises(DataError, match="'.*nowhere' .*does not exist.*leave it empty to download"):
+    resolve(config_for(tmp_path / 'nowhere'))
   (tmp_path / 'notes.txt').write_text('x')
-  with pytest.raises(data.DataError, match='holds no .png/.jpg/.jpeg images'):
-    load(tmp_path)
+  with pytest.raises(DataError, match='holds no images'):
+    resolve(config_for(tmp_path))
 
 
 def _add_bad_files(folder):
@@ -123,61 +156,132 @@ def _add_bad_files(folder):
   (folder / 'bbbbb.png').write_bytes(b'this is not a png')
   good = next(folder.glob('*.png')).read_bytes()
   (folder / 'ccccc.png').write_bytes(good[: len(good) // 2])  # truncated
-  Image.new('RGB', (200, 50), 'white').save(folder / 'ab1cd.png')  # characters outside alphabet
   Image.new('RGB', (200, 50), 'white').save(folder / '2345678.png')  # longer than 5
+  (folder / 'sub').mkdir()
+  (folder / 'readme.txt').write_text('x')
+  (folder / 'gone.png').symlink_to(folder / 'missing-target.png')
 
 
-def test_bad_files_are_skipped_with_one_warning_naming_each(captcha_dir, copy_of, caplog):
+def test_bad_files_are_skipped_with_warnings_naming_each(captcha_dir, copy_of, caplog):
   folder = copy_of(captcha_dir)
   _add_bad_files(folder)
-  ds = load(folder)
-  assert len(ds) == 60
-  [record] = [r for r in caplog.records if 'unusable' in r.getMessage()]
-  message = record.getMessage()
-  assert 'Skipping 5 unusable file(s)' in message
+  caplog.set_level(logging.WARNING)
+  config, splits = data.prepare(
+    config_for(folder, max_label_length=5),
+    functools.partial(models.output_steps, tiny.get_config().model),
+  )
+  assert sum(len(ds) for ds in splits.values()) == 60
+  message = '\n'.join(r.getMessage() for r in caplog.records if 'unusable' in r.getMessage())
   for name in ('nn2x4.png', 'bbbbb.png', 'ccccc.png'):
-    assert f'{name}' in message and 'not a readable image' in message
-  assert "ab1cd.png: label 'ab1cd' has characters outside the alphabet: 'a1'" in message
+    assert f'{name}' in message
+  assert 'not a readable image' in message or 'empty' in message
   assert '2345678.png' in message and 'longer than max_label_length=5' in message
+  assert 'sub: a folder' in message and 'readme.txt: not an image' in message
+  assert 'gone.png: a link to nothing' in message
 
 
 def test_bad_files_are_fatal_when_asked(captcha_dir, copy_of):
   folder = copy_of(captcha_dir)
   _add_bad_files(folder)
-  with pytest.raises(data.DataError, match=r'5 unusable file\(s\)(.|\n)*skip_bad_files=True'):
-    load(folder, skip_bad_files=False)
-
-
-def test_other_sizes_and_modes_are_converted(tmp_path):
-  Image.new('L', (120, 40), 128).save(tmp_path / '22222.png')
-  Image.new('RGBA', (200, 50), (0, 0, 0, 0)).save(tmp_path / '33333.png')  # transparent → white
-  Image.new('P', (300, 60)).save(tmp_path / '44444.png')
-  Image.new('RGB', (200, 50), (10, 20, 30)).save(tmp_path / '55555.jpg')
-  ds = load(tmp_path)
-  assert ds.images.shape == (4, 32, 96, 3)
-  assert (ds.images[0] == 128).all() and (ds.images[1] == 255).all()
-
-
-def test_load_image_rejects_bad_arrays():
-  with pytest.raises(data.DataError, match='uint8'):
-    data.load_image(np.zeros((50, 200, 3), np.float32), 32, 96)
-  with pytest.raises(data.DataError, match=r'\[H, W\]'):
-    data.load_image(np.zeros((50, 200, 5), np.uint8), 32, 96)
+  with pytest.raises(DataError, match=r'unusable file\(s\)(.|\n)*skip_bad_files=True'):
+    resolve(config_for(folder, max_label_length=5, skip_bad_files=False))
 
 
 def test_process_shards_are_disjoint_and_rebuild_the_global_batch(captcha_dir):
   ds = load(captcha_dir)
-  config = AUGMENT
-  whole = list(data.train_batches(ds, 16, (5, 2), config))
-  parts = [list(data.train_batches(ds, 16, (5, 2), config, shard=(p, 4))) for p in range(4)]
-  for i, batch in enumerate(whole):
-    for key in ('index', 'image', 'labels'):
-      joined = np.concatenate([part[i][key] for part in parts])
+  whole = list(data.train_batches(ds, spec(16), (5, 2), AUGMENT))
+  parts = [list(data.train_batches(ds, spec(16), (5, 2), AUGMENT, shard=(p, 4))) for p in range(4)]
+  for i, (indices, batch) in enumerate(whole):
+    np.testing.assert_array_equal(np.concatenate([part[i][0] for part in parts]), indices)
+    for key in ('image', 'labels'):
+      joined = np.concatenate([part[i][1][key] for part in parts])
       np.testing.assert_array_equal(joined, batch[key])
-  resumed = list(data.train_batches(ds, 16, (5, 2), config, first_batch=2))
-  np.testing.assert_array_equal(resumed[0]['image'], whole[2]['image'])
-  evals = [list(data.eval_batches(ds, 16, shard=(p, 2))) for p in range(2)]
+  resumed = list(data.train_batches(ds, spec(16), (5, 2), AUGMENT, first_batch=2))
+  np.testing.assert_array_equal(resumed[0][1]['image'], whole[2][1]['image'])
+  evals = [list(data.eval_batches(ds, spec(16), shard=(p, 2))) for p in range(2)]
   real = np.concatenate(
-    [b['index'][b['mask'] > 0] for pair in zip(*evals, strict=True) for b in pair]
+    [idx[b['mask'] > 0] for pair in zip(*evals, strict=True) for idx, b in pair]
   )
   np.testing.assert_array_equal(np.sort(real), np.arange(60))
+
+
+# --- Settings read from the data. ---
+
+
+def test_settings_are_read_from_the_data(captcha_dir):
+  config = config_for(captcha_dir, alphabet='auto', max_label_length=0, fixed_label_length=-1)
+  config.image_height, config.image_width = 50, 0
+  resolved, splits = resolve(config)
+  train_chars = {c for e in splits['train'] for c in e.text}
+  assert resolved.alphabet == ''.join(sorted(train_chars))
+  assert (resolved.max_label_length, resolved.fixed_label_length) == (5, 5)
+  assert (resolved.image_height, resolved.image_width) == (50, 200)  # 200×50 captchas: aspect 4
+  again, same = resolve(resolved)  # a saved config resolves to itself, with the same split
+  assert again.to_dict() == resolved.to_dict() and same == splits
+
+
+def test_width_keeps_the_aspect_ratio_and_fits_the_longest_label(tmp_path):
+  rng = np.random.default_rng(0)
+  for _ in range(30):
+    text = ''.join(rng.choice(list('0123456789'), size=4))
+    Image.new('RGB', (240, 80), 'white').save(tmp_path / f'{text}.png')
+  config = config_for(tmp_path, alphabet='auto', max_label_length=0, image_width=0)
+  config.image_height = 50
+  resolved, _ = resolve(config)
+  assert resolved.image_width == 152  # 50 · 240/80 = 150 → the nearest multiple of 8
+  long_config = config_for(tmp_path, alphabet='auto', max_label_length=0, image_width=0)
+  long_config.image_height = 50
+  for i in range(10):
+    Image.new('RGB', (60, 80), 'white').save(tmp_path / f'{"1234567890123"[: 3 + i % 9]}x{i}.png')
+  resolved, _ = resolve(long_config)
+  steps = models.output_steps(long_config.model, 50, resolved.image_width)
+  assert steps >= 2 * resolved.max_label_length + 1
+
+
+def test_variable_lengths_and_a_character_only_test_holds(tmp_path, caplog):
+  synthetic.generate(tmp_path, 60, alphabet='abcdef', length=(4, 7), seed=3)
+  Image.new('RGB', (200, 50), 'white').save(tmp_path / 'zzzz.png')  # 'z' never in training
+  config = config_for(
+    tmp_path, alphabet='auto', max_label_length=0, fixed_label_length=-1, split=(0.5, 0.25, 0.25)
+  )
+  caplog.set_level(logging.WARNING)
+  resolved, splits = resolve(config)
+  assert resolved.fixed_label_length == 0 and resolved.max_label_length == 7
+  if 'z' not in resolved.alphabet:  # zzzz.png fell in val or test
+    assert 'zzzz.png' in caplog.text
+    assert all('zzzz' not in e.text for split in splits.values() for e in split)
+
+
+def test_labels_file_with_a_header_and_its_problems_named_by_line(captcha_dir, copy_of, caplog):
+  folder = copy_of(captcha_dir)
+  names = sorted(p.name for p in folder.glob('*.png'))
+  renamed = []
+  for i, name in enumerate(names):
+    (folder / name).rename(folder / f'img{i:03d}.png')
+    renamed.append((f'img{i:03d}.png', Path(name).stem))
+  lines = ['file,text'] + [f'{f},{t}' for f, t in renamed]
+  lines += ['missing.png,abcde', f'{renamed[0][0]},22222', f'{renamed[1][0]},']
+  (folder / 'labels.csv').write_text('\n'.join(lines) + '\n')
+  caplog.set_level(logging.WARNING)
+  examples, problems = data.find_examples(config_for(folder, labels_file='labels.csv'), folder)
+  assert [(Path(e.path).name, e.text) for e in examples] == renamed
+  assert len(problems) == 3
+  assert 'labels.csv, line 62: ' in problems[0] and 'missing.png' in problems[0]
+  assert 'line 63' in problems[1] and 'listed again (first on line 2)' in problems[1]
+  assert 'line 64' in problems[2] and 'empty text' in problems[2]
+  tsv = folder / 'labels.tsv'
+  tsv.write_text(''.join(f'{f}\t{t}\n' for f, t in renamed))
+  examples, problems = data.find_examples(config_for(folder, labels_file=str(tsv)), folder)
+  assert len(examples) == 60 and not problems
+
+
+def test_case_folds_labels(tmp_path):
+  for text in ('AbCd', 'xYz1'):
+    Image.new('RGB', (100, 40), 'white').save(tmp_path / f'{text}.png')
+  for case, expected in (
+    ('keep', ['AbCd', 'xYz1']),
+    ('lower', ['abcd', 'xyz1']),
+    ('upper', ['ABCD', 'XYZ1']),
+  ):
+    examples, _ = data.find_examples(config_for(tmp_path, case=case), tmp_path)
+    assert [e.text for e in examples] == expected

@@ -1,8 +1,10 @@
 """Two real processes on localhost (jax.distributed over gloo, 2 CPU devices each) train like one
-process with the same 4 devices and global batch; and a SIGKILL of both resumes."""
+process with the same 4 devices and global batch; a stop signal to one of them stops both at the
+same step, and the rerun resumes."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -85,7 +87,7 @@ def test_two_processes_match_one(tmp_path, captcha_dir):
   pair = tmp_path / 'pair'
   outputs = finish(run_two(pair, captcha_dir, 2))
   assert 'Process 1 of 2; 2 local and 4 global devices.' in outputs[1]
-  assert 'epoch   1' in outputs[0] and 'epoch   1' not in outputs[1]  # only process 0 prints
+  assert 'epoch 1  step 6' in outputs[0] and 'epoch 1  step' not in outputs[1]  # process 0 prints
   got, want = rows(pair), rows(single)
   assert [r['step'] for r in got] == [6, 12]
   for g, w in zip(got, want, strict=True):
@@ -102,19 +104,21 @@ def test_two_processes_match_one(tmp_path, captcha_dir):
     assert results[0]['loss'] == pytest.approx(results[1]['loss'], rel=1e-4)
 
 
-def test_two_processes_killed_and_rerun_resume(tmp_path, captcha_dir):
+def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path, captcha_dir):
   workdir = tmp_path / 'pair'
-  processes = run_two(workdir, captcha_dir, 4)
+  processes = run_two(workdir, captcha_dir, 6)
   metrics = workdir / 'metrics.jsonl'
   deadline = time.time() + 180
   while time.time() < deadline and all(p.poll() is None for p in processes):
     if metrics.exists() and metrics.read_text().strip():
       break
     time.sleep(0.05)
-  for p in processes:
-    p.send_signal(signal.SIGKILL)
-    p.communicate()
-  assert metrics.exists()
-  finish(run_two(workdir, captcha_dir, 4))
-  assert [r['epoch'] for r in rows(workdir)] == [1, 2, 3, 4]
-  assert [r['step'] for r in rows(workdir)] == [6, 12, 18, 24]
+  processes[1].send_signal(signal.SIGTERM)  # only process 1 hears it
+  outputs = [p.communicate(timeout=120)[0] for p in processes]
+  assert [p.returncode for p in processes] == [3, 3], outputs[0][-2000:] + outputs[1][-2000:]
+  steps = [int(re.search(r'saved step (\d+)', out).group(1)) for out in outputs]
+  assert steps[0] == steps[1] > 6
+  assert 'Stopped by another process' in outputs[0] and 'Stopped by SIGTERM' in outputs[1]
+  finish(run_two(workdir, captcha_dir, 6))
+  assert [r['epoch'] for r in rows(workdir)] == [1, 2, 3, 4, 5, 6]
+  assert [r['step'] for r in rows(workdir)] == [6 * e for e in range(1, 7)]

@@ -5,10 +5,12 @@ import functools
 import flax.linen
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from captcha_jax import models
+from configs import default
 
 
 def torch_out(size, kernel, stride, pad):
@@ -130,11 +132,37 @@ def test_crnn_logits_shape_and_time_steps():
   model = models.CRNN(
     num_classes=20, backbone_layers=3, base_width=8, projection_size=16, rnn_hidden_size=8
   )
-  assert models.output_steps(model, 50, 200) == 25
-  x = jnp.zeros((2, 50, 200, 3))
+  x = jnp.zeros((2, 50, 200, 3), jnp.uint8)
   variables = model.init(jax.random.key(0), x, train=False)
   logits = model.apply(variables, x, train=False)
   assert logits.shape == (2, 25, 20) and logits.dtype == jnp.float32
+
+
+def test_output_steps_of_the_default_model():
+  config = ml_collections.ConfigDict(default.get_config().model)
+  assert models.output_steps(config, 50, 200) == 25
+  assert models.output_steps(config, 50, 96) == 12
+
+
+def test_crnn_preprocesses_uint8_images_with_imagenet_statistics():
+  """The CRNN's first step equals the torchvision recipe written out by hand."""
+  model = models.CRNN(
+    num_classes=5, backbone_layers=1, base_width=4, projection_size=8, rnn_hidden_size=4
+  )
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 64, 3), dtype=np.uint8)
+  variables = model.init(jax.random.key(0), pixels, train=False)
+  by_hand = (pixels / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+  np.testing.assert_allclose(models.preprocess(pixels), by_hand, atol=1e-6)
+  _, seen = model.apply(
+    variables,
+    pixels,
+    train=False,
+    capture_intermediates=lambda m, _: m.name == 'backbone',
+    mutable=['intermediates'],
+  )
+  backbone = models.ResNet18(1, base_width=4)
+  expected = backbone.apply({k: v['backbone'] for k, v in variables.items()}, by_hand, train=False)
+  np.testing.assert_allclose(seen['intermediates']['backbone']['__call__'][0], expected, atol=1e-5)
 
 
 def test_crnn_dropout_is_off_in_eval_and_on_in_train():
@@ -146,7 +174,7 @@ def test_crnn_dropout_is_off_in_eval_and_on_in_train():
     rnn_hidden_size=4,
     dropout=0.5,
   )
-  x = jax.random.normal(jax.random.key(0), (2, 32, 64, 3))
+  x = jax.random.randint(jax.random.key(0), (2, 32, 64, 3), 0, 256).astype(jnp.uint8)
   variables = model.init(jax.random.key(0), x, train=False)
   np.testing.assert_array_equal(
     model.apply(variables, x, train=False), model.apply(variables, x, train=False)
@@ -166,7 +194,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     rnn_hidden_size=4,
     dtype=jnp.bfloat16,
   )
-  x = jnp.zeros((1, 32, 64, 3))
+  x = jnp.zeros((1, 32, 64, 3), jnp.uint8)
   variables = model.init(jax.random.key(0), x, train=False)
   assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables['params']))
   assert model.apply(variables, x, train=False).dtype == jnp.float32

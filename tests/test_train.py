@@ -10,7 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from captcha_jax import data, train
+from captcha_jax import data, metrics, train
+from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +34,7 @@ def test_run_writes_everything(trained):
   for split in ('train', 'val', 'test'):
     assert set(results[split]) == {'loss', 'accuracy', 'cer', 'accuracy_post', 'cer_post'}
   assert json.loads((workdir / 'results.json').read_text()) == results
-  for name in ('config.json', 'loss.png', 'predictions.png'):
+  for name in ('config.json', 'split.json', 'loss.png', 'predictions.png'):
     assert (workdir / name).stat().st_size > 0
   assert checkpoint_steps(workdir)[-2:] == [12, 18]  # the latest two, plus the best if older
   assert results['best_step'] == 6 * results['best_epoch']
@@ -60,20 +61,29 @@ def test_resume_refuses_another_architecture(trained, tmp_path):
   shutil.copytree(workdir, other)
   config = config.copy_and_resolve_references()
   config.model.rnn_hidden_size = 24
-  with pytest.raises(train.UsageError, match='different model'):
+  with pytest.raises(ConfigError, match='different model'):
     train.train_and_evaluate(config, other)
 
 
 @pytest.mark.slow
-def test_predictor_reads_like_evaluation(trained, captcha_dir):
-  config, workdir, _ = trained
+def test_predictor_reads_like_evaluation(trained):
+  """The Predictor on the test files gives the exact match and CER training reported for them."""
+  _, workdir, results = trained
   predictor = Predictor.from_workdir(workdir)
-  paths = data.find_images(captcha_dir)[:5]
-  from_paths = predictor.predict(paths)
-  from_arrays = predictor.predict([data.load_image(p, 50, 200) for p in paths])
-  assert [p.text for p in from_paths] == [p.text for p in from_arrays]
-  assert all(0 <= p.confidence <= 1 for p in from_paths)
-  assert all(set(p.text) <= set(config.alphabet) for p in from_paths)
+  split = json.loads((workdir / 'split.json').read_text())
+  config = predictor.config
+  _, splits = data.prepare(config, lambda h, w: 1000)
+  test = splits['test']
+  assert split['test']['images'] == len(test)
+  from_paths = predictor.predict(list(test.paths))
+  from_arrays = predictor.predict(list(test.images))
+  assert [p.raw_text for p in from_paths] != [] and all(0 <= p.confidence <= 1 for p in from_paths)
+  raw = [p.raw_text for p in from_paths]
+  fixed = [p.text for p in from_paths]
+  got = metrics.reading_metrics(raw, fixed, test.texts)
+  for key, value in got.items():
+    assert value == pytest.approx(results['test'][key]), key
+  assert from_arrays == from_paths
 
 
 def run_on_cpu_devices(script: str, devices: int) -> dict:
@@ -94,9 +104,9 @@ SPLIT_SCRIPT = textwrap.dedent(
     split = Predictor.from_workdir({workdir!r})  # every device
     one = Predictor.from_workdir({workdir!r}, mesh=jax.make_mesh((1,), ('data',)))
     size = split.config.image_height, split.config.image_width
-    images = [data.load_image(p, *size) for p in data.find_images({data_dir!r})[:40]]
-    a, b = split.predict(images), one.predict(images)  # batches of 32 (split) and 8 (not)
-    used = split._log_probs(data.normalize(np.stack(images[:33])), split=True).sharding
+    pixels = [split.decode(p) for p in data.find_images({data_dir!r})[0][:40]]
+    a, b = split.predict(pixels), one.predict(pixels)  # batches of 32 (split) and 8 (not)
+    used = split._log_probs(np.stack(pixels[:33]), split=True).sharding
     print(json.dumps({{'devices': [split.mesh.size, len(used.device_set)],
                       'texts': [[p.raw_text for p in a], [p.raw_text for p in b]],
                       'confidence': [[p.confidence for p in a], [p.confidence for p in b]]}}))
@@ -119,7 +129,7 @@ def test_predictor_splits_batches_over_devices(trained, captcha_dir):
 @pytest.mark.slow
 def test_predict_cli(trained, captcha_dir):
   _, workdir, _ = trained
-  image = data.find_images(captcha_dir)[0]
+  image = data.find_images(captcha_dir)[0][0]
   out = subprocess.run(
     [sys.executable, '-m', 'captcha_jax.predict', f'--workdir={workdir}', str(image)],
     capture_output=True,
@@ -132,10 +142,10 @@ def test_predict_cli(trained, captcha_dir):
 
 
 def test_predict_errors_are_clear(tmp_path):
-  with pytest.raises(FileNotFoundError, match='no config.json'):
+  with pytest.raises(ConfigError, match='no config.json'):
     Predictor.from_workdir(tmp_path)
   (tmp_path / 'config.json').write_text('{}')
-  with pytest.raises(FileNotFoundError, match='no checkpoint yet'):
+  with pytest.raises(ConfigError, match='no checkpoint yet'):
     Predictor.from_workdir(tmp_path)
   out = subprocess.run(
     [sys.executable, '-m', 'captcha_jax.predict', f'--workdir={tmp_path}', 'x.png'],
@@ -153,14 +163,15 @@ def test_checkpoint_of_another_alphabet_is_refused(trained):
   predictor = Predictor.from_workdir(workdir)
   other = config.copy_and_resolve_references()
   other.alphabet = 'abc'
-  with pytest.raises(ValueError, match='does not fit the model'):
+  with pytest.raises(ConfigError, match='does not fit the model'):
     Predictor(other, predictor.variables)
 
 
-def test_label_longer_than_ctc_steps_is_refused(tiny_config):
+def test_label_longer_than_ctc_steps_is_refused(tiny_config, tmp_path):
   tiny_config.image_width = 40  # 5 CTC steps: too few for a label with a repeat
-  with pytest.raises(data.DataError, match='needs 6 CTC steps but the model emits 5'):
-    train.train_and_evaluate(tiny_config, '/nonexistent/never-written')
+  with pytest.raises(DataError, match='needs 6 CTC steps but the model emits 5'):
+    train.train_and_evaluate(tiny_config, tmp_path / 'run')
+  assert not (tmp_path / 'run' / 'config.json').exists()
 
 
 def test_collapse_warning():
@@ -181,8 +192,8 @@ STEP_SCRIPT = textwrap.dedent(
     config.data_dir = {data_dir!r}
     config.model.dropout = 0.0  # each device draws its own masks
     config.ema_decay = 0.0
+    config, splits = data.prepare(config, lambda h, w: 1000)
     vocab = Vocab(config.alphabet)
-    splits = train.load_splits(config, vocab)
     sharded = {sharded!r}
     axis_name = steps.DATA_AXIS if sharded else None
     model = models.create_model(config.model, vocab.num_classes, axis_name=axis_name)
@@ -193,8 +204,9 @@ STEP_SCRIPT = textwrap.dedent(
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     step = steps.compile_steps(config, mesh, state)[0] if sharded else jax.jit(steps.train_step)
     losses = []
-    for batch in data.train_batches(splits['train'], 8, (0,)):
-      state, m = step(state, steps.to_device(batch, mesh))
+    for _, batch in data.train_batches(splits['train'], data.BatchSpec.of(config, 8), (0,)):
+      votes = steps.stop_votes(False, mesh)
+      state, m = step(state, steps.to_device(batch, mesh), votes)
       losses.append(float(m['loss']))
     flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)])
     print(json.dumps({{'devices': jax.device_count(), 'losses': losses,
@@ -232,5 +244,5 @@ def test_train_cli_reports_bad_data_without_a_traceback(tmp_path):
     cwd=ROOT,
   )
   assert out.returncode != 0
-  assert f"error: Data folder '{tmp_path}/missing' does not exist" in out.stderr
+  assert f"error: Data folder '{tmp_path}/missing' (config.data_dir) does not exist" in out.stderr
   assert 'Traceback' not in out.stderr

@@ -1,0 +1,420 @@
+"""The command lines: flags, process set-up, and errors → exit codes, in one place.
+
+Each command is a function of its arguments (tests call it directly), installed as a console
+script by pyproject.toml; `python -m captcha_jax.<module>` runs the same function:
+
+| command | `python -m` | does |
+| --- | --- | --- |
+| `captcha-jax-train` | `captcha_jax.train` | trains and evaluates a run |
+| `captcha-jax-evaluate` | `captcha_jax.evaluate` | the per-split report of a run |
+| `captcha-jax-predict` | `captcha_jax.predict` | reads image files and folders |
+| `captcha-jax-export` | `captcha_jax.export` | writes a run's reader as jax.export or ONNX |
+| `captcha-jax-serve` | `captcha_jax.serve` | an HTTP reading service |
+| `captcha-jax-synthetic` | `captcha_jax.synthetic` | a folder of generated captchas |
+| `captcha-jax-port` | `captcha_jax.port` | torchvision ResNet-18 weights → the Flax backbone |
+
+A problem the user can fix (`errors.UserError`) ends a command with `error: …` on stderr and exit
+status 2, never a traceback; a stopped training exits with status 3 once its checkpoint is saved.
+"""
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from captcha_jax.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_STOPPED = 3
+EXIT_SOME_FAILED = 1  # predict: some files could not be read, the others were
+
+
+def _run(action: Callable[[], int | None]) -> None:
+  """Runs a command's action and exits with its status; user errors become one line."""
+  from captcha_jax.train import Stopped
+
+  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s', force=True)
+  try:
+    status = action() or 0
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    status = EXIT_USER_ERROR
+  except Stopped as e:
+    print(e, file=sys.stderr)
+    status = EXIT_STOPPED
+  except KeyboardInterrupt:
+    status = 130
+  sys.exit(status)
+
+
+def _quiet_orbax() -> None:
+  from captcha_jax import checkpoints
+
+  checkpoints.quiet_orbax()
+
+
+def _cpu_tuning_flag(parser) -> None:
+  parser.add_argument(
+    '--cpu_tuning',
+    action='store_true',
+    help='One JAX device per CPU core, and compiler memory given back (README, "CPU tuning").',
+  )
+
+
+# --- train ---
+
+
+def train(argv: Sequence[str] | None = None) -> None:
+  """python -m captcha_jax.train --config configs/default.py --workdir DIR [--config.x=y]"""
+  from absl import flags
+  from ml_collections import config_flags
+
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+    'config', None, 'Path to a config file.', flag_values=fv, lock_config=True
+  )
+  flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.', flag_values=fv)
+  flags.DEFINE_string(
+    'coordinator_address',
+    None,
+    'host:port of process 0 for a multi-process run, or "auto" to let jax detect the cluster.',
+    flag_values=fv,
+  )
+  flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.', flag_values=fv)
+  flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.', flag_values=fv)
+  flags.DEFINE_bool(
+    'cpu_tuning',
+    False,
+    'One JAX device per CPU core, and compiler memory given back (README, "CPU tuning").',
+    flag_values=fv,
+  )
+  argv = list(sys.argv if argv is None else ['captcha-jax-train', *argv])
+  try:
+    fv(argv)
+    if '--help' in argv or '-h' in argv:
+      print(fv.main_module_help() or fv.get_help())
+      sys.exit(0)
+    for name in ('config', 'workdir'):
+      if fv[name].value is None:
+        raise flags.Error(f'--{name} is required')
+    config = fv.config
+  except (flags.Error, ValueError, OSError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+  def action():
+    from captcha_jax import host, train
+
+    _quiet_orbax()
+    after_compile = lambda: None  # noqa: E731
+    # A multi-process run's launcher decides its devices.
+    if fv.cpu_tuning and not fv.coordinator_address:
+      host.tune_cpu(config.batch_size, config.eval_batch_size)
+      after_compile = host.release_free_memory
+    initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
+    if fv.cpu_tuning and (hint := host.huge_pages_hint()):
+      logging.info(hint)
+    train.train_and_evaluate(config, fv.workdir, after_compile=after_compile)
+
+  _run(action)
+
+
+def initialize_distributed(
+  coordinator_address: str | None, num_processes: int | None, process_id: int | None
+) -> None:
+  """Joins a multi-process run through jax.distributed; a no-op for a single process.
+
+  With a coordinator address, the count and id must be given too (flags or the JAX_* variables
+  jax reads); with `auto`, jax detects the cluster (Cloud TPU, SLURM, ...) itself.
+  """
+  if not coordinator_address:
+    return
+  import jax
+
+  # CPU processes exchange gradients over gloo; GPU/TPU use their own collectives.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if coordinator_address == 'auto':
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  logging.info(
+    'Process %d of %d; %d local and %d global devices.',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
+
+
+# --- evaluate ---
+
+
+def evaluate(argv: Sequence[str] | None = None) -> None:
+  """python -m captcha_jax.evaluate --workdir DIR [--data_dir IMAGES]"""
+  parser = argparse.ArgumentParser(prog='captcha-jax-evaluate', description=evaluate.__doc__)
+  parser.add_argument('--workdir', required=True, help='The --workdir of a training run.')
+  parser.add_argument('--data_dir', help='Image folder, if not the one the run was trained on.')
+  _cpu_tuning_flag(parser)
+  args = parser.parse_args(argv)
+
+  def action():
+    from captcha_jax import evaluate, host, predict
+
+    if args.cpu_tuning:
+      host.tune_cpu(predict.BATCH_SIZE)
+    _quiet_orbax()
+    report = evaluate.evaluate_workdir(args.workdir, args.data_dir)
+    print(evaluate.format_report(report), end='')
+
+  _run(action)
+
+
+# --- predict ---
+
+
+def _escape(text: str) -> str:
+  """A file name or text as one TSV field: no tab or newline can forge a column or a line."""
+  return text.replace('\\', '\\\\').replace('\t', '\\t').replace('\n', '\\n').replace('\r', '\\r')
+
+
+def predict(argv: Sequence[str] | None = None) -> None:
+  """python -m captcha_jax.predict --workdir DIR IMAGE_OR_FOLDER... [--output results.csv]"""
+  parser = argparse.ArgumentParser(prog='captcha-jax-predict', description=predict.__doc__)
+  parser.add_argument('inputs', nargs='+', help='Image files, or folders of images.')
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument('--workdir', help='The --workdir of a training run.')
+  source.add_argument('--onnx', help='A model written by captcha-jax-export --format onnx.')
+  parser.add_argument('--output', help='Write the readings to this .csv or .jsonl file too.')
+  parser.add_argument('--allowed', default='', help='Read only these characters.')
+  _cpu_tuning_flag(parser)
+  args = parser.parse_args(argv)
+  if args.output and not args.output.endswith(('.csv', '.jsonl')):
+    parser.error('--output must end in .csv or .jsonl')
+
+  def action() -> int:
+    from tqdm import tqdm
+
+    from captcha_jax import host
+    from captcha_jax import predict as predicting
+
+    if args.cpu_tuning:
+      host.tune_cpu(predicting.BATCH_SIZE)
+    _quiet_orbax()
+    reader = load_reader(args.workdir, args.onnx)
+    paths = list(predicting.expand_paths(args.inputs))
+    failed = 0
+    out = open(args.output, 'w', newline='', encoding='utf-8') if args.output else None  # noqa: SIM115
+    rows = csv.writer(out) if out and args.output.endswith('.csv') else None
+    if rows:
+      rows.writerow(['file', 'text', 'raw_text', 'confidence'])
+    bar = tqdm(total=len(paths), unit='image', disable=len(paths) <= 32, file=sys.stderr)
+    try:
+      for path, reading in predicting.read_files(reader, paths, args.allowed):
+        bar.update()
+        if isinstance(reading, UserError):
+          failed += 1
+          print(f'error: {reading}', file=sys.stderr)
+          continue
+        sys.stdout.write(f'{_escape(str(path))}\t{reading.text}\t{reading.confidence:.3f}\n')
+        if rows:
+          rows.writerow([str(path), reading.text, reading.raw_text, f'{reading.confidence:.6f}'])
+        elif out:
+          out.write(json.dumps({'file': str(path), **vars(reading)}, ensure_ascii=False) + '\n')
+    finally:
+      bar.close()
+      if out:
+        out.close()
+    if failed:
+      print(f'error: {failed} of {len(paths)} file(s) could not be read.', file=sys.stderr)
+      return EXIT_SOME_FAILED
+    return 0
+
+  _run(action)
+
+
+def load_reader(workdir: str | None = None, onnx: str | None = None):
+  """A reader (`predict.Predictor` or `onnx_reader.OnnxReader`) of a run or of an ONNX file;
+  JAX is imported only for a run."""
+  if (workdir is None) == (onnx is None):
+    raise UserError('Give exactly one of --workdir (a training run) or --onnx (an exported model).')
+  if onnx:
+    from captcha_jax.onnx_reader import OnnxReader
+
+    return OnnxReader(onnx)
+  from captcha_jax.predict import Predictor
+
+  return Predictor.from_workdir(workdir)
+
+
+# --- export ---
+
+
+def export(argv: Sequence[str] | None = None) -> None:
+  """python -m captcha_jax.export --workdir DIR --out FILE [--format jax|onnx]"""
+  parser = argparse.ArgumentParser(prog='captcha-jax-export', description=export.__doc__)
+  parser.add_argument('--workdir', required=True, help='The --workdir of a training run.')
+  parser.add_argument('--out', required=True, help='File to write.')
+  parser.add_argument(
+    '--format',
+    choices=('jax', 'onnx'),
+    help='jax.export (runs with jax and NumPy) or ONNX (onnxruntime, any language); '
+    'default: onnx for a .onnx file name, else jax.',
+  )
+  args = parser.parse_args(argv)
+
+  def action():
+    from captcha_jax import workdir as run_folder
+    from captcha_jax.predict import Predictor
+
+    _quiet_orbax()
+    predictor = Predictor.from_workdir(args.workdir)
+    if (args.format or ('onnx' if args.out.endswith('.onnx') else 'jax')) == 'onnx':
+      from captcha_jax import onnx_export
+
+      blob = onnx_export.to_onnx(predictor.config, predictor.variables).SerializeToString()
+      how = 'read it with captcha_jax.onnx_reader.OnnxReader, or any ONNX runtime'
+    else:
+      from captcha_jax import export as exporting
+
+      blob = exporting.export_predictor(predictor)
+      how = 'load it with captcha_jax.export.load'
+    run_folder.write_atomic(args.out, blob)
+    print(f'Wrote {args.out} ({len(blob) / 1e6:.1f} MB): {how}.')
+
+  _run(action)
+
+
+# --- serve ---
+
+
+def serve(argv: Sequence[str] | None = None) -> None:
+  """python -m captcha_jax.serve (--workdir DIR | --onnx FILE) [--port 8000]"""
+  from captcha_jax import serve as serving
+
+  parser = argparse.ArgumentParser(prog='captcha-jax-serve', description=serve.__doc__)
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument('--workdir', help='A training run: serve its best checkpoint.')
+  source.add_argument('--onnx', help='An exported ONNX model to serve.')
+  parser.add_argument(
+    '--host',
+    default='127.0.0.1',
+    help='Address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all).',
+  )
+  parser.add_argument('--port', type=int, default=8000)
+  parser.add_argument(
+    '--max_batch', type=int, default=serving.DEFAULT_MAX_BATCH, help='Most images per model call.'
+  )
+  parser.add_argument(
+    '--max_wait_ms',
+    type=float,
+    default=serving.DEFAULT_MAX_WAIT_MS,
+    help='Longest a request waits for others to batch with.',
+  )
+  parser.add_argument('--max_body_bytes', type=int, default=serving.DEFAULT_MAX_BODY_BYTES)
+  parser.add_argument(
+    '--max_images', type=int, default=serving.DEFAULT_MAX_IMAGES, help='Most files a request.'
+  )
+  parser.add_argument(
+    '--no_warmup',
+    dest='warmup',
+    action='store_false',
+    help='Start without reading blank batches first (the first requests then wait on compiles).',
+  )
+  _cpu_tuning_flag(parser)
+  args = parser.parse_args(argv)
+
+  def action():
+    from captcha_jax import host
+
+    serving.require_serving()  # before loading a model for nothing
+    if args.cpu_tuning and args.workdir:
+      host.tune_cpu(args.max_batch)
+    _quiet_orbax()
+    serving.serve_reader(
+      load_reader(args.workdir, args.onnx),
+      host=args.host,
+      port=args.port,
+      warmup=args.warmup,
+      max_batch=args.max_batch,
+      max_wait_ms=args.max_wait_ms,
+      max_body_bytes=args.max_body_bytes,
+      max_images=args.max_images,
+    )
+
+  _run(action)
+
+
+# --- synthetic ---
+
+
+def synthetic(argv: Sequence[str] | None = None) -> None:
+  """python -m captcha_jax.synthetic --out DIR [--count 1000] [--length 4-7] [--style varied]"""
+  from captcha_jax import synthetic as generating
+
+  def length(value: str) -> tuple[int, int]:
+    try:
+      return generating.length_range(value)
+    except ValueError as e:
+      raise argparse.ArgumentTypeError(str(e)) from e
+
+  parser = argparse.ArgumentParser(prog='captcha-jax-synthetic', description=synthetic.__doc__)
+  parser.add_argument('--out', required=True, help='Folder to write the images to.')
+  parser.add_argument('--count', type=int, default=1000, help='How many captchas.')
+  parser.add_argument('--alphabet', default=generating.DEFAULT_ALPHABET, help='Symbols to draw.')
+  parser.add_argument('--length', type=length, default=(5, 5), help="Symbols each: '5' or '4-7'.")
+  parser.add_argument('--width', type=int, default=200, help='Image width in pixels.')
+  parser.add_argument('--height', type=int, default=50, help='Image height in pixels.')
+  parser.add_argument('--case', choices=generating.CASES, default='keep', help='Letter case.')
+  parser.add_argument(
+    '--style', choices=generating.STYLES, default='dataset', help="'varied': one per image."
+  )
+  parser.add_argument('--seed', type=int, default=0, help='Random seed.')
+  parser.add_argument(
+    '--labels_file',
+    action='store_true',
+    help='Name images by index and write their texts to labels.csv (file,text).',
+  )
+  args = parser.parse_args(argv)
+
+  def action():
+    paths = generating.generate(
+      args.out,
+      args.count,
+      alphabet=args.alphabet,
+      length=args.length,
+      width=args.width,
+      height=args.height,
+      case=args.case,
+      style=args.style,
+      seed=args.seed,
+      labels_file=args.labels_file,
+    )
+    print(f'Wrote {len(paths)} captchas to {args.out}')
+
+  _run(action)
+
+
+# --- port ---
+
+
+def port(argv: Sequence[str] | None = None) -> None:
+  """python -m captcha_jax.port --torchvision_weights resnet18-f37072fd.pth --out DIR"""
+  parser = argparse.ArgumentParser(prog='captcha-jax-port', description=port.__doc__)
+  parser.add_argument('--torchvision_weights', required=True, help='A torchvision resnet18 .pth.')
+  parser.add_argument('--out', required=True, help='Folder for the orbax checkpoint.')
+  args = parser.parse_args(argv)
+
+  def action():
+    from captcha_jax import port as porting
+
+    params, stats, unused = porting.convert_backbone(
+      porting.read_torch_weights(args.torchvision_weights)
+    )
+    out = porting.save_backbone(params, stats, args.out)
+    if unused:
+      print(f'Not used: {", ".join(sorted(unused))}')
+    print(f'Wrote the ResNet-18 backbone to {out}; train from it with --config.pretrained={out}')
+
+  _run(action)

@@ -1,0 +1,126 @@
+"""CTC log-probabilities → text: greedy decoding, length-constrained decoding, alphabet masks.
+
+NumPy only: the Predictor, the exported readers and the ONNX reader all decode here.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from captcha_jax.vocab import BLANK_ID, Vocab
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+  """What a reader makes of one image."""
+
+  text: str  # `raw_text`, corrected to the fixed label length when the config has one
+  raw_text: str  # greedy CTC decoding
+  confidence: float  # probability of the greedy path, 0..1
+
+
+def restrict(log_probs: np.ndarray, vocab: Vocab, allowed: str) -> np.ndarray:
+  """log_probs [..., classes] with every character outside `allowed` (and never the blank)
+  masked out before any argmax, renormalised over what is left."""
+  unknown = ''.join(c for c in dict.fromkeys(allowed) if c not in vocab.alphabet)
+  if unknown:
+    raise ValueError(f'{unknown!r} cannot be read: the model knows only {vocab.alphabet!r}.')
+  keep = np.zeros(log_probs.shape[-1], bool)
+  keep[BLANK_ID] = True
+  keep[vocab.encode(''.join(dict.fromkeys(allowed)))] = True
+  masked = np.where(keep, log_probs, -np.inf)
+  top = masked.max(-1, keepdims=True)
+  return masked - top - np.log(np.exp(masked - top).sum(-1, keepdims=True))
+
+
+def greedy_decode(log_probs: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
+  """Best-path decoding: argmax per step, repeats collapsed, blanks dropped.
+
+  log_probs: [batch, time, classes]. Returns the class ids of each example and its confidence,
+  the probability of that best path (product of the per-step maxima), [batch] float.
+  """
+  best = log_probs.argmax(-1)
+  keep = np.ones(best.shape, bool)
+  keep[:, 1:] = best[:, 1:] != best[:, :-1]
+  keep &= best != BLANK_ID
+  sequences = [[int(c) for c in path[k]] for path, k in zip(best, keep, strict=True)]
+  confidence = np.exp(log_probs.max(-1).sum(-1))
+  return sequences, confidence
+
+
+def decode_with_length(log_probs: np.ndarray, length: int) -> list[int] | None:
+  """The most probable single path whose collapsed text has exactly `length` symbols.
+
+  A Viterbi search over (symbols emitted so far, symbol at this step) for one example's
+  log_probs [time, classes]. When greedy decoding already gives `length` symbols this returns
+  the same; otherwise it is the best correction (a dropped repeat restored, a spurious symbol
+  removed). None when `time` is too short for any such path.
+  """
+  steps, classes = log_probs.shape
+  neg = -np.inf
+  chars = np.arange(classes) != BLANK_ID
+  score = np.full((length + 1, classes), neg)
+  score[0, BLANK_ID] = log_probs[0, BLANK_ID]
+  if length > 0:
+    score[1, chars] = log_probs[0, chars]
+  # (back_k[t, k, s], back_s[t, k, s]): the best predecessor of state (k, s) at step t.
+  back_k = np.zeros((steps, length + 1, classes), np.int64)
+  back_s = np.zeros((steps, length + 1, classes), np.int64)
+  counts = np.arange(length + 1)[:, None]
+  for t in range(1, steps):
+    new = np.full_like(score, neg)
+    # A blank follows any symbol and keeps the count.
+    stay = score.argmax(1)
+    new[:, BLANK_ID] = score[counts[:, 0], stay] + log_probs[t, BLANK_ID]
+    back_k[t, :, BLANK_ID] = counts[:, 0]
+    back_s[t, :, BLANK_ID] = stay
+    if length > 0:
+      # A symbol continues itself (same count) or is new after any other symbol (count + 1).
+      prev = score[:-1]
+      order = np.argsort(prev, axis=1)
+      first, second = order[:, -1:], order[:, -2:-1]
+      new_from = np.where(first == np.arange(classes), second, first)
+      new_score = np.take_along_axis(prev, new_from, 1)
+      take_new = new_score > score[1:]
+      best = np.where(take_new, new_score, score[1:]) + log_probs[t]
+      new[1:, chars] = best[:, chars]
+      back_k[t, 1:, chars] = np.where(take_new, counts[1:] - 1, counts[1:])[:, chars].T
+      back_s[t, 1:, chars] = np.where(take_new, new_from, np.arange(classes))[:, chars].T
+    score = new
+  s = int(score[length].argmax())
+  if not np.isfinite(score[length, s]):
+    return None
+  path, k = [s], length
+  for t in range(steps - 1, 0, -1):
+    k, s = back_k[t, k, s], back_s[t, k, s]
+    path.append(int(s))
+  path.reverse()
+  return [c for i, c in enumerate(path) if c != BLANK_ID and (i == 0 or path[i - 1] != c)]
+
+
+def read(
+  log_probs: np.ndarray, vocab: Vocab, fixed_label_length: int = 0, allowed: str = ''
+) -> list[Reading]:
+  """Readings of log_probs [batch, time, classes].
+
+  `fixed_label_length` > 0 corrects readings of another length to it (`decode_with_length`);
+  `allowed`, when given, restricts the readings to those characters (`restrict`).
+  """
+  if allowed:
+    log_probs = restrict(log_probs, vocab, allowed)
+  sequences, confidence = greedy_decode(log_probs)
+  readings = []
+  for ids, lp, c in zip(sequences, log_probs, confidence, strict=True):
+    raw = vocab.decode(ids)
+    text = raw
+    if fixed_label_length > 0 and len(ids) != fixed_label_length:
+      fixed = decode_with_length(lp, fixed_label_length)
+      text = vocab.decode(fixed) if fixed is not None else raw
+    readings.append(Reading(text, raw, float(c)))
+  return readings
+
+
+def texts(readings: Sequence[Reading]) -> tuple[list[str], list[str]]:
+  """(raw texts, corrected texts) of `readings`, as the metrics take them."""
+  return [r.raw_text for r in readings], [r.text for r in readings]

@@ -1,0 +1,96 @@
+"""Reading captchas with an exported .onnx file: onnxruntime, NumPy and Pillow, no JAX.
+
+    reader = OnnxReader('reader.onnx')
+    reader.predict(['226md.png'])[0].text
+
+Images are decoded by `images.load_image` and texts by `decoding.read`, the same code the JAX
+Predictor uses, so both read an image alike. This module must stay importable without jax, flax
+or optax: a deployment installs only onnxruntime, numpy and pillow (tests check sys.modules).
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from captcha_jax import decoding, images
+from captcha_jax.errors import DataError
+from captcha_jax.vocab import Vocab
+
+# The file's contract, written by `onnx_export.to_onnx`: metadata_props keys, all string values.
+FORMAT_VERSION = 1
+META_FORMAT = 'captcha_jax_format'
+META_KEYS = ('alphabet', 'image_height', 'image_width', 'fixed_label_length')
+BATCH_SIZE = 32  # images per onnxruntime call; the graph takes any batch size
+
+
+class OnnxReader:
+  """An exported CRNN with its alphabet and image size; `predict` reads a list of images.
+
+  `threads`: onnxruntime's intra-op threads (None: its default, one per physical core).
+  """
+
+  def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = BATCH_SIZE):
+    self.path = Path(path)
+    self.batch_size = batch_size
+    if not self.path.is_file():
+      raise DataError(f'{str(self.path)!r}: no such file (expected a .onnx from onnx_export).')
+    options = ort.SessionOptions()
+    if threads is not None:
+      options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # the graph is one chain: parallelism is within ops
+    options.log_severity_level = 3  # errors only; onnxruntime warns about unused initializers
+    try:
+      self._session = ort.InferenceSession(
+        str(self.path), options, providers=['CPUExecutionProvider']
+      )
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... classes
+      raise DataError(f'{str(self.path)!r} is not a readable ONNX model ({e}).') from e
+    meta = self._session.get_modelmeta().custom_metadata_map
+    missing = [k for k in (META_FORMAT, *META_KEYS) if k not in meta]
+    if missing:
+      raise DataError(
+        f'{str(self.path)!r} is an ONNX model but not a captcha_jax reader (no {missing} in its '
+        'metadata): export one with captcha_jax.onnx_export.'
+      )
+    if meta[META_FORMAT] != str(FORMAT_VERSION):
+      raise DataError(
+        f'{str(self.path)!r} has captcha_jax ONNX format {meta[META_FORMAT]}, this reader '
+        f'reads format {FORMAT_VERSION}: use the captcha_jax version that exported it.'
+      )
+    self.vocab = Vocab(meta['alphabet'])
+    self.height = int(meta['image_height'])
+    self.width = int(meta['image_width'])
+    self.fixed_label_length = int(meta['fixed_label_length'])
+    (self._input,) = self._session.get_inputs()
+
+  def log_probs(self, pixels: np.ndarray) -> np.ndarray:
+    """log-probabilities [batch, time, classes] float32 of uint8 [batch, height, width, 3]."""
+    expected = (self.height, self.width, 3)
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != expected:
+      raise ValueError(
+        f'Expected uint8 images [batch, {self.height}, {self.width}, 3], got {pixels.dtype} '
+        f'{list(pixels.shape)}: decode them with captcha_jax.images.load_image.'
+      )
+    return self._session.run(None, {self._input.name: pixels})[0]
+
+  def decode(self, source: images.ImageSource) -> np.ndarray:
+    """One image (a path, bytes, a PIL image or a uint8 array) as this model's input."""
+    return images.load_image(source, self.height, self.width)
+
+  def read_pixels(self, pixels: np.ndarray, allowed: str = '') -> list[decoding.Reading]:
+    """Readings of decoded images [n, height, width, 3] uint8."""
+    return decoding.read(self.log_probs(pixels), self.vocab, self.fixed_label_length, allowed)
+
+  def predict(self, sources: Sequence, allowed: str = '') -> list[decoding.Reading]:
+    """Readings of images given as paths, encoded bytes, PIL images or uint8 arrays, in order.
+
+    Each is decoded and resized to the model's size; `allowed` restricts the readings to those
+    characters (see `decoding.restrict`). Raises DataError naming an image that cannot be read.
+    """
+    readings = []
+    for start in range(0, len(sources), self.batch_size):
+      chunk = sources[start : start + self.batch_size]
+      readings += self.read_pixels(np.stack([self.decode(s) for s in chunk]), allowed)
+    return readings

@@ -1,0 +1,132 @@
+"""A run's settings: the whole config checked before any work, and the rules that fill its
+automatic values ('auto' alphabet, lengths, width) from the data."""
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from numbers import Real
+
+import ml_collections
+
+from captcha_jax.errors import ConfigError
+
+AUTO = 'auto'  # config.alphabet: the characters of the training split's labels
+AUTO_LENGTH = -1  # config.fixed_label_length: the common length when every label has one
+CHOICES = {
+  'case': ('keep', 'lower', 'upper'),
+  'data_source': ('folder', 'tfds'),
+  'nan_policy': ('skip', 'stop'),
+  'model.dtype': ('float32', 'bfloat16', 'float16'),
+}
+# Narrower images would leave the trunk no width to read; any captcha is far wider.
+MIN_SIDE = 16
+
+
+def _int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+  return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(name: str, value) -> str | None:
+  """What is wrong with config.<name> = value, or None."""
+  whole_positive = ('batch_size', 'eval_batch_size', 'num_epochs', 'keep_checkpoints')
+  if name in whole_positive or name in ('model.base_width', 'model.projection_size'):
+    return None if _int(value) and value > 0 else 'must be a whole number > 0'
+  if name in ('model.rnn_hidden_size', 'model.rnn_layers'):
+    return None if _int(value) and value > 0 else 'must be a whole number > 0'
+  if name in ('seed', 'split_seed', 'max_label_length', 'image_width'):
+    return None if _int(value) and value >= 0 else 'must be a whole number ≥ 0'
+  if name == 'image_height':
+    return None if _int(value) and value >= MIN_SIDE else f'must be a whole number ≥ {MIN_SIDE}'
+  if name == 'fixed_label_length':
+    ok = _int(value) and value >= AUTO_LENGTH
+    return None if ok else f'must be a whole number ≥ 0, or {AUTO_LENGTH} (read from the data)'
+  if name == 'learning_rate' or name == 'grad_clip_norm':
+    return None if _number(value) and value > 0 else 'must be a finite number > 0'
+  if name in ('weight_decay', 'warmup_epochs') or name.startswith('augment.max_'):
+    return None if _number(value) and value >= 0 else 'must be a finite number ≥ 0'
+  if name in ('ema_decay', 'model.dropout'):
+    return None if _number(value) and 0 <= value < 1 else 'must be a number in [0, 1)'
+  if name in CHOICES:
+    allowed = CHOICES[name]
+    return None if value in allowed else f'must be one of {", ".join(map(repr, allowed))}'
+  if name == 'alphabet':
+    if not isinstance(value, str) or not value:
+      return f'must be the characters to read, or {AUTO!r}'
+    repeated = sorted({c for c in value if value.count(c) > 1})
+    return f'repeats {"".join(repeated)!r}' if value != AUTO and repeated else None
+  if name == 'split':
+    ok = (
+      isinstance(value, Sequence)
+      and len(value) == 3
+      and all(_number(f) and f > 0 for f in value)
+      and math.isclose(sum(value), 1)
+    )
+    return None if ok else 'must be three fractions > 0 (train, val, test) summing to 1'
+  if name == 'model.backbone_layers':
+    return None if _int(value) and 1 <= value <= 4 else 'must be 1, 2, 3 or 4'
+  if name == 'model.backbone_strides':
+    ok = isinstance(value, Sequence) and all(
+      isinstance(s, Sequence) and len(s) == 2 and all(_int(x) and x > 0 for x in s) for s in value
+    )
+    return None if ok else 'must be (height, width) stride pairs of whole numbers > 0'
+  return None
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming every bad field of `config` at once; before any work."""
+  problems = []
+  flat = _flatten(config)
+  for name, value in flat.items():
+    problem = _check(name, value)
+    if problem:
+      problems.append(f'config.{name} = {value!r}: {problem}')
+  layers, strides = flat.get('model.backbone_layers'), flat.get('model.backbone_strides')
+  if _int(layers) and isinstance(strides, Sequence) and len(strides) < layers:
+    problems.append(f'config.model.backbone_strides: needs one pair for each of {layers} layers')
+  fixed, longest = flat.get('fixed_label_length'), flat.get('max_label_length')
+  if _int(fixed) and _int(longest) and longest > 0 and fixed > longest:
+    problems.append(f'config.fixed_label_length = {fixed} exceeds max_label_length = {longest}')
+  width = flat.get('image_width')
+  if _int(width) and 0 < width < MIN_SIDE:
+    problems.append(f'config.image_width = {width}: must be 0 (from the data) or ≥ {MIN_SIDE}')
+  if problems:
+    raise ConfigError('Bad settings:\n  ' + '\n  '.join(problems))
+
+
+def _flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def common_length(texts: Sequence[str]) -> int:
+  """The length every text has, or 0 when lengths vary."""
+  lengths = {len(t) for t in texts}
+  return lengths.pop() if len(lengths) == 1 else 0
+
+
+def auto_width(
+  sizes: Sequence[tuple[int, int]],
+  height: int,
+  max_label_length: int,
+  output_steps: Callable[[int, int], int],
+) -> int:
+  """The image width for config.image_width = 0.
+
+  The set's median aspect ratio at `height`, in multiples of 8 px, widened until the model emits
+  at least 2·L + 1 CTC steps for the longest label L (room for a blank between every pair of
+  repeated characters).
+  """
+  aspect = statistics.median(w / h for h, w in sizes) if sizes else 4.0
+  width = max(8, round(height * aspect / 8) * 8)
+  while output_steps(height, width) < 2 * max_label_length + 1:
+    width += 8
+  return width

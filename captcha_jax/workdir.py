@@ -1,0 +1,142 @@
+"""A run's folder: one run at a time (a lock), what a resume must match, and files written whole.
+
+WORKDIR holds config.json (the resolved config: prediction rebuilds the model from it),
+split.json (what each split holds), checkpoints/, metrics.jsonl, results.json and pictures.
+Every file is written to a temporary name and renamed, so a full disk or a kill never leaves
+half a file.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from captcha_jax.errors import ConfigError
+
+# Entries that fix the shape or meaning of the parameters: checkpoints need them unchanged.
+MODEL_KEYS = ('alphabet', 'max_label_length', 'image_height', 'image_width', 'model')
+# Entries that decide which image is in which split: a resume that changed them would train on
+# images it had evaluated on.
+SPLIT_KEYS = ('data_dir', 'labels_file', 'data_source', 'case', 'split', 'split_seed')
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+  """Writes `content` to a temporary file beside `path`, then renames it over `path`."""
+  path = Path(path)
+  temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+  try:
+    with open(temporary, 'wb') as f:
+      f.write(content.encode() if isinstance(content, str) else content)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  finally:
+    temporary.unlink(missing_ok=True)
+
+
+def json_safe(value: Any) -> Any:
+  """`value` with every non-finite float replaced by None: JSON has no NaN or infinity."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: json_safe(v) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [json_safe(v) for v in value]
+  return value
+
+
+def write_json(path: Path, value: Any) -> None:
+  write_atomic(path, json.dumps(json_safe(value), indent=2, ensure_ascii=False) + '\n')
+
+
+@contextlib.contextmanager
+def lock(workdir: Path, enabled: bool = True) -> Iterator[None]:
+  """Holds WORKDIR/.lock for the block: a second run on the same folder is refused. The lock
+  goes with the process that holds it, however it ends."""
+  if not enabled:
+    yield
+    return
+  workdir.mkdir(parents=True, exist_ok=True)
+  with open(workdir / '.lock', 'a+') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or 'unknown'
+      raise ConfigError(
+        f'{str(workdir)!r} is in use by another run (process {holder}): wait for it to end, '
+        'or use another --workdir.'
+      ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_config(workdir: Path) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json as a ConfigDict; ConfigError when there is none or it is damaged."""
+  path = Path(workdir) / 'config.json'
+  if not path.exists():
+    raise ConfigError(
+      f'{str(workdir)!r} has no config.json: is it the --workdir of a training run?'
+    )
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ConfigError(f'{str(path)!r} is damaged ({e}).') from e
+
+
+def split_digest(fingerprint: dict[str, list[str]]) -> dict[str, dict]:
+  """Per split: how many images, and a hash of their names."""
+  return {
+    name: {'images': len(files), 'sha256': hashlib.sha256('\n'.join(files).encode()).hexdigest()}
+    for name, files in fingerprint.items()
+  }
+
+
+def check_resumable(
+  workdir: Path, config: ml_collections.ConfigDict, fingerprint: dict[str, list[str]]
+) -> None:
+  """Raises ConfigError when WORKDIR's checkpoints were trained with another model or split.
+
+  Only checkpoints bind a workdir: a folder whose run failed before saving one takes any config.
+  """
+  if not any(p.name.isdigit() for p in (workdir / 'checkpoints').glob('*')):
+    return
+  saved = json.loads(read_config(workdir).to_json())
+  current = json.loads(config.to_json_best_effort())
+  changed = [k for k in (*MODEL_KEYS, *SPLIT_KEYS) if saved.get(k) != current.get(k)]
+  split_path = workdir / 'split.json'
+  if not changed and split_path.exists():
+    saved_split = json.loads(split_path.read_text())
+    now = split_digest(fingerprint)
+    changed = [
+      f'the {name} split ({saved_split[name]["images"]} → {now[name]["images"]} images)'
+      for name in now
+      if saved_split.get(name) != now[name]
+    ]
+  if changed:
+    raise ConfigError(
+      f'{str(workdir)!r} holds a run with a different {", ".join(changed)}: its checkpoints '
+      'cannot be resumed with this config and data. Use a new --workdir, or the saved '
+      'config.json and data.'
+    )
+
+
+def save_run_settings(
+  workdir: Path, config: ml_collections.ConfigDict, fingerprint: dict[str, list[str]]
+) -> None:
+  """Writes config.json and split.json, once the config is known to fit the checkpoints."""
+  write_atomic(workdir / 'config.json', config.to_json_best_effort(indent=2) + '\n')
+  write_json(workdir / 'split.json', split_digest(fingerprint))

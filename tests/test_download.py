@@ -1,0 +1,279 @@
+"""download.fetch against a local HTTP server: caching, checksums, cut-offs and bad zips."""
+
+import hashlib
+import http.server
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from captcha_jax import download
+from captcha_jax.errors import ConfigError, DataError
+
+LABELS = [f'{a}{b}3cd' for a in '2bcde' for b in 'mnwx']  # 20 names like 2m3cd
+
+
+def _png(text: str) -> bytes:
+  image = Image.new('RGB', (40, 12), 'white')
+  ImageDraw.Draw(image).text((1, 0), text, fill='black')
+  buffer = io.BytesIO()
+  image.save(buffer, 'PNG')
+  return buffer.getvalue()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+  buffer = io.BytesIO()
+  with zipfile.ZipFile(buffer, 'w') as zf:
+    for name, data in members.items():
+      zf.writestr(name, data)
+  return buffer.getvalue()
+
+
+@pytest.fixture(scope='module')
+def good_zip() -> bytes:
+  """The layout of captcha_images_v2.zip: a top folder of images, plus macOS junk."""
+  members = {f'captcha_images_v2/{label}.png': _png(label) for label in LABELS}
+  members['__MACOSX/captcha_images_v2/._2m3cd.png'] = b'\0\5\26\7 resource fork'
+  return _zip(members)
+
+
+def _git_blob_sha1(path: Path) -> str:
+  """The id git itself gives the file: the reference the module's hashing must match."""
+  if shutil.which('git') is None:
+    data = path.read_bytes()
+    return hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
+  command = ['git', 'hash-object', str(path)]
+  return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+  def do_GET(self):
+    self.server.requests.append(self.path)
+    route = self.server.routes.get(self.path)
+    if route is None:
+      self.send_error(404)
+    else:
+      route(self)
+
+  def log_message(self, *args):
+    pass  # keeps the test output to the failures
+
+
+class Server:
+  """A ThreadingHTTPServer on 127.0.0.1 whose paths map to handler functions."""
+
+  def __init__(self):
+    self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
+    self.httpd.routes, self.httpd.requests = {}, []
+    self.release = threading.Event()  # lets hanging handlers end at teardown
+    self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+    self.thread.start()
+    self.running = True
+
+  def url(self, path: str) -> str:
+    return f'http://127.0.0.1:{self.httpd.server_address[1]}{path}'
+
+  def serve(self, path: str, handler) -> str:
+    self.httpd.routes[path] = handler
+    return self.url(path)
+
+  @property
+  def requests(self) -> list[str]:
+    return self.httpd.requests
+
+  def stop(self):
+    if self.running:
+      self.release.set()
+      self.httpd.shutdown()
+      self.httpd.server_close()
+      self.running = False
+
+
+@pytest.fixture
+def server():
+  s = Server()
+  yield s
+  s.stop()
+
+
+def body(data: bytes, length: int | None = None):
+  """A handler sending `data` with Content-Length `length` (default: the true size)."""
+
+  def handle(h):
+    h.send_response(200)
+    h.send_header('Content-Type', 'application/zip')
+    h.send_header('Content-Length', str(len(data) if length is None else length))
+    h.end_headers()
+    h.wfile.write(data)
+
+  return handle
+
+
+def _everything(folder: Path) -> list[str]:
+  return sorted(str(p.relative_to(folder)) for p in folder.rglob('*'))
+
+
+def test_fetch_unpacks_the_image_folder_and_reuses_it_offline(server, good_zip, tmp_path):
+  url = server.serve('/captcha_images_v2.zip', body(good_zip))
+  cache = tmp_path / 'cache'
+  sha256 = hashlib.sha256(good_zip).hexdigest()
+  folder = download.fetch(url, cache, sha256=sha256, min_images=20, progress=False)
+  assert folder.parent.parent == cache and folder.name == 'captcha_images_v2'
+  assert sorted(p.name for p in folder.iterdir()) == sorted(f'{t}.png' for t in LABELS)
+  assert (folder / '2m3cd.png').read_bytes() == _png('2m3cd')
+  # Only the final folder: no temporaries, no zip, no macOS junk.
+  assert [p.name for p in cache.iterdir()] == [folder.parent.name]
+  assert not list(cache.rglob('__MACOSX'))
+  assert server.requests == ['/captcha_images_v2.zip']
+
+  server.stop()  # the second call must not touch the network at all
+  assert download.fetch(url, cache, sha256=sha256, min_images=20, progress=False) == folder
+
+
+def test_git_blob_id_pins_the_download_as_git_computes_it(server, good_zip, tmp_path):
+  url = server.serve('/captcha_images_v2.zip', body(good_zip))
+  (tmp_path / 'blob').write_bytes(good_zip)
+  blob = _git_blob_sha1(tmp_path / 'blob')
+  assert download.git_blob_sha1_of(tmp_path / 'blob') == blob
+  folder = download.fetch(url, tmp_path / 'cache', git_blob_sha1=blob, progress=False)
+  assert len(list(folder.glob('*.png'))) == len(LABELS)
+
+
+@pytest.mark.parametrize('pin', ['sha256', 'git_blob_sha1'])
+def test_wrong_checksum_names_both_and_unpacks_nothing(server, good_zip, tmp_path, pin):
+  url = server.serve('/captcha_images_v2.zip', body(good_zip))
+  wrong = '0' * (64 if pin == 'sha256' else 40)
+  cache = tmp_path / 'cache'
+  with pytest.raises(DataError, match='expected 0+, got [0-9a-f]+') as info:
+    download.fetch(url, cache, progress=False, **{pin: wrong})
+  (tmp_path / 'blob').write_bytes(good_zip)
+  right = {
+    'sha256': hashlib.sha256(good_zip).hexdigest(),
+    'git_blob_sha1': _git_blob_sha1(tmp_path / 'blob'),
+  }
+  assert right[pin] in str(info.value)
+  assert _everything(cache) == []
+
+
+def test_cut_off_download_leaves_nothing_and_a_rerun_succeeds(server, good_zip, tmp_path):
+  def cut_off(h):
+    body(good_zip[: len(good_zip) // 2], length=len(good_zip))(h)
+    h.close_connection = True
+
+  url = server.serve('/captcha_images_v2.zip', cut_off)
+  cache = tmp_path / 'cache'
+  # No checksum: the Content-Length alone must catch the short body.
+  with pytest.raises(DataError, match=f'{re.escape(url)}.* (cut off|broke off)'):
+    download.fetch(url, cache, progress=False)
+  assert _everything(cache) == []
+
+  server.serve('/captcha_images_v2.zip', body(good_zip))
+  folder = download.fetch(url, cache, progress=False)
+  assert len(list(folder.glob('*.png'))) == len(LABELS)
+
+
+def test_leftovers_of_a_killed_run_do_not_break_the_next(server, good_zip, tmp_path):
+  url = server.serve('/captcha_images_v2.zip', body(good_zip))
+  cache = tmp_path / 'cache'
+  final = download.fetch(url, cache, progress=False).parent
+  shutil.rmtree(final)
+  # What a process killed mid-download or mid-unpack leaves: one old, one still fresh.
+  old_part = cache / f'.{final.name}.old.part'
+  old_dir = cache / f'.{final.name}.old.tmp'
+  fresh_part = cache / f'.{final.name}.fresh.part'
+  old_part.write_bytes(good_zip[:100])
+  (old_dir / 'captcha_images_v2').mkdir(parents=True)
+  long_ago = time.time() - download.STALE_SECONDS - 60
+  for p in (old_part, old_dir):
+    os.utime(p, (long_ago, long_ago))
+  fresh_part.write_bytes(b'')
+
+  folder = download.fetch(url, cache, progress=False)
+  assert folder.parent == final and len(list(folder.glob('*.png'))) == len(LABELS)
+  # Old ones are cleaned up; a fresh one may be a download running beside this one.
+  assert sorted(p.name for p in cache.iterdir()) == sorted([final.name, fresh_part.name])
+
+
+def test_connection_refused_names_the_url_and_the_manual_way(tmp_path):
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]  # closed again below, so nothing listens there
+  url = f'http://127.0.0.1:{port}/captcha_images_v2.zip'
+  with pytest.raises(DataError, match='--config.data_dir') as info:
+    download.fetch(url, tmp_path / 'cache', progress=False)
+  assert url in str(info.value) and 'unzip' in str(info.value)
+  assert _everything(tmp_path / 'cache') == []
+
+
+def test_http_error_names_the_url_and_status(server, tmp_path):
+  url = server.url('/missing.zip')
+  with pytest.raises(DataError, match='HTTP 404') as info:
+    download.fetch(url, tmp_path / 'cache', progress=False)
+  assert url in str(info.value) and '--config.data_dir' in str(info.value)
+  assert _everything(tmp_path / 'cache') == []
+
+
+def test_a_server_that_never_answers_times_out(server, tmp_path):
+  url = server.serve('/slow.zip', lambda h: server.release.wait(10))
+  start = time.monotonic()
+  with pytest.raises(DataError, match=re.escape(url)):
+    download.fetch(url, tmp_path / 'cache', progress=False, timeout=0.5)
+  assert time.monotonic() - start < 5
+  assert _everything(tmp_path / 'cache') == []
+
+
+def test_a_body_that_is_not_a_zip_is_refused(server, tmp_path):
+  url = server.serve('/page.zip', body(b'<html>Rate limit exceeded</html>'))
+  with pytest.raises(DataError, match='not a usable zip.*<html>'):
+    download.fetch(url, tmp_path / 'cache', progress=False)
+  assert _everything(tmp_path / 'cache') == []
+
+
+@pytest.mark.parametrize('evil', ['../evil.png', 'captcha_images_v2/../../evil.png', '/evil.png'])
+def test_members_outside_the_folder_are_refused(server, tmp_path, evil):
+  members = {f'captcha_images_v2/{label}.png': _png(label) for label in LABELS[:3]}
+  members[evil] = _png('evil')
+  url = server.serve('/slip.zip', body(_zip(members)))
+  cache = tmp_path / 'deep' / 'cache'
+  with pytest.raises(DataError, match='outside'):
+    download.fetch(url, cache, progress=False)
+  assert _everything(cache) == []
+  assert not list(tmp_path.rglob('evil.png'))
+
+
+def test_too_few_images_or_a_refusing_check_keeps_nothing(server, good_zip, tmp_path):
+  url = server.serve('/captcha_images_v2.zip', body(good_zip))
+  cache = tmp_path / 'cache'
+  with pytest.raises(DataError, match='20 images, fewer than the 1040'):
+    download.fetch(url, cache, min_images=1040, progress=False)
+  assert _everything(cache) == []
+
+  def refuse(folder: Path):
+    raise DataError(f'{len(list(folder.iterdir()))} images, none of them wanted')
+
+  with pytest.raises(DataError, match='20 images, none of them wanted'):
+    download.fetch(url, cache, check=refuse, progress=False)
+  assert _everything(cache) == []
+
+
+def test_a_zip_without_images_is_refused(server, tmp_path):
+  url = server.serve('/text.zip', body(_zip({'readme/notes.txt': b'no images here'})))
+  with pytest.raises(DataError, match='holds no'):
+    download.fetch(url, tmp_path / 'cache', progress=False)
+  assert _everything(tmp_path / 'cache') == []
+
+
+def test_a_malformed_checksum_is_a_config_error_before_any_download(server, tmp_path):
+  url = server.serve('/captcha_images_v2.zip', body(b''))
+  with pytest.raises(ConfigError, match='64 hex digits'):
+    download.fetch(url, tmp_path / 'cache', sha256='e8fb4fa4', progress=False)
+  assert server.requests == [] and not (tmp_path / 'cache').exists()
