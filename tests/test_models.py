@@ -68,14 +68,27 @@ def test_resnet_stages_are_sown_and_named_like_torchvision():
 
 
 def test_batchnorm_updates_statistics_only_in_train_mode():
+  """The stem's running statistics move by torch's momentum 0.1 towards the batch's, computed
+  here from the stem convolution by hand; evaluation leaves them alone."""
   model = models.ResNet18(1, base_width=4)
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3)) * 3 + 1
   variables = model.init(jax.random.key(0), x, train=False)
+  conv = jax.lax.conv_general_dilated(
+    x,
+    variables['params']['conv1']['kernel'],
+    (2, 2),
+    ((3, 3), (3, 3)),
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
   _, updated = model.apply(variables, x, train=True, mutable=['batch_stats'])
-  before = variables['batch_stats']['bn1']['mean']
-  assert not np.allclose(updated['batch_stats']['bn1']['mean'], before)
-  out_eval = model.apply(variables, x, train=False)
-  assert np.isfinite(out_eval).all()
+  stats = updated['batch_stats']['bn1']
+  np.testing.assert_allclose(stats['mean'], 0.1 * conv.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(stats['var'], 0.9 + 0.1 * conv.var((0, 1, 2)), rtol=1e-4)
+  _, after_eval = model.apply(variables, x, train=False, mutable=['batch_stats'])
+  for a, b in zip(
+    jax.tree.leaves(after_eval['batch_stats']), jax.tree.leaves(variables['batch_stats']), strict=True
+  ):
+    np.testing.assert_array_equal(a, b)
 
 
 def numpy_gru(x, w_ih, b_ih, w_hh, b_hh, reverse=False):
