@@ -89,7 +89,7 @@ def main():
     return
   import torch
 
-  from tests.torch_reference import TorchCRNN
+  from captcha_jax.torch_reference import TorchCRNN
 
   torch.set_num_threads(os.cpu_count())
   m = config.model

@@ -1,14 +1,21 @@
-"""Train-step throughput: captcha_jax's jitted step against the same model in PyTorch.
+"""Train-step throughput: captcha_jax's compiled step against the same model in PyTorch.
 
-    python bench/train_throughput.py [--batch-size 32] [--steps 30] [--rounds 3]
+    python bench/train_throughput.py [--batch_size 32] [--steps 30] [--rounds 3] [--cpu_tuning] \
+        [--dtype bfloat16] [--json]
 
 Each framework runs in its own subprocess (so peak memory is its own), alternating for --rounds
 rounds, on the same architecture, batch, input size, loss and optimizer (AdamW, global-norm
-clipping, CTC) and with the same environment. Prints images/s (median over timed steps, then over
-rounds), compile or first-step time, peak RSS, and the ratio.
+clipping, CTC) and with the same environment. The JAX side is set up as the train command is
+(with --cpu_tuning: one JAX device per core, compiler memory given back, and both frameworks
+started with the huge-pages tunable the README documents). Prints images/s (median over timed
+steps, then over rounds), compile or first-step time, peak RSS, the ratio, and for JAX the
+FLOP/s the step achieves (XLA's count of the compiled step's operations over its time). --dtype
+sets the compute dtype of both (bfloat16: JAX's mixed precision, PyTorch's autocast); --json
+prints the figures as one JSON line as well.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -19,57 +26,53 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from captcha_jax import host  # noqa: E402
 
 
-def load_config(path):
-  import importlib.util
-
+def load_config(path: str):
   spec = importlib.util.spec_from_file_location('bench_config', ROOT / path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def fake_batch(config, batch_size, seed=0):
-  import numpy as np
-
-  rng = np.random.default_rng(seed)
-  shape = (batch_size, config.image_height, config.image_width, 3)
-  return {
-    'image': rng.normal(size=shape).astype(np.float32),
-    'labels': rng.integers(1, len(config.alphabet) + 1, (batch_size, 5)).astype(np.int32),
-    'label_paddings': np.zeros((batch_size, 5), np.float32),
-    'mask': np.ones(batch_size, np.float32),
-  }
+  config = module.get_config()
+  # The default dataset's resolved settings (as its run's config.json holds them).
+  config.alphabet = '2345678bcdefgmnpwxy'
+  config.max_label_length = config.fixed_label_length = 5
+  config.image_width = config.image_width or 200
+  return config
 
 
 def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_jax(config, batch_size, num_steps, warmup):
+def run_jax(config, batch_size, num_steps, warmup, cpu_tuning):
+  from captcha_jax import data, host
+
+  if cpu_tuning:
+    host.tune_cpu(batch_size)  # as the train command does
   import jax
 
   from captcha_jax import models, steps
 
-  host.use_cpu_cores(batch_size)  # as the train CLI does
   config.batch_size = batch_size
-  model = models.create_model(config.model, len(config.alphabet) + 1, axis_name=steps.DATA_AXIS)
+  num_classes = len(config.alphabet) + 1
+  model = models.create_model(config.model, num_classes, axis_name=steps.DATA_AXIS)
   mesh = steps.make_mesh()
   start = time.perf_counter()
-  # As the train CLI does: both steps compiled from shapes, then the state.
   state, compiled, _ = steps.compile_and_create_state(
-    config, model, steps.make_schedule(config, 100), mesh
+    config,
+    model,
+    steps.make_schedule(config, 100),
+    mesh,
+    host.release_free_memory if cpu_tuning else lambda: None,
   )
   compile_s = time.perf_counter() - start
-  batch = steps.to_device(fake_batch(config, batch_size), mesh)
+  flops = compiled.cost_analysis()['flops'] * jax.device_count()  # per-device program × devices
+  batch = steps.to_device(data.BatchSpec.of(config, batch_size).random(num_classes), mesh)
+  votes = steps.stop_votes(False, mesh)
   times = []
   for i in range(warmup + num_steps):
     start = time.perf_counter()
-    state, metrics = compiled(state, batch)
+    state, metrics = compiled(state, batch, votes)
     jax.block_until_ready(metrics['loss'])
     if i >= warmup:
       times.append(time.perf_counter() - start)
@@ -78,27 +81,22 @@ def run_jax(config, batch_size, num_steps, warmup):
     'step_s': statistics.median(times),
     'first_s': compile_s,
     'loss': float(metrics['loss']),
+    'flops_per_step': flops,
+    'device_kind': jax.devices()[0].device_kind,
   }
 
 
-def run_torch(config, batch_size, num_steps, warmup):
+def run_torch(config, batch_size, num_steps, warmup, cpu_tuning):
+  del cpu_tuning  # PyTorch uses every core by itself
   import torch
 
-  from tests.torch_reference import TorchCRNN
+  from captcha_jax import data
+  from captcha_jax.torch_reference import TorchCRNN, normalized_nchw
 
   torch.set_num_threads(os.cpu_count())
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
-  m = config.model
-  feature_height = _trunk_height(config.image_height, m.backbone_strides[: m.backbone_layers])
-  model = TorchCRNN(
-    len(config.alphabet) + 1,
-    m.backbone_layers,
-    m.backbone_strides,
-    feature_height,
-    m.projection_size,
-    m.rnn_hidden_size,
-    m.dropout,
-  ).to(device)
+  num_classes = len(config.alphabet) + 1
+  model = TorchCRNN.from_config(config, num_classes).to(device)
   model.train()
   decay = [p for p in model.parameters() if p.ndim > 1]
   no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -109,13 +107,16 @@ def run_torch(config, batch_size, num_steps, warmup):
     ],
     lr=config.learning_rate,
   )
-  b = fake_batch(config, batch_size)
-  images = torch.from_numpy(b['image'].transpose(0, 3, 1, 2).copy()).to(device)
+  b = data.BatchSpec.of(config, batch_size).random(num_classes)
+  images = normalized_nchw(b['image']).to(device)
   labels = torch.from_numpy(b['labels']).long().to(device)
-  lengths = torch.full((batch_size,), 5, dtype=torch.long, device=device)
+  lengths = torch.full((batch_size,), labels.shape[1], dtype=torch.long, device=device)
+
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=config.model.dtype == 'bfloat16')
 
   def step():
-    logits = model(images)
+    with autocast:
+      logits = model(images).float()
     log_probs = logits.log_softmax(-1).transpose(0, 1)
     steps_t = torch.full((batch_size,), log_probs.shape[0], dtype=torch.long, device=device)
     loss = torch.nn.functional.ctc_loss(log_probs, labels, steps_t, lengths, reduction='sum')
@@ -144,14 +145,6 @@ def run_torch(config, batch_size, num_steps, warmup):
   }
 
 
-def _trunk_height(height, strides):
-  height = (height + 2 * 3 - 7) // 2 + 1
-  height = (height + 2 - 3) // 2 + 1
-  for sh, _ in strides:
-    height = (height + 2 - 3) // sh + 1
-  return height
-
-
 def median_result(results: list[dict]) -> dict:
   """One framework's rounds → the median of each figure (its name from the first)."""
   keys = ('step_s', 'first_s', 'images_per_s', 'peak_rss_mb')
@@ -160,8 +153,9 @@ def median_result(results: list[dict]) -> dict:
 
 def child(args):
   config = load_config(args.config)
+  config.model.dtype = args.dtype
   runner = run_jax if args.child == 'jax' else run_torch
-  result = runner(config, args.batch_size, args.steps, args.warmup)
+  result = runner(config, args.batch_size, args.steps, args.warmup, args.cpu_tuning)
   result['images_per_s'] = args.batch_size / result['step_s']
   result['peak_rss_mb'] = peak_rss_mb()
   print(json.dumps(result))
@@ -170,30 +164,41 @@ def child(args):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--config', default='configs/default.py')
-  parser.add_argument('--batch-size', type=int, default=32)
+  parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--steps', type=int, default=30)
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--rounds', type=int, default=3, help='alternating runs of each')
-  parser.add_argument('--skip-torch', action='store_true')
+  parser.add_argument('--cpu_tuning', action='store_true', help='as the train command takes it')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--skip_torch', action='store_true')
+  parser.add_argument('--json', action='store_true', help='also print the figures as JSON')
   parser.add_argument('--child', choices=['jax', 'torch'], help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     return child(args)
+  from captcha_jax import host
+
+  env = dict(os.environ)
+  if args.cpu_tuning:
+    env['GLIBC_TUNABLES'] = host.HUGE_PAGES
   # Rounds alternate the frameworks so that a machine whose speed drifts (shared cloud cores)
   # affects both alike; each framework's figures are the median over its rounds.
-  env = host.with_huge_pages(os.environ)  # as the CLIs run (captcha_jax/host.py)
   runs = {name: [] for name in ['jax'] + ([] if args.skip_torch else ['torch'])}
   for _ in range(args.rounds):
     for name, results in runs.items():
       cmd = [sys.executable, __file__, '--child', name, '--config', args.config]
-      cmd += ['--batch-size', str(args.batch_size), '--steps', str(args.steps)]
-      cmd += ['--warmup', str(args.warmup)]
+      cmd += ['--batch_size', str(args.batch_size), '--steps', str(args.steps)]
+      cmd += ['--warmup', str(args.warmup), '--dtype', args.dtype]
+      cmd += ['--cpu_tuning'] if args.cpu_tuning else []
       out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
       if out.returncode:
         sys.exit(f'{name} failed:\n{out.stderr[-3000:]}')
       results.append(json.loads(out.stdout.strip().splitlines()[-1]))
   results = {name: median_result(rs) for name, rs in runs.items()}
-  print(f'batch {args.batch_size}, {args.config}, {os.cpu_count()} CPU threads')
+  tuning = 'CPU tuning on' if args.cpu_tuning else 'no CPU tuning'
+  print(
+    f'batch {args.batch_size}, {args.dtype}, {args.config}, {os.cpu_count()} CPU threads, {tuning}'
+  )
   print(
     f'{"framework":32s} {"images/s":>9s} {"step ms":>8s} {"compile/first s":>16s} {"peak MB":>8s}'
   )
@@ -206,6 +211,11 @@ def main():
     ratio = results['jax']['images_per_s'] / results['torch']['images_per_s']
     memory = results['jax']['peak_rss_mb'] / results['torch']['peak_rss_mb']
     print(f'JAX/PyTorch throughput: {ratio:.2f}x   peak memory: {memory:.2f}x')
+  jax_result = results['jax']
+  jax_result['flops_per_s'] = jax_result['flops_per_step'] / jax_result['step_s']
+  print(f'JAX step: {jax_result["flops_per_s"] / 1e12:.3f} TFLOP/s achieved')
+  if args.json:
+    print(json.dumps({'batch_size': args.batch_size, 'dtype': args.dtype, **results}))
 
 
 if __name__ == '__main__':

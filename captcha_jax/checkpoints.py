@@ -1,6 +1,7 @@
 """Orbax checkpoints of the TrainState: the latest few and the best by validation, resumable, with
 damaged ones passed over rather than fatal."""
 
+import json
 import logging
 import shutil
 import time
@@ -20,7 +21,7 @@ def selection_score(metrics: dict[str, float]) -> float:
   return metrics['val_accuracy'] - 1e-3 * metrics['val_cer'] - 1e-6 * metrics['val_loss']
 
 
-def checkpoint_manager(workdir: str | Path, keep: int = 2, *, read_only: bool = False):
+def checkpoint_manager(workdir: str | Path, keep: int = 2):
   """A manager of WORKDIR/checkpoints keeping the `keep` latest steps and the best one."""
   policy = pp.AnyPreservationPolicy(
     [pp.LatestN(n=keep), pp.BestN(get_metric_fn=selection_score, n=1)]
@@ -30,8 +31,6 @@ def checkpoint_manager(workdir: str | Path, keep: int = 2, *, read_only: bool = 
     preservation_policy=policy,
     best_fn=selection_score,
     best_mode='max',
-    read_only=read_only,
-    create=not read_only,
   )
   # Named handlers let a fresh manager read item metadata before any save or restore.
   handlers = {'state': ocp.StandardCheckpointHandler(), 'progress': ocp.JsonCheckpointHandler()}
@@ -65,29 +64,53 @@ def restore(manager, step: int, state: Any) -> tuple[Any, dict]:
   return restored['state'], restored['progress']
 
 
-def restore_raw(manager, step: int) -> dict:
-  """Restores `step`'s state as nested dicts of arrays on one local device, without the
+def step_numbers(workdir: str | Path) -> list[int]:
+  """The steps saved in WORKDIR/checkpoints, newest first."""
+  folder = Path(workdir, 'checkpoints')
+  return sorted((int(p.name) for p in folder.glob('*') if p.name.isdigit()), reverse=True)
+
+
+def reading_order(workdir: str | Path) -> list[int]:
+  """Saved steps, the best by validation first, then the rest newest first; read from the files
+  themselves, so one damaged step cannot hide the others."""
+  scores = {}
+  for step in step_numbers(workdir):
+    try:
+      metrics = json.loads(
+        Path(workdir, 'checkpoints', str(step), 'metrics', 'metrics').read_text()
+      )
+      scores[step] = selection_score(metrics)
+    except (OSError, ValueError, KeyError, TypeError):
+      pass  # a mid-epoch save has no metrics; a damaged step fails when restored
+  best = max(scores, key=lambda s: (scores[s], s), default=None)
+  rest = [s for s in step_numbers(workdir) if s != best]
+  return [best, *rest] if best is not None else rest
+
+
+def restore_raw(workdir: str | Path, step: int) -> dict:
+  """`step`'s state as nested dicts of arrays on one local device, without a manager or the
   optimizer's code, whatever the device topology it was saved from (e.g. an 8-core TPU)."""
+  path = Path(workdir, 'checkpoints', str(step), 'state').absolute()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  metadata = manager.item_metadata(step)['state']
-  target = jax.tree.map(
-    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-    metadata,
-    is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'),
-  )
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  return restored['state']
+  with ocp.StandardCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(path).item_metadata.tree
+    target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      metadata,
+      is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'),
+    )
+    return checkpointer.restore(path, target)
 
 
 def first_intact(
-  manager, steps: list[int], restore_fn: Callable[[int], Any], *, move_damaged: bool
+  steps: list[int],
+  restore_fn: Callable[[int], Any],
+  where: str,
+  on_damaged: Callable[[int], object] = lambda step: None,
 ) -> tuple[int, Any]:
   """(step, restore_fn(step)) for the first of `steps` that restores; each damaged one is named
-  in a warning and, with `move_damaged`, moved to checkpoints/damaged/ so that a later save can
-  use its number.
-
-  Raises DataError naming every failure when none restores.
-  """
+  in a warning and handed to `on_damaged`. Raises DataError naming every failure when none
+  restores."""
   failures = []
   for step in steps:
     try:
@@ -95,31 +118,31 @@ def first_intact(
     except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds for bad files
       failures.append(f'step {step}: {type(e).__name__}: {str(e)[:300]}')
       logging.warning(
-        'Checkpoint %d in %s is damaged, trying another: %s', step, manager.directory, failures[-1]
+        'Checkpoint %d in %s is damaged, trying another: %s', step, where, failures[-1]
       )
-      if move_damaged:
-        _move_aside(Path(manager.directory), step)
-        manager.reload()
-  raise DataError(
-    f'No checkpoint in {manager.directory} can be restored:\n  ' + '\n  '.join(failures)
-  )
+      on_damaged(step)
+  raise DataError(f'No checkpoint in {where} can be restored:\n  ' + '\n  '.join(failures))
 
 
-def _move_aside(directory: Path, step: int) -> None:
-  damaged = directory / 'damaged'
+def set_aside(workdir: str | Path, step: int) -> None:
+  """Moves a damaged step to WORKDIR/checkpoints/damaged/, so a later save can use its number."""
+  folder = Path(workdir, 'checkpoints')
+  damaged = folder / 'damaged'
   damaged.mkdir(exist_ok=True)
-  shutil.move(str(directory / str(step)), str(damaged / f'{step}-{int(time.time())}'))
+  shutil.move(str(folder / str(step)), str(damaged / f'{step}-{int(time.time())}'))
 
 
-def newest_first(manager) -> list[int]:
-  return sorted(manager.all_steps(), reverse=True)
-
-
-def best_first(manager) -> list[int]:
-  """Kept steps, the best by validation first, then the rest newest first."""
-  best = manager.best_step()
-  rest = newest_first(manager)
-  return [best, *(s for s in rest if s != best)] if best is not None else rest
+def set_aside_unopenable(workdir: str | Path) -> None:
+  """Sets aside steps whose orbax metadata is not even JSON: orbax's manager cannot open a
+  folder that holds one."""
+  for step in step_numbers(workdir):
+    path = Path(workdir, 'checkpoints', str(step), '_CHECKPOINT_METADATA')
+    try:
+      if path.exists():
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+      logging.warning('Checkpoint %d in %s is damaged (unreadable metadata).', step, workdir)
+      set_aside(workdir, step)
 
 
 def quiet_orbax() -> None:

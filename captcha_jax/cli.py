@@ -36,6 +36,7 @@ def _run(action: Callable[[], int | None]) -> None:
   from captcha_jax.train import Stopped
 
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s', force=True)
+  logging.getLogger('jax').setLevel(logging.WARNING)  # its backend probing is not news
   try:
     status = action() or 0
   except UserError as e:
@@ -100,6 +101,7 @@ def train(argv: Sequence[str] | None = None) -> None:
       if fv[name].value is None:
         raise flags.Error(f'--{name} is required')
     config = fv.config
+    config.keys()  # a config file that failed to load raises only when first used
   except (flags.Error, ValueError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)

@@ -253,6 +253,7 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
     config.download_dir,
     sha256=config.data_sha256,
     git_blob_sha1=config.data_git_blob,
+    min_images=config.data_min_images,
   )
 
 

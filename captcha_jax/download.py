@@ -25,15 +25,8 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from captcha_jax.errors import ConfigError, DataError
+from captcha_jax.images import IMAGE_EXTENSIONS
 
-DEFAULT_URL = 'https://github.com/AakashKumarNain/CaptchaCracker/raw/master/captcha_images_v2.zip'
-# Its sha256 is unknown (the host cannot be reached from where this was written); git's blob id
-# of the file pins it just as well.
-DEFAULT_GIT_BLOB_SHA1 = 'e8fb4fa40806d4f0c9dde720d40e786352ec3843'
-DEFAULT_MIN_IMAGES = 1040
-
-# The extensions data.find_images reads, so the folder found here is one training can use.
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 # Temporaries older than this were left by a killed process; younger ones may belong to a
 # download running beside this one, so they are left alone.
 STALE_SECONDS = 3600

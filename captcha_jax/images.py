@@ -18,7 +18,7 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.gif', '.bmp', '.webp', '.tif', '.
 # refused before its pixels are decoded (a "decompression bomb" is a few hundred bytes).
 MAX_PIXELS = 1 << 24
 
-ImageSource = 'str | Path | bytes | Image.Image | np.ndarray'
+ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
 
 def _open(source, name: str) -> Image.Image:

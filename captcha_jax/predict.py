@@ -59,20 +59,14 @@ class Predictor:
     """WORKDIR's saved config and its best intact checkpoint (or `step`)."""
     workdir = Path(workdir)
     config = run_folder.read_config(workdir)
-    if not (workdir / 'checkpoints').is_dir():
-      raise ConfigError(
-        f'{str(workdir)!r} has no checkpoint yet: train first, or wait for the first epoch.'
-      )
-    manager = checkpoints.checkpoint_manager(workdir, read_only=True)
-    candidates = [step] if step is not None else checkpoints.best_first(manager)
+    candidates = [step] if step is not None else checkpoints.reading_order(workdir)
     if not candidates:
       raise ConfigError(
         f'{str(workdir)!r} has no checkpoint yet: train first, or wait for the first epoch.'
       )
     _, state = checkpoints.first_intact(
-      manager, candidates, functools.partial(checkpoints.restore_raw, manager), move_damaged=False
+      candidates, functools.partial(checkpoints.restore_raw, workdir), repr(str(workdir))
     )
-    manager.close()
     if not isinstance(state, dict) or not {'ema_params', 'batch_stats'} <= set(state):
       raise ConfigError(
         f'The checkpoint in {str(workdir)!r} is not a captcha_jax one (no ema_params and '
@@ -81,6 +75,14 @@ class Predictor:
     return cls(
       config, {'params': state['ema_params'], 'batch_stats': state['batch_stats']}, **kwargs
     )
+
+  @classmethod
+  def pretrained(cls, **kwargs) -> 'Predictor':
+    """The general captcha reader shipped with the package, for any captcha with no training;
+    `predict(images, allowed=...)` restricts it to a site's characters."""
+    from captcha_jax import transfer
+
+    return cls(*transfer.load_pretrained(), **kwargs)
 
   def _check_variables(self, variables: dict) -> None:
     expected = jax.eval_shape(

@@ -18,6 +18,17 @@ CHOICES = {
   'nan_policy': ('skip', 'stop'),
   'model.dtype': ('float32', 'bfloat16', 'float16'),
 }
+WHOLE_POSITIVE = (
+  'batch_size',
+  'eval_batch_size',
+  'num_epochs',
+  'keep_checkpoints',
+  'data_min_images',
+  'model.base_width',
+  'model.projection_size',
+  'model.rnn_hidden_size',
+  'model.rnn_layers',
+)
 # Narrower images would leave the trunk no width to read; any captcha is far wider.
 MIN_SIDE = 16
 
@@ -32,10 +43,7 @@ def _number(value) -> bool:
 
 def _check(name: str, value) -> str | None:
   """What is wrong with config.<name> = value, or None."""
-  whole_positive = ('batch_size', 'eval_batch_size', 'num_epochs', 'keep_checkpoints')
-  if name in whole_positive or name in ('model.base_width', 'model.projection_size'):
-    return None if _int(value) and value > 0 else 'must be a whole number > 0'
-  if name in ('model.rnn_hidden_size', 'model.rnn_layers'):
+  if name in WHOLE_POSITIVE:
     return None if _int(value) and value > 0 else 'must be a whole number > 0'
   if name in ('seed', 'split_seed', 'max_label_length', 'image_width'):
     return None if _int(value) and value >= 0 else 'must be a whole number ≥ 0'
@@ -44,7 +52,7 @@ def _check(name: str, value) -> str | None:
   if name == 'fixed_label_length':
     ok = _int(value) and value >= AUTO_LENGTH
     return None if ok else f'must be a whole number ≥ 0, or {AUTO_LENGTH} (read from the data)'
-  if name == 'learning_rate' or name == 'grad_clip_norm':
+  if name in ('learning_rate', 'grad_clip_norm'):
     return None if _number(value) and value > 0 else 'must be a finite number > 0'
   if name in ('weight_decay', 'warmup_epochs') or name.startswith('augment.max_'):
     return None if _number(value) and value >= 0 else 'must be a finite number ≥ 0'

@@ -7,6 +7,7 @@ step.
 """
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -240,6 +241,27 @@ def compile_steps(
   )
 
 
+def start_from_reader(state: TrainState, config: ml_collections.ConfigDict) -> TrainState:
+  """`state` with the weights of the reader `config.init_from` names, the head's rows mapped
+  from its alphabet to config.alphabet."""
+  from captcha_jax import transfer
+
+  source_config, source = transfer.load_source(config.init_from)
+  target = {'params': state.params, 'batch_stats': state.batch_stats}
+  variables, fresh = transfer.transfer(source, source_config.alphabet, target, config.alphabet)
+  logging.info(
+    'Starting from %s; characters it never read, learned from scratch: %r.',
+    config.init_from,
+    ''.join(fresh),
+  )
+  params = jax.tree.map(jnp.asarray, variables['params'])
+  return state.replace(
+    params=params,
+    ema_params=jax.tree.map(jnp.copy, params),  # own buffers: the step donates both
+    batch_stats=jax.tree.map(jnp.asarray, variables['batch_stats']),
+  )
+
+
 def compile_and_create_state(
   config: ml_collections.ConfigDict,
   model: nn.Module,
@@ -249,7 +271,8 @@ def compile_and_create_state(
 ) -> tuple[TrainState, Callable, Callable]:
   """The initial state, replicated over the mesh, and the compiled train and eval steps.
 
-  The state has the ImageNet backbone when `config.pretrained` names one. The steps are compiled
+  The state starts from another reader when `config.init_from` names one (`transfer.py`), and
+  has the ImageNet backbone when `config.pretrained` names one. The steps are compiled
   from shapes before the state exists, then `after_compile` runs (the train command passes
   `host.release_free_memory` when asked to tune the CPU: the compiler's freed memory goes back to
   the system before the state and the step's buffers take theirs).
@@ -264,6 +287,8 @@ def compile_and_create_state(
   train, evaluate = compile_steps(config, mesh, jax.eval_shape(create_state))
   after_compile()
   state = create_state()
+  if config.init_from:
+    state = start_from_reader(state, config)
   if config.pretrained:
     from captcha_jax import port  # torch-free; only needed when starting from ImageNet weights
 

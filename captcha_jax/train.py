@@ -36,7 +36,7 @@ class Diverged(UserError):
   """Training cannot go on: no step of an epoch had a finite loss and gradient."""
 
 
-def evaluate(
+def evaluate_split(
   eval_step: Callable,
   state: steps.TrainState,
   dataset: data.Dataset,
@@ -146,14 +146,22 @@ def train_and_evaluate(
     state, train_step, eval_step = steps.compile_and_create_state(
       config, model, schedule, mesh, after_compile
     )
+    if main_process:
+      checkpoints.set_aside_unopenable(workdir)
     manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
+
+    def set_aside(step: int) -> None:
+      if main_process:
+        checkpoints.set_aside(workdir, step)
+      manager.reload()
+
     step, progress = 0, {}
     if manager.all_steps():
       step, (state, progress) = checkpoints.first_intact(
-        manager,
-        checkpoints.newest_first(manager),
+        sorted(manager.all_steps(), reverse=True),
         functools.partial(checkpoints.restore, manager, state=state),
-        move_damaged=main_process,
+        str(workdir),
+        set_aside,
       )
       logging.info(
         'Resumed from step %d (epoch %d, batch %d).', step, *divmod(step, steps_per_epoch)
@@ -168,16 +176,16 @@ def train_and_evaluate(
     writer.close()
 
     best_step, state = checkpoints.first_intact(
-      manager,
-      checkpoints.best_first(manager),
+      checkpoints.reading_order(workdir),
       lambda s: checkpoints.restore(manager, s, state)[0],
-      move_damaged=main_process,
+      str(workdir),
+      set_aside,
     )
     manager.close()
     results: dict = {'best_epoch': -(-best_step // steps_per_epoch), 'best_step': best_step}
     test_readings = []
     for name, dataset in splits.items():
-      results[name], readings = evaluate(eval_step, state, dataset, config, vocab, mesh)
+      results[name], readings = evaluate_split(eval_step, state, dataset, config, vocab, mesh)
       test_readings = readings if name == 'test' else test_readings
     if main_process:
       run_folder.write_json(workdir / 'results.json', results)
@@ -215,7 +223,7 @@ class _Loop:
           'learned: lower config.learning_rate, or look for broken images among the files '
           'logged above.'
         )
-      val, readings = evaluate(
+      val, readings = evaluate_split(
         self.eval_step, state, self.splits['val'], self.config, self.vocab, self.mesh
       )
       row = {

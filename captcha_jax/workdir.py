@@ -122,7 +122,7 @@ def check_resumable(
     saved_split = json.loads(split_path.read_text())
     now = split_digest(fingerprint)
     changed = [
-      f'the {name} split ({saved_split[name]["images"]} → {now[name]["images"]} images)'
+      f'{name} split ({saved_split[name]["images"]} → {now[name]["images"]} images)'
       for name in now
       if saved_split.get(name) != now[name]
     ]

@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   )
   config.data_sha256 = ''  # not published for that file; its git blob id is checked instead
   config.data_git_blob = 'e8fb4fa40806d4f0c9dde720d40e786352ec3843'
+  config.data_min_images = 1040  # what the unpacked download must hold, checked before use
   config.download_dir = '~/.cache/captcha_jax'
   config.labels_file = ''  # CSV/TSV of `path,text` lines (paths relative to data_dir) instead
   config.data_source = 'folder'  # or 'tfds': the builder in captcha_jax/tfds_builder.py
@@ -58,7 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.rnn_layers = 2
   config.model.dropout = 0.1
   config.model.dtype = 'float32'  # 'bfloat16' for mixed precision on GPU/TPU
-  config.pretrained = ''  # torchvision resnet18 .pth, or a `captcha_jax.port` output dir
+  config.pretrained = ''  # ImageNet backbone: torchvision resnet18 .pth, or a `port` output dir
+  # Start from a captcha reader: 'pretrained' (shipped with the package) or a run's workdir.
+  config.init_from = ''
 
   # Optimisation.
   config.seed = 0  # initialisation, dropout, shuffling and augmentation

@@ -9,6 +9,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.data_dir = ''  # tests point this at a generated folder
   config.data_url = ''  # and never download
+  config.data_min_images = 1
   config.alphabet = '2345678bcdefgmnpwxy'
   config.image_height = 32
   config.image_width = 96

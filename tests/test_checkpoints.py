@@ -23,13 +23,13 @@ def test_keeps_latest_and_best_and_finds_best_after_restart(tmp_path):
   manager.wait_until_finished()
   manager.close()
 
-  reopened = checkpoints.checkpoint_manager(tmp_path, read_only=True)
+  reopened = checkpoints.checkpoint_manager(tmp_path)
   assert reopened.all_steps() == [2, 4, 5]
-  assert checkpoints.best_first(reopened) == [2, 5, 4]
+  assert checkpoints.reading_order(tmp_path) == [2, 5, 4]
   restored, progress = checkpoints.restore(reopened, 2, state)
   np.testing.assert_array_equal(restored['w'], state['w'] * 2)
   assert progress == {'epoch': 2, 'batch': 0}
-  np.testing.assert_array_equal(checkpoints.restore_raw(reopened, 5)['w'], state['w'] * 5)
+  np.testing.assert_array_equal(checkpoints.restore_raw(tmp_path, 5)['w'], state['w'] * 5)
 
 
 def test_ties_go_to_lower_cer_then_lower_loss():
@@ -43,49 +43,64 @@ def test_ties_go_to_lower_cer_then_lower_loss():
 
 def test_best_of_checkpoints_without_metrics_is_the_latest(tmp_path):
   manager = checkpoints.checkpoint_manager(tmp_path)
-  assert checkpoints.best_first(manager) == []
+  assert checkpoints.reading_order(tmp_path) == []
   for step in (3, 5):
     checkpoints.save(manager, step, {'w': np.zeros(2)}, {'loss_sum': 1.0, 'loss_count': step})
   manager.wait_until_finished()
-  assert checkpoints.best_first(manager) == [5, 3]
+  assert checkpoints.reading_order(tmp_path) == [5, 3]
 
 
 def damage(step_dir):
-  """Overwrites every data file of a saved step with garbage of the same size."""
+  """Overwrites every file of a saved step with garbage of the same size, its metadata too."""
   for path in step_dir.rglob('*'):
-    if path.is_file() and 'metadata' not in path.name:
+    if path.is_file():
       path.write_bytes(b'\xff' * max(path.stat().st_size, 8))
 
 
-@pytest.mark.parametrize('move_damaged', [True, False])
-def test_a_damaged_checkpoint_falls_back_to_an_earlier_one(tmp_path, caplog, move_damaged):
+def save_three(tmp_path, state):
   manager = checkpoints.checkpoint_manager(tmp_path, keep=3)
-  state = {'w': np.arange(4.0)}
   for step in (1, 2, 3):
-    checkpoints.save(manager, step, {'w': state['w'] * step}, {}, metrics(0.5))
+    checkpoints.save(manager, step, {'w': state['w'] * step}, {}, metrics(0.5 + step / 10))
   manager.wait_until_finished()
+  manager.close()
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_an_earlier_one_restored(tmp_path, caplog):
+  state = {'w': np.arange(4.0)}
+  save_three(tmp_path, state)
   damage(tmp_path / 'checkpoints' / '3')
+  checkpoints.set_aside_unopenable(tmp_path)  # orbax's manager could not open the folder
+  manager = checkpoints.checkpoint_manager(tmp_path, keep=3)
+  assert manager.all_steps() == [1, 2]
+  (tmp_path / 'checkpoints' / '2' / 'state' / 'manifest.ocdbt').write_bytes(b'\xff' * 64)
   restore = functools.partial(checkpoints.restore, manager, state=state)
-  step, (restored, _) = checkpoints.first_intact(
-    manager, checkpoints.newest_first(manager), restore, move_damaged=move_damaged
+  aside = []
+  step, (restored, _) = checkpoints.first_intact([2, 1], restore, 'run', aside.append)
+  assert (step, aside) == (1, [2])
+  np.testing.assert_array_equal(restored['w'], state['w'])
+  assert 'Checkpoint 3' in caplog.text and 'Checkpoint 2 in run is damaged' in caplog.text
+  assert [p.name.split('-')[0] for p in (tmp_path / 'checkpoints' / 'damaged').iterdir()] == ['3']
+  checkpoints.save(manager, 3, {'w': state['w'] * 30}, {}, metrics(0.6))  # its number is free
+  manager.wait_until_finished()
+  np.testing.assert_array_equal(checkpoints.restore(manager, 3, state)[0]['w'], state['w'] * 30)
+
+
+def test_reading_passes_over_damaged_steps_without_a_manager(tmp_path):
+  state = {'w': np.arange(4.0)}
+  save_three(tmp_path, state)
+  assert checkpoints.reading_order(tmp_path) == [3, 2, 1]
+  damage(tmp_path / 'checkpoints' / '3')
+  step, raw = checkpoints.first_intact(
+    checkpoints.reading_order(tmp_path), functools.partial(checkpoints.restore_raw, tmp_path), 'x'
   )
   assert step == 2
-  np.testing.assert_array_equal(restored['w'], state['w'] * 2)
-  assert 'Checkpoint 3' in caplog.text and 'damaged' in caplog.text
-  moved = list((tmp_path / 'checkpoints' / 'damaged').glob('3-*')) if move_damaged else []
-  assert len(moved) == move_damaged
-  assert manager.all_steps() == ([1, 2] if move_damaged else [1, 2, 3])
-  if move_damaged:  # the number is free again for the resumed run's save
-    checkpoints.save(manager, 3, {'w': state['w'] * 30}, {}, metrics(0.6))
-    manager.wait_until_finished()
-    np.testing.assert_array_equal(checkpoints.restore(manager, 3, state)[0]['w'], state['w'] * 30)
+  np.testing.assert_array_equal(raw['w'], state['w'] * 2)
+  assert (tmp_path / 'checkpoints' / '3').exists()  # reading moves nothing
 
 
 def test_no_intact_checkpoint_is_a_clear_error(tmp_path):
-  manager = checkpoints.checkpoint_manager(tmp_path)
-  checkpoints.save(manager, 1, {'w': np.zeros(3)}, {}, metrics(0.5))
-  manager.wait_until_finished()
-  damage(tmp_path / 'checkpoints' / '1')
-  restore = functools.partial(checkpoints.restore, manager, state={'w': np.zeros(3)})
-  with pytest.raises(DataError, match='No checkpoint in .* can be restored:\n  step 1: '):
-    checkpoints.first_intact(manager, [1], restore, move_damaged=False)
+  save_three(tmp_path, {'w': np.zeros(3)})
+  for step in (1, 2, 3):
+    damage(tmp_path / 'checkpoints' / str(step))
+  with pytest.raises(DataError, match='No checkpoint in run can be restored:\n  step 3: '):
+    checkpoints.first_intact([3, 2, 1], functools.partial(checkpoints.restore_raw, tmp_path), 'run')

@@ -72,9 +72,7 @@ CONTINUOUS = ('epoch', 'step', 'train_loss', 'val_loss', 'learning_rate', 'skipp
 
 
 def final_params(workdir):
-  manager = checkpoints.checkpoint_manager(workdir, read_only=True)
-  state = checkpoints.restore_raw(manager, manager.latest_step())
-  manager.close()
+  state = checkpoints.restore_raw(workdir, checkpoints.step_numbers(workdir)[0])
   import jax
 
   return np.concatenate([np.ravel(x) for x in jax.tree.leaves(state['params'])])

@@ -3,6 +3,7 @@
 import hashlib
 import http.server
 import io
+import json
 import os
 import re
 import shutil
@@ -277,3 +278,51 @@ def test_a_malformed_checksum_is_a_config_error_before_any_download(server, tmp_
   with pytest.raises(ConfigError, match='64 hex digits'):
     download.fetch(url, tmp_path / 'cache', sha256='e8fb4fa4', progress=False)
   assert server.requests == [] and not (tmp_path / 'cache').exists()
+
+
+SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'captcha_v2'
+
+
+@pytest.fixture(scope='module')
+def dataset_zip(tmp_path_factory) -> Path:
+  """A zip laid out like captcha_images_v2.zip, of 100 real captchas when ../shared has them
+  (synthetic ones of the same style otherwise)."""
+  from captcha_jax import synthetic
+
+  if SHARED.is_dir():
+    sources = sorted(SHARED.glob('*.png'))[:100]
+  else:
+    sources = synthetic.generate(tmp_path_factory.mktemp('synthetic'), 100, seed=4)
+  path = tmp_path_factory.mktemp('zip') / 'captcha_images_v2.zip'
+  with zipfile.ZipFile(path, 'w') as zf:
+    for source in sources:
+      zf.write(source, f'captcha_images_v2/{source.name}')
+  return path
+
+
+@pytest.mark.slow
+def test_training_fetches_the_default_data_once(server, dataset_zip, tmp_path, tiny_config):
+  """No data folder: the first run downloads, verifies and unpacks, then trains; the next run
+  reads the cache with the server gone; a wrong checksum unpacks nothing."""
+  from captcha_jax import train
+
+  blob = dataset_zip.read_bytes()
+  tiny_config.update(
+    data_dir='',
+    data_url=server.serve('/captcha_images_v2.zip', body(blob)),
+    data_git_blob='0' * 40,
+    data_min_images=100,
+    download_dir=str(tmp_path / 'cache'),
+    num_epochs=1,
+  )
+  with pytest.raises(DataError, match='expected 0+, got'):
+    train.train_and_evaluate(tiny_config, tmp_path / 'refused')
+  assert not list((tmp_path / 'cache').glob('*captcha*'))
+  tiny_config.data_git_blob = _git_blob_sha1(dataset_zip)
+  first = train.train_and_evaluate(tiny_config, tmp_path / 'first')
+  saved = json.loads((tmp_path / 'first' / 'config.json').read_text())
+  unpacked = Path(saved['data_dir'])
+  assert unpacked.parent.parent == tmp_path / 'cache' and len(list(unpacked.glob('*.png'))) == 100
+  server.stop()
+  second = train.train_and_evaluate(tiny_config, tmp_path / 'second')
+  assert second['test'] == pytest.approx(first['test'])

@@ -86,7 +86,9 @@ def test_batchnorm_updates_statistics_only_in_train_mode():
   np.testing.assert_allclose(stats['var'], 0.9 + 0.1 * conv.var((0, 1, 2)), rtol=1e-4)
   _, after_eval = model.apply(variables, x, train=False, mutable=['batch_stats'])
   for a, b in zip(
-    jax.tree.leaves(after_eval['batch_stats']), jax.tree.leaves(variables['batch_stats']), strict=True
+    jax.tree.leaves(after_eval['batch_stats']),
+    jax.tree.leaves(variables['batch_stats']),
+    strict=True,
   ):
     np.testing.assert_array_equal(a, b)
 

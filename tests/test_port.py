@@ -17,12 +17,13 @@ from torch import nn  # noqa: E402
 
 from captcha_jax import ctc, models, port, steps, train  # noqa: E402
 from captcha_jax.errors import ConfigError, DataError  # noqa: E402
-from tests.torch_reference import (  # noqa: E402
+from captcha_jax.torch_reference import (  # noqa: E402
   TorchCRNN,
   crnn_to_flax,
   gru_to_flax,
   import_torchvision,
   nchw,
+  normalized_nchw,
   randomize_batchnorm,
 )
 
@@ -148,12 +149,6 @@ def torch_ctc(logits, labels, lengths, reduction):
   )
 
 
-def normalized(images: np.ndarray) -> np.ndarray:
-  """The CRNN's own preprocessing (tested against the recipe in test_models), so both sides see
-  bit-identical inputs: a last-bit difference can move a max-pool's near-tie, and a gradient."""
-  return np.asarray(models.preprocess(images))
-
-
 @pytest.fixture(scope='module')
 def crnn_pair():
   """The seed's CRNN in torch and its conversion, with a real-size batch and labels."""
@@ -175,7 +170,7 @@ def test_crnn_logits_and_ctc_loss_match_torch(crnn_pair):
   reference, flax_model, images, labels, lengths, paddings = crnn_pair
   reference.eval()
   with torch.no_grad():
-    torch_logits = reference(nchw(normalized(images)))
+    torch_logits = reference(normalized_nchw(images))
   logits = flax_model.apply(crnn_to_flax(reference), images, train=False)
   np.testing.assert_allclose(logits, torch_logits.numpy(), atol=1e-4)
 
@@ -205,7 +200,7 @@ def test_one_training_step_matches_torch(crnn_pair, name):
   variables = crnn_to_flax(reference)
   reference.train()
   optimizer = torch_optimizer(reference.parameters())
-  logits = reference(nchw(normalized(images)))
+  logits = reference(normalized_nchw(images))
   loss = torch_ctc(logits, labels, lengths, 'mean')
   optimizer.zero_grad()
   loss.backward()

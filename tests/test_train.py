@@ -246,3 +246,41 @@ def test_train_cli_reports_bad_data_without_a_traceback(tmp_path):
   assert out.returncode != 0
   assert f"error: Data folder '{tmp_path}/missing' (config.data_dir) does not exist" in out.stderr
   assert 'Traceback' not in out.stderr
+
+
+@pytest.mark.slow
+def test_variable_lengths_train_evaluate_and_predict(tmp_path, tiny_config):
+  """Labels of 4 to 7 characters in one set: read from the data, no fixed-length correction."""
+  from captcha_jax import evaluate, synthetic
+
+  folder = tmp_path / 'set'
+  synthetic.generate(folder, 80, alphabet='abcdefgh', length=(4, 7), seed=5)
+  tiny_config.update(
+    data_dir=str(folder), alphabet='auto', max_label_length=0, fixed_label_length=-1, num_epochs=2
+  )
+  tiny_config.image_width = 0  # 200×50 images: 32 px high → 128 wide, 16 steps ≥ 2·7 + 1
+  results = train.train_and_evaluate(tiny_config, tmp_path / 'run')
+  saved = json.loads((tmp_path / 'run' / 'config.json').read_text())
+  assert saved['alphabet'] == 'abcdefgh' and saved['max_label_length'] == 7
+  assert saved['fixed_label_length'] == 0 and saved['image_width'] == 128
+  for split in ('train', 'val', 'test'):
+    # No correction to a fixed length: post-processed readings are the raw ones.
+    assert results[split]['accuracy_post'] == results[split]['accuracy']
+  report = evaluate.evaluate_workdir(tmp_path / 'run')
+  assert report['test']['cer'] == pytest.approx(results['test']['cer'])
+  readings = Predictor.from_workdir(tmp_path / 'run').predict(sorted(folder.glob('*.png'))[:3])
+  assert all(r.text == r.raw_text for r in readings)
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_trains_the_tiny_model(tmp_path, tiny_config):
+  tiny_config.model.dtype = 'bfloat16'
+  tiny_config.num_epochs = 3
+  train.train_and_evaluate(tiny_config, tmp_path / 'run')
+  rows = [json.loads(x) for x in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  assert all(r['skipped_steps'] == 0 for r in rows)
+  assert rows[-1]['train_loss'] < rows[0]['train_loss']  # it learns
+  variables = Predictor.from_workdir(tmp_path / 'run').variables
+  import jax
+
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(variables))  # float32 master weights

@@ -1,11 +1,14 @@
-"""The seed's CRNN in PyTorch (torchvision ResNet-18 trunk, 2-layer BiGRU, linear head), and a
-converter of its whole state_dict into captcha_jax's variables. Used by the parity tests only."""
+"""The same CRNN in PyTorch (torchvision ResNet-18 trunk, 2-layer BiGRU, linear head), and a
+converter of its whole state_dict into captcha_jax's variables: the independent reference of the
+parity tests and the benchmarks. Needs torch (and torchvision); nothing else imports it."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 from torch import nn
 
-from captcha_jax import port
+from captcha_jax import models, port
 
 
 def import_torchvision():
@@ -74,8 +77,28 @@ class TorchCRNN(nn.Module):
     )
     self.head = nn.Linear(2 * hidden, num_classes)
 
+  @classmethod
+  def from_config(cls, config, num_classes: int) -> 'TorchCRNN':
+    """The model `models.create_model(config.model, num_classes)` describes, for images of the
+    config's size."""
+    m = config.model
+    shape = jax.eval_shape(
+      lambda: models.ResNet18(m.backbone_layers, m.backbone_strides, m.base_width).init_with_output(
+        jax.random.key(0), jnp.zeros((1, config.image_height, config.image_width, 3)), train=False
+      )[0]
+    ).shape
+    return cls(
+      num_classes,
+      m.backbone_layers,
+      m.backbone_strides,
+      shape[1],
+      m.projection_size,
+      m.rnn_hidden_size,
+      m.dropout,
+    )
+
   def forward(self, images):
-    """images: [batch, 3, H, W] → logits [batch, time, classes]."""
+    """images: [batch, 3, H, W] ImageNet-normalised → logits [batch, time, classes]."""
     r = self.backbone
     x = r.maxpool(r.relu(r.bn1(r.conv1(images))))
     for i in range(1, self.backbone_layers + 1):
@@ -124,6 +147,11 @@ def crnn_to_flax(model: TorchCRNN) -> dict:
     },
     'batch_stats': {'backbone': stats},
   }
+
+
+def normalized_nchw(images: np.ndarray) -> torch.Tensor:
+  """uint8 NHWC images as the torch model's input: the CRNN's own preprocessing, in NCHW."""
+  return nchw(np.asarray(models.preprocess(images)))
 
 
 def nchw(images_nhwc: np.ndarray) -> torch.Tensor:

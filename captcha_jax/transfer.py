@@ -1,0 +1,106 @@
+"""Starting from another reader: the pretrained one shipped with the package, or a trained run.
+
+Everything but the head carries over when its shape fits; the head's rows follow the characters,
+so each character both alphabets share keeps what it learned, the blank keeps its row, and
+characters new to the target start from the target's fresh initialisation.
+"""
+
+import json
+from pathlib import Path
+
+import flax.serialization
+import jax
+import ml_collections
+import numpy as np
+
+from captcha_jax import checkpoints
+from captcha_jax import workdir as run_folder
+from captcha_jax.errors import ConfigError
+from captcha_jax.vocab import BLANK_ID, Vocab
+
+PRETRAINED_DIR = Path(__file__).parent / 'pretrained'
+PRETRAINED = 'pretrained'  # config.init_from's name for the reader shipped with the package
+
+
+def load_pretrained() -> tuple[ml_collections.ConfigDict, dict]:
+  """(config, variables) of the reader shipped in captcha_jax/pretrained/."""
+  config_path, weights_path = PRETRAINED_DIR / 'reader.json', PRETRAINED_DIR / 'reader.msgpack'
+  if not weights_path.exists():
+    raise ConfigError(
+      f'No pretrained reader in {PRETRAINED_DIR}: this installation lacks reader.msgpack.'
+    )
+  description = json.loads(config_path.read_text())
+  variables = flax.serialization.msgpack_restore(weights_path.read_bytes())
+  return ml_collections.ConfigDict(description['config']), variables
+
+
+def save_reader(config: ml_collections.ConfigDict, variables: dict, out_dir: Path, **notes) -> None:
+  """Writes a reader as reader.json (its config, and `notes` such as how it was made) and
+  reader.msgpack (its weights), the layout `load_pretrained` reads."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  arrays = jax.tree.map(np.asarray, variables)
+  run_folder.write_atomic(out_dir / 'reader.msgpack', flax.serialization.msgpack_serialize(arrays))
+  description = {'config': json.loads(config.to_json_best_effort()), **notes}
+  run_folder.write_json(out_dir / 'reader.json', description)
+
+
+def load_source(init_from: str) -> tuple[ml_collections.ConfigDict, dict]:
+  """(config, variables) of `config.init_from`: 'pretrained', or a training run's workdir."""
+  if init_from == PRETRAINED:
+    return load_pretrained()
+  workdir = Path(init_from).expanduser()
+  config = run_folder.read_config(workdir)
+  steps = checkpoints.reading_order(workdir)
+  if not steps:
+    raise ConfigError(f'{init_from!r} (config.init_from) holds no checkpoint to start from.')
+  _, state = checkpoints.first_intact(
+    steps, lambda s: checkpoints.restore_raw(workdir, s), repr(init_from)
+  )
+  return config, {'params': state['ema_params'], 'batch_stats': state['batch_stats']}
+
+
+def head_rows(source_alphabet: str, target_alphabet: str) -> dict[int, int]:
+  """{target class: source class} for the blank and every character both alphabets hold."""
+  source = Vocab(source_alphabet)
+  rows = {BLANK_ID: BLANK_ID}
+  for char in target_alphabet:
+    if char in source_alphabet:
+      rows[Vocab(target_alphabet).encode(char)[0]] = source.encode(char)[0]
+  return rows
+
+
+def _shapes(tree) -> dict:
+  return jax.tree.map(np.shape, tree)
+
+
+def transfer(
+  source_variables: dict, source_alphabet: str, target: dict, target_alphabet: str
+) -> tuple[dict, list[str]]:
+  """`target` variables ({'params', 'batch_stats'}) with the source's weights carried over.
+
+  Returns the variables and the names of what kept its fresh initialisation. Raises
+  ConfigError when the two models differ elsewhere than in the head's width.
+  """
+  params = dict(target['params'])
+  source_params = source_variables['params']
+  for name in params:
+    if name == 'head':
+      continue
+    if name not in source_params or _shapes(source_params[name]) != _shapes(params[name]):
+      raise ConfigError(
+        f'The reader to start from has another {name!r} layer (a different image height or '
+        'config.model): fine-tune with its config.model and image_height.'
+      )
+    params[name] = source_params[name]
+  if _shapes(source_variables['batch_stats']) != _shapes(target['batch_stats']):
+    raise ConfigError('The reader to start from has another backbone: use its config.model.')
+  rows = head_rows(source_alphabet, target_alphabet)
+  kernel = np.array(params['head']['kernel'])
+  bias = np.array(params['head']['bias'])
+  source_head = source_params['head']
+  for target_row, source_row in rows.items():
+    kernel[:, target_row] = source_head['kernel'][:, source_row]
+    bias[target_row] = source_head['bias'][source_row]
+  params['head'] = {'kernel': kernel, 'bias': bias}
+  fresh = [c for c in target_alphabet if c not in source_alphabet]
+  return {'params': params, 'batch_stats': source_variables['batch_stats']}, fresh

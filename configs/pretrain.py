@@ -1,0 +1,35 @@
+"""Pre-training a general captcha reader on an endless stream of generated captchas.
+
+    python -m captcha_jax.train --config configs/pretrain.py --workdir runs/pretrain --cpu_tuning
+
+Every image is new (`synthetic.sample`: many fonts, sizes, colours, noise, lines and warps, plus
+the `captcha` package's own style), drawn over digits and both cases of letters, 3 to 8 of them.
+The model is the default one, so a fine-tuned run (configs/finetune.py) loads it whole.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.data_source = 'synthetic'
+  config.data_url = ''
+  config.synthetic = ml_collections.ConfigDict()
+  config.synthetic.seed = 0  # the stream; validation and test draw from their own seeds
+  config.synthetic.lengths = (3, 8)
+  config.synthetic.style = 'varied'
+  config.synthetic.train_images = 32_000  # an epoch: new images every epoch
+  config.synthetic.eval_images = 1024
+  config.alphabet = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'
+  config.max_label_length = 8
+  config.fixed_label_length = 0
+  config.image_width = 200  # 25 CTC steps: room for 8 symbols with repeats
+  config.augment.enabled = False  # the generator's own distortions are wider
+  config.batch_size = 32
+  config.num_epochs = 10
+  config.learning_rate = 1e-3
+  config.warmup_epochs = 0.2
+  config.eval_batch_size = 128
+  return config

@@ -1,0 +1,118 @@
+"""Settings are checked whole before any work, and every command turns a user's mistake into one
+`error: …` line and exit status 2, never a traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from captcha_jax import settings
+from captcha_jax.errors import ConfigError
+from configs import default, tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_default_configs_are_valid():
+  settings.validate(default.get_config())
+  settings.validate(tiny.get_config())
+
+
+def test_every_bad_field_is_named_in_one_message():
+  config = tiny.get_config()
+  config.learning_rate = float('nan')
+  config.batch_size = 0
+  config.eval_batch_size = -8
+  config.keep_checkpoints = 0
+  config.split = (0.9, 0.1, 0.0)
+  config.nan_policy = 'ignore'
+  config.model.dropout = 1.0
+  config.alphabet = 'abca'
+  config.fixed_label_length = 7
+  config.max_label_length = 5
+  config.image_width = 8
+  with pytest.raises(ConfigError) as raised:
+    settings.validate(config)
+  message = str(raised.value)
+  for field in (
+    'learning_rate = nan',
+    'batch_size = 0',
+    'eval_batch_size = -8',
+    'keep_checkpoints = 0',
+    'split = (0.9, 0.1, 0.0)',
+    "nan_policy = 'ignore': must be one of 'skip', 'stop'",
+    'model.dropout = 1.0',
+    "alphabet = 'abca': repeats 'a'",
+    'fixed_label_length = 7 exceeds max_label_length = 5',
+    'image_width = 8',
+  ):
+    assert f'config.{field}' in message, field
+  assert message.count('config.') == 10
+
+
+@pytest.mark.parametrize(
+  ('field', 'value'),
+  [
+    ('warmup_epochs', float('inf')),
+    ('weight_decay', -1.0),
+    ('model.backbone_layers', 5),
+    ('model.backbone_strides', ((1, 1),)),
+    ('case', 'title'),
+    ('ema_decay', 1.0),
+  ],
+)
+def test_each_kind_of_bad_value_is_refused(field, value):
+  config = tiny.get_config()
+  node = config
+  *parents, leaf = field.split('.')
+  for name in parents:
+    node = node[name]
+  node[leaf] = value
+  with pytest.raises(ConfigError, match=f'config.{field}'):
+    settings.validate(config)
+
+
+def run(module: str, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, '-m', f'captcha_jax.{module}', *args],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+  )
+
+
+@pytest.mark.parametrize(
+  ('module', 'args', 'message'),
+  [
+    (
+      'train',
+      [
+        '--config=configs/tiny.py',
+        '--workdir={tmp}/run',
+        '--config.learning_rate=nan',
+        '--config.batch_size=0',
+      ],
+      'error: Bad settings:\n  config.batch_size = 0',
+    ),
+    (
+      'train',
+      ['--config=configs/tiny.py', '--workdir={tmp}/run', '--config.batch_size=x'],
+      'error: ',
+    ),
+    ('train', ['--config=configs/none.py', '--workdir={tmp}/run'], 'error: '),
+    ('train', ['--config=configs/tiny.py'], 'error: --workdir is required'),
+    ('evaluate', ['--workdir={tmp}'], "error: '{tmp}' has no config.json"),
+    ('predict', ['--workdir={tmp}', 'x.png'], "error: '{tmp}' has no config.json"),
+    ('predict', ['--onnx={tmp}/model.onnx', 'x.png'], 'error: '),
+    ('export', ['--workdir={tmp}', '--out={tmp}/m.bin'], "error: '{tmp}' has no config.json"),
+    ('serve', ['--workdir={tmp}', '--port=0'], "error: '{tmp}' has no config.json"),
+    ('synthetic', ['--out={tmp}/s', '--count=5', '--length=0'], 'error: '),
+    ('port', ['--torchvision_weights={tmp}/none.pth', '--out={tmp}/p'], 'no such weights file'),
+  ],
+)
+def test_commands_report_user_errors_in_one_line(tmp_path, module, args, message):
+  out = run(module, *(a.format(tmp=tmp_path) for a in args))
+  assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+  assert message.format(tmp=tmp_path) in out.stderr, out.stderr[-2000:]
+  assert 'Traceback' not in out.stderr

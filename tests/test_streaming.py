@@ -1,0 +1,308 @@
+"""Streaming: record and synthetic sources, grain-read batches that equal the in-memory path's,
+each process's rows, resumption, and the host→device prefetch thread."""
+
+import shutil
+import threading
+import time
+
+import ml_collections
+import numpy as np
+import pytest
+
+from captcha_jax import data, images, streaming, synthetic
+from captcha_jax.errors import DataError
+from captcha_jax.vocab import Vocab
+from configs import tiny
+
+pytest.importorskip('grain', reason='pip install grain')
+
+ALPHABET = '2345678bcdefgmnpwxy'
+VOCAB = Vocab(ALPHABET)
+AUGMENT = ml_collections.ConfigDict(
+  dict(
+    enabled=True, max_shift_x=4.0, max_shift_y=3.0, max_rotation=3.0, max_scale=0.05, max_shear=0.1
+  )
+)
+# Named with the alphabet's characters, so only their bytes make them unusable.
+BROKEN = ('bbbbb', 'ccccc', 'ddddd', 'eeeee', 'fffff', 'ggggg')
+
+
+class InMemory:
+  """A data.Dataset seen through the source protocol (what `Dataset.example` would give)."""
+
+  def __init__(self, dataset: data.Dataset):
+    self.dataset, self.paths = dataset, dataset.paths
+
+  def __len__(self) -> int:
+    return len(self.dataset)
+
+  def example(self, index: int):
+    return self.dataset.images[index], self.dataset.texts[index]
+
+
+class Recording:
+  """A source that notes every index read, to check what a process reads and when."""
+
+  def __init__(self, source):
+    self.source, self.paths, self.reads = source, source.paths, []
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def example(self, index: int):
+    self.reads.append(index)  # list.append is atomic: safe from grain's threads
+    return self.source.example(index)
+
+
+@pytest.fixture(scope='module')
+def splits(captcha_dir, tmp_path_factory):
+  """(config, in-memory splits, record sources) of the tiny set plus a few undecodable files."""
+  pytest.importorskip('tensorflow_datasets', reason="pip install 'captcha-jax[tfds]'")
+  folder = tmp_path_factory.mktemp('streamed') / 'data'
+  shutil.copytree(captcha_dir, folder)
+  for name in BROKEN:
+    (folder / f'{name}.png').write_bytes(b'not a png')
+  config = tiny.get_config()
+  config.data_dir = str(folder)
+  config.tfds_data_dir = str(tmp_path_factory.mktemp('tfds'))
+  config, examples = data.resolve(config, lambda h, w: 1000)
+  memory = data.load_in_memory(config, examples)
+  records = streaming.open_records(config, examples)
+  return config, memory, records
+
+
+def spec_of(config, size: int = 8) -> data.BatchSpec:
+  return data.BatchSpec.of(config, size)
+
+
+def assert_same_batches(expected, got, expected_paths, got_paths):
+  """Batch for batch: the same files in the same rows, and equal arrays."""
+  expected, got = list(expected), list(got)
+  assert len(got) == len(expected) > 0
+  for (want_indices, want), (indices, batch) in zip(expected, got, strict=True):
+    assert [got_paths[i] for i in indices] == [expected_paths[i] for i in want_indices]
+    assert batch.keys() == want.keys()
+    for key in want:
+      np.testing.assert_array_equal(batch[key], want[key], err_msg=key)
+
+
+def test_record_source_is_the_in_memory_dataset_element_for_element(splits):
+  config, memory, records = splits
+  for name in data.SPLITS:
+    source, dataset = records[name], memory[name]
+    assert source.paths == dataset.paths and source.texts == dataset.texts
+    for i in range(len(source)):
+      image, text = source.example(i)
+      assert image.dtype == np.uint8 and image.shape == (32, 96, 3)
+      np.testing.assert_array_equal(image, dataset.images[i])
+      assert text == dataset.texts[i]
+  # Undecodable files are left out of both paths, and the record source names them.
+  missing = [p for name in data.SPLITS for p in records[name].missing]
+  assert sorted(missing) == sorted(f'{config.data_dir}/{name}.png' for name in BROKEN)
+  assert any(records['train'].missing)  # so the train comparisons below cover a gap
+
+
+def test_streamed_train_batches_equal_the_in_memory_batches(splits):
+  config, memory, records = splits
+  spec, seed = spec_of(config), (config.seed, 3)
+  expected = data.train_batches(memory['train'], spec, seed, AUGMENT)
+  got = streaming.train_batches(records['train'], spec, VOCAB, seed, AUGMENT, workers=2)
+  assert_same_batches(expected, got, memory['train'].paths, records['train'].paths)
+  # Another seed is another order: the comparison above is not trivially true.
+  other = next(streaming.train_batches(records['train'], spec, VOCAB, (config.seed, 4), AUGMENT))
+  first = next(data.train_batches(memory['train'], spec, seed, AUGMENT))
+  assert not np.array_equal(other[1]['image'], first[1]['image'])
+
+
+def test_streamed_train_batches_in_worker_processes_equal_the_in_memory_batches(splits):
+  config, memory, records = splits
+  spec, seed = spec_of(config), (config.seed, 1)
+  expected = data.train_batches(memory['train'], spec, seed, AUGMENT)
+  got = streaming.train_batches(
+    records['train'], spec, VOCAB, seed, AUGMENT, workers=1, processes=2
+  )
+  assert_same_batches(expected, got, memory['train'].paths, records['train'].paths)
+
+
+@pytest.mark.parametrize('first_batch', [1, 4])
+def test_a_resumed_epoch_is_the_tail_of_the_full_epoch(splits, first_batch):
+  config, _, records = splits
+  spec, seed = spec_of(config), (config.seed, 2)
+  full = list(streaming.train_batches(records['train'], spec, VOCAB, seed, AUGMENT))
+  assert len(full) == len(records['train']) // spec.size > first_batch
+  source = Recording(records['train'])
+  resumed = streaming.train_batches(source, spec, VOCAB, seed, AUGMENT, first_batch=first_batch)
+  assert_same_batches(full[first_batch:], resumed, source.paths, source.paths)
+  skipped = {int(i) for indices, _ in full[:first_batch] for i in indices}
+  assert not skipped & set(source.reads)  # the batches already done are not read again
+
+
+@pytest.mark.parametrize('count', [2, 4])
+def test_each_process_reads_only_its_rows_of_the_global_batch(splits, count):
+  config, _, records = splits
+  spec, seed = spec_of(config), (config.seed, 5)
+  whole = list(streaming.train_batches(records['train'], spec, VOCAB, seed, AUGMENT))
+  shares, reads = [], []
+  for process in range(count):
+    source = Recording(records['train'])
+    shard = (process, count)
+    shares.append(list(streaming.train_batches(source, spec, VOCAB, seed, AUGMENT, shard=shard)))
+    reads.append(source.reads)
+  for b, (indices, batch) in enumerate(whole):
+    parts = [share[b] for share in shares]
+    assert all(len(part_indices) == spec.size // count for part_indices, _ in parts)
+    np.testing.assert_array_equal(np.concatenate([i for i, _ in parts]), indices)
+    for key in batch:
+      np.testing.assert_array_equal(np.concatenate([p[key] for _, p in parts]), batch[key])
+  for process, read in enumerate(reads):
+    own = [int(i) for indices, _ in shares[process] for i in indices]
+    assert sorted(read) == sorted(own)  # its rows, and nothing of the other processes'
+  assert sum(len(r) for r in reads) == len(set().union(*map(set, reads)))  # disjoint
+
+
+def test_streaming_reads_only_a_few_batches_ahead(splits):
+  config, _, records = splits
+  source, spec = Recording(records['train']), spec_of(config, 4)
+  batches = streaming.train_batches(source, spec, VOCAB, (0, 1), workers=2, prefetch=2)
+  next(batches)
+  time.sleep(0.2)  # give the reading threads time to run ahead as far as they may
+  assert len(source.reads) <= 3 * spec.size < len(source)  # the batch taken and two ahead
+  batches.close()
+
+
+@pytest.mark.parametrize('shard', [(0, 1), (1, 2)])
+def test_eval_batches_cover_each_example_once_with_the_padding_masked(splits, shard):
+  config, memory, records = splits
+  spec = spec_of(config, 4)  # 6 validation images: one full batch and one padded
+  source = records['val']
+  assert len(source) % spec.size  # the last batch is padded
+  expected = data.eval_batches(memory['val'], spec, shard=shard)
+  got = list(streaming.eval_batches(source, spec, VOCAB, shard=shard))
+  assert_same_batches(expected, got, memory['val'].paths, source.paths)
+  if shard == (0, 1):
+    real = np.concatenate([indices[batch['mask'] > 0] for indices, batch in got])
+    np.testing.assert_array_equal(real, np.arange(len(source)))
+    assert sum(int((batch['mask'] == 0).sum()) for _, batch in got) == -len(source) % spec.size
+
+
+def test_an_in_memory_dataset_streams_to_its_own_batches(splits):
+  """Any source of the protocol gives the in-memory batches: a Dataset with `example` too."""
+  config, memory, _ = splits
+  spec, seed, dataset = spec_of(config), (0, 7), memory['train']
+  expected = data.train_batches(dataset, spec, seed, AUGMENT, shard=(1, 2), first_batch=2)
+  got = streaming.train_batches(
+    InMemory(dataset), spec, VOCAB, seed, AUGMENT, shard=(1, 2), first_batch=2, workers=0
+  )
+  assert_same_batches(expected, got, dataset.paths, dataset.paths)
+
+
+def test_bad_sources_get_clear_errors(splits):
+  config, memory, _ = splits
+  with pytest.raises(DataError, match='fewer than batch_size=64'):
+    streaming.train_batches(InMemory(memory['val']), spec_of(config, 64), VOCAB, (0, 1))
+  narrow = Vocab('2345678')  # the labels hold letters it lacks
+  with pytest.raises(DataError, match=r'\.png: .*outside the alphabet'):
+    next(streaming.train_batches(InMemory(memory['train']), spec_of(config), narrow, (0, 1)))
+  short = data.BatchSpec(8, 32, 96, 4)
+  with pytest.raises(DataError, match='longer than max_label_length=4'):
+    next(streaming.eval_batches(InMemory(memory['train']), short, VOCAB))
+  wrong_size = data.BatchSpec(8, 50, 200, 5)
+  with pytest.raises(DataError, match=r'not uint8 \(50, 200, 3\)'):
+    next(streaming.eval_batches(InMemory(memory['train']), wrong_size, VOCAB))
+
+
+def test_record_source_refuses_a_copy_made_from_other_examples(splits):
+  _, _, records = splits
+  train = records['train']
+  others = [data.Example(p, t) for p, t in zip(train.paths[1:], train.texts[1:], strict=True)]
+  with pytest.raises(DataError, match='prepared from other examples'):
+    streaming.RecordSource(train.records, others, 32, 96)
+
+
+def synthetic_source(seed: int = 3, size: int = 6) -> streaming.SyntheticSource:
+  return streaming.SyntheticSource(
+    seed, size, alphabet=ALPHABET, lengths=(4, 5), case='keep', style='varied', height=32, width=96
+  )
+
+
+def test_synthetic_source_is_the_synthetic_stream_and_fresh_every_epoch():
+  source = synthetic_source()
+  again = synthetic_source()
+  seen = set()
+  for epoch in range(3):
+    this, same = source.for_epoch(epoch), again.for_epoch(epoch)
+    for i in range(len(this)):
+      image, text = this.example(i)
+      reference, reference_text = synthetic.sample(
+        epoch * 6 + i, 3, alphabet=ALPHABET, lengths=(4, 5), style='varied', width=96, height=32
+      )
+      np.testing.assert_array_equal(image, images.load_image(reference, 32, 96))
+      assert text == reference_text
+      np.testing.assert_array_equal(same.example(i)[0], image)  # deterministic
+      seen.add(image.tobytes())
+    assert list(this.paths) == [f'synthetic:3:{epoch * 6 + i}' for i in range(6)]
+  assert len(seen) == 18  # three epochs, no image twice
+  assert not np.array_equal(synthetic_source(seed=4).example(0)[0], source.example(0)[0])
+
+
+def test_synthetic_batches_in_worker_processes_equal_those_read_here():
+  source, spec = synthetic_source(size=16).for_epoch(2), data.BatchSpec(4, 32, 96, 5)
+  expected = streaming.train_batches(source, spec, VOCAB, (0, 2), AUGMENT, workers=0)
+  got = streaming.train_batches(source, spec, VOCAB, (0, 2), AUGMENT, workers=1, processes=2)
+  assert_same_batches(expected, got, source.paths, source.paths)
+
+
+# --- prefetch_to_device. ---
+
+
+def test_prefetch_to_device_keeps_the_order_and_applies_put():
+  got = list(streaming.prefetch_to_device(iter(range(20)), lambda x: x * 10, size=2))
+  assert got == [x * 10 for x in range(20)]
+  assert not any(t.name == 'prefetch_to_device' for t in threading.enumerate())
+
+
+def test_prefetch_to_device_raises_the_source_and_put_errors_in_order():
+  def failing():
+    yield from range(3)
+    raise DataError('broken batch')
+
+  got = []
+  with pytest.raises(DataError, match='broken batch'):
+    for item in streaming.prefetch_to_device(failing(), lambda x: x):
+      got.append(item)
+  assert got == [0, 1, 2]
+
+  def put(x):
+    if x == 2:
+      raise RuntimeError('device full')
+    return x
+
+  got = []
+  with pytest.raises(RuntimeError, match='device full'):
+    for item in streaming.prefetch_to_device(iter(range(5)), put):
+      got.append(item)
+  assert got == [0, 1]
+
+
+def test_prefetch_to_device_stops_and_closes_its_source_when_the_consumer_stops():
+  produced, closed = [], threading.Event()
+
+  def endless():
+    try:
+      i = 0
+      while True:
+        produced.append(i)
+        yield i
+        i += 1
+    finally:
+      closed.set()
+
+  source = endless()  # held here, as a training loop holds its batches: closing is not left to GC
+  prefetched = streaming.prefetch_to_device(source, lambda x: x, size=2)
+  for item in prefetched:
+    if item == 4:
+      break
+  prefetched.close()
+  assert closed.is_set()  # the source was closed: grain's threads and processes stop with it
+  assert not any(t.name == 'prefetch_to_device' for t in threading.enumerate())
+  assert len(produced) <= 5 + 2 + 1  # taken, queued, and the one being put

@@ -1,0 +1,142 @@
+"""A workdir belongs to one run at a time, its files are written whole, and a resume must find
+the same model and split, or it is refused."""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from captcha_jax import train
+from captcha_jax import workdir as run_folder
+from captcha_jax.errors import ConfigError
+from captcha_jax.predict import Predictor
+from tests.test_checkpoints import damage
+
+
+def test_a_second_run_on_a_locked_workdir_is_refused(tmp_path, tiny_config):
+  with run_folder.lock(tmp_path):
+    with pytest.raises(ConfigError, match=rf"'{tmp_path}' is in use by another run \(process "):
+      train.train_and_evaluate(tiny_config, tmp_path)
+  assert not (tmp_path / 'config.json').exists()
+
+
+def test_the_lock_goes_with_a_killed_process(tmp_path):
+  holder = subprocess.Popen(
+    [
+      sys.executable,
+      '-c',
+      'import sys, time\nfrom pathlib import Path\nfrom captcha_jax import workdir\n'
+      'with workdir.lock(Path(sys.argv[1])):\n  print("locked", flush=True)\n  time.sleep(60)\n',
+      str(tmp_path),
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  assert holder.stdout.readline().strip() == 'locked'
+  with pytest.raises(ConfigError, match=f'process {holder.pid}'), run_folder.lock(tmp_path):
+    pass
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  with run_folder.lock(tmp_path):
+    pass  # free again
+
+
+def test_a_failed_write_keeps_the_old_file_whole(tmp_path, monkeypatch):
+  path = tmp_path / 'metrics.jsonl'
+  run_folder.write_atomic(path, 'old\n')
+
+  def full_disk(*args):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(os, 'fsync', full_disk)
+  with pytest.raises(OSError, match='No space'):
+    run_folder.write_atomic(path, 'new and much longer\n' * 100)
+  assert path.read_text() == 'old\n'
+  assert [p.name for p in tmp_path.iterdir()] == ['metrics.jsonl']  # no temporary left
+
+
+def test_json_outputs_never_hold_nan(tmp_path):
+  run_folder.write_json(tmp_path / 'r.json', {'a': float('nan'), 'b': [1.0, float('inf')], 'c': 2})
+  text = (tmp_path / 'r.json').read_text()
+  assert json.loads(text) == {'a': None, 'b': [1.0, None], 'c': 2}
+  assert 'NaN' not in text and 'Infinity' not in text
+
+
+@pytest.fixture
+def copy_of_run(trained, tmp_path):
+  config, workdir, results = trained
+  copy = tmp_path / 'run'
+  shutil.copytree(workdir, copy)
+  return config.copy_and_resolve_references(), copy, results
+
+
+@pytest.mark.slow
+def test_a_line_cut_by_a_crash_does_not_stop_the_rerun(copy_of_run):
+  config, workdir, _ = copy_of_run
+  with open(workdir / 'metrics.jsonl', 'a') as f:
+    f.write('{"epoch": 4, "step": 24, "train_lo')  # the disk filled up mid-line
+  config.num_epochs = 4
+  train.train_and_evaluate(config, workdir)
+  rows = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['epoch'] for r in rows] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_a_resume_that_would_move_images_between_splits_is_refused(copy_of_run, copy_of):
+  config, workdir, _ = copy_of_run
+  config.split_seed = 1
+  with pytest.raises(ConfigError, match='different split_seed'):
+    train.train_and_evaluate(config, workdir)
+  config.split_seed = 0
+  folder = copy_of(config.data_dir)
+  config.data_dir = str(folder)
+  with pytest.raises(ConfigError, match='different data_dir'):
+    train.train_and_evaluate(config, workdir)
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['data_dir'] != str(folder) and saved['split_seed'] == 0  # left as it was
+
+
+@pytest.mark.slow
+def test_a_changed_folder_is_refused_on_resume(trained, tmp_path, copy_of):
+  config, _, _ = trained
+  config = config.copy_and_resolve_references()
+  config.data_dir = str(copy_of(config.data_dir))
+  config.num_epochs = 1
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config, workdir)
+  victim = sorted(os.listdir(config.data_dir))[0]
+  os.remove(os.path.join(config.data_dir, victim))
+  config.num_epochs = 2
+  with pytest.raises(ConfigError, match=r'different \w+ split \(\d+ → \d+ images\)'):
+    train.train_and_evaluate(config, workdir)
+
+
+@pytest.mark.slow
+def test_prediction_falls_back_past_a_damaged_best_checkpoint(copy_of_run, caplog):
+  _, workdir, results = copy_of_run
+  damage(
+    workdir / 'checkpoints' / str(results['best_step']) / 'state'
+  )  # its metrics still say best
+  predictor = Predictor.from_workdir(workdir)
+  assert f'Checkpoint {results["best_step"]}' in caplog.text
+  [reading] = predictor.predict([np.full((50, 200, 3), 255, np.uint8)])
+  assert 0 <= reading.confidence <= 1
+
+
+@pytest.mark.slow
+def test_training_resumes_past_a_damaged_latest_checkpoint(copy_of_run, caplog):
+  config, workdir, _ = copy_of_run
+  latest = max(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  damage(workdir / 'checkpoints' / str(latest))
+  again = train.train_and_evaluate(config, workdir)
+  assert f'Checkpoint {latest}' in caplog.text and 'damaged' in caplog.text
+  assert list((workdir / 'checkpoints' / 'damaged').iterdir())
+  rows = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['epoch'] for r in rows] == [1, 2, 3]
+  assert again['best_step'] in (6, 12, 18)
