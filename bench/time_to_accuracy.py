@@ -36,6 +36,7 @@ def main():
   parser.add_argument('--seeds', type=int, default=3)
   parser.add_argument('--config', default='configs/default.py')
   parser.add_argument('--workdir', default=None, help='Keeps the runs here (default: a temp dir).')
+  parser.add_argument('--json', action='store_true', help='also print the rows as JSON')
   args, overrides = parser.parse_known_args()
   base = Path(args.workdir or tempfile.mkdtemp(prefix='captcha_accuracy_')).absolute()
   rows = []
@@ -128,6 +129,8 @@ def main():
     values = [r[k] for r in rows if r[k] is not None]
     mean[k] = statistics.mean(values) if len(values) == len(rows) else None
   print(' | '.join(['mean'] + [fmt(mean[k], k in pct) for k in keys[1:]]))
+  if args.json:
+    print(json.dumps({'seeds': rows, 'mean': mean}))
 
 
 if __name__ == '__main__':

@@ -188,6 +188,9 @@ def predict(argv: Sequence[str] | None = None) -> None:
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument('--workdir', help='The --workdir of a training run.')
   source.add_argument('--onnx', help='A model written by captcha-jax-export --format onnx.')
+  source.add_argument(
+    '--pretrained', action='store_true', help='The general reader shipped with the package.'
+  )
   parser.add_argument('--output', help='Write the readings to this .csv or .jsonl file too.')
   parser.add_argument('--allowed', default='', help='Read only these characters.')
   _cpu_tuning_flag(parser)
@@ -204,7 +207,7 @@ def predict(argv: Sequence[str] | None = None) -> None:
     if args.cpu_tuning:
       host.tune_cpu(predicting.BATCH_SIZE)
     _quiet_orbax()
-    reader = load_reader(args.workdir, args.onnx)
+    reader = load_reader(args.workdir, args.onnx, args.pretrained)
     paths = list(predicting.expand_paths(args.inputs))
     failed = 0
     out = open(args.output, 'w', newline='', encoding='utf-8') if args.output else None  # noqa: SIM115
@@ -236,18 +239,21 @@ def predict(argv: Sequence[str] | None = None) -> None:
   _run(action)
 
 
-def load_reader(workdir: str | None = None, onnx: str | None = None):
-  """A reader (`predict.Predictor` or `onnx_reader.OnnxReader`) of a run or of an ONNX file;
-  JAX is imported only for a run."""
-  if (workdir is None) == (onnx is None):
-    raise UserError('Give exactly one of --workdir (a training run) or --onnx (an exported model).')
+def load_reader(workdir: str | None = None, onnx: str | None = None, pretrained: bool = False):
+  """A reader (`predict.Predictor` or `onnx_reader.OnnxReader`) of a run, of an ONNX file, or
+  the pretrained one; JAX is imported only for a run or the pretrained reader."""
+  if (workdir is not None) + (onnx is not None) + pretrained != 1:
+    raise UserError(
+      'Give exactly one of --workdir (a training run), --onnx (an exported model) or '
+      '--pretrained (the reader shipped with the package).'
+    )
   if onnx:
     from captcha_jax.onnx_reader import OnnxReader
 
     return OnnxReader(onnx)
   from captcha_jax.predict import Predictor
 
-  return Predictor.from_workdir(workdir)
+  return Predictor.pretrained() if pretrained else Predictor.from_workdir(workdir)
 
 
 # --- export ---
@@ -299,6 +305,9 @@ def serve(argv: Sequence[str] | None = None) -> None:
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument('--workdir', help='A training run: serve its best checkpoint.')
   source.add_argument('--onnx', help='An exported ONNX model to serve.')
+  source.add_argument(
+    '--pretrained', action='store_true', help='The general reader shipped with the package.'
+  )
   parser.add_argument(
     '--host',
     default='127.0.0.1',
@@ -331,11 +340,11 @@ def serve(argv: Sequence[str] | None = None) -> None:
     from captcha_jax import host
 
     serving.require_serving()  # before loading a model for nothing
-    if args.cpu_tuning and args.workdir:
+    if args.cpu_tuning and not args.onnx:
       host.tune_cpu(args.max_batch)
     _quiet_orbax()
     serving.serve_reader(
-      load_reader(args.workdir, args.onnx),
+      load_reader(args.workdir, args.onnx, args.pretrained),
       host=args.host,
       port=args.port,
       warmup=args.warmup,

@@ -171,17 +171,18 @@ def train_and_evaluate(
     writer = MetricWriter(workdir, resumed_step=step, enabled=main_process)
     elapsed_before = writer.rows[-1]['elapsed_s'] if writer.rows else 0.0
     loop = _Loop(config, mesh, train_step, eval_step, splits, vocab, schedule, manager, writer)
-    with StopSignals() as stop:
-      state = loop.run(state, step, progress, stop, start_time - elapsed_before)
-    writer.close()
-
-    best_step, state = checkpoints.first_intact(
-      checkpoints.reading_order(workdir),
-      lambda s: checkpoints.restore(manager, s, state)[0],
-      str(workdir),
-      set_aside,
-    )
-    manager.close()
+    try:
+      with StopSignals() as stop:
+        state = loop.run(state, step, progress, stop, start_time - elapsed_before)
+      best_step, state = checkpoints.first_intact(
+        checkpoints.reading_order(workdir),
+        lambda s: checkpoints.restore(manager, s, state)[0],
+        str(workdir),
+        set_aside,
+      )
+    finally:
+      writer.close()
+      manager.close()
     results: dict = {'best_epoch': -(-best_step // steps_per_epoch), 'best_step': best_step}
     test_readings = []
     for name, dataset in splits.items():

@@ -473,7 +473,7 @@ def test_the_command_takes_exactly_one_model(capsys):
     with pytest.raises(SystemExit) as done:
       cli.serve(argv)
     assert done.value.code == 2
-  assert 'one of the arguments --workdir --onnx' in capsys.readouterr().err
+  assert 'one of the arguments --workdir --onnx --pretrained' in capsys.readouterr().err
   with pytest.raises(UserError, match='exactly one'):
     cli.load_reader()
 
