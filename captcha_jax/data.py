@@ -1,7 +1,8 @@
-"""The input pipeline on the host: labelled examples, the split, the settings read from the data,
-decoding into memory, and fixed-shape batches of uint8 images.
+"""The data on the host: labelled examples, the split, the settings read from the data, decoding
+into memory, the batch layout and the augmentation.
 
-    examples (folder names or a labels file) → usable ones → split → Dataset per split → batches
+    examples (folder names or a labels file) → usable ones → split → Dataset per split
+        → (sources.py, batches.py) → batches of `BatchSpec`
 
 The jitted steps get arrays of one shape (`BatchSpec`), so they compile once; images stay uint8
 until the model's own preprocessing runs on the device.
@@ -14,7 +15,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ml_collections
@@ -55,6 +56,10 @@ class Dataset:
 
   def __len__(self) -> int:
     return len(self.paths)
+
+  def example(self, index: int) -> tuple[np.ndarray, str]:
+    """Element `index` as ([height, width, 3] uint8, text): a `sources.ExampleSource`."""
+    return self.images[index], self.texts[index]
 
   def subset(self, indices: np.ndarray) -> 'Dataset':
     return Dataset(
@@ -350,19 +355,6 @@ def load_in_memory(config: ml_collections.ConfigDict, examples: dict[str, list[E
   return splits
 
 
-def prepare(
-  config: ml_collections.ConfigDict, output_steps: Callable[[int, int], int]
-) -> tuple[ml_collections.ConfigDict, Splits]:
-  """`resolve`d config and the splits decoded into memory (from the folder, or through the
-  tensorflow-datasets builder with config.data_source = 'tfds')."""
-  config, examples = resolve(config, output_steps)
-  if config.data_source == 'tfds':
-    from captcha_jax import tfds_builder  # optional: pip install 'captcha-jax[tfds]'
-
-    return config, tfds_builder.load_splits(config, examples)
-  return config, load_in_memory(config, examples)
-
-
 def _header_size(path: str) -> tuple[int, int] | None:
   try:
     return images.image_size(path)
@@ -474,6 +466,12 @@ class BatchSpec:
     )
 
 
+def label_texts(labels: np.ndarray, label_paddings: np.ndarray, vocab: Vocab) -> list[str]:
+  """The texts of a batch's rows: labels [b, L] and label_paddings [b, L] as `BatchSpec` lays
+  them out, back to characters."""
+  return [vocab.decode(ids[p == 0]) for ids, p in zip(labels, label_paddings, strict=True)]
+
+
 def local_rows(batch_size: int, shard: tuple[int, int]) -> slice:
   """This process's rows of a global batch: the batch is split evenly across processes."""
   process, count = shard
@@ -481,58 +479,3 @@ def local_rows(batch_size: int, shard: tuple[int, int]) -> slice:
     raise DataError(f'batch size {batch_size} does not divide among {count} processes.')
   per_process = batch_size // count
   return slice(process * per_process, (process + 1) * per_process)
-
-
-def train_batches(
-  dataset: Dataset,
-  spec: BatchSpec,
-  seed: Sequence[int],
-  augment_config=None,
-  *,
-  shard: tuple[int, int] = (0, 1),
-  first_batch: int = 0,
-) -> Iterator[tuple[np.ndarray, Batch]]:
-  """One epoch of shuffled full batches (the remainder is dropped; the next epoch reshuffles).
-
-  The order comes from `seed` (e.g. (config.seed, epoch)) and each example's augmentation from
-  (seed, its position in the epoch), so every process of a multi-process run sees the same global
-  batches, whatever the process count, and a resumed epoch can start at `first_batch`. Yields
-  (indices into `dataset`, batch) for this process's rows (shard = (process index, process
-  count)) of each global batch of `spec.size`.
-  """
-  if len(dataset) < spec.size:
-    raise DataError(
-      f'The train split has {len(dataset)} image(s), fewer than batch_size={spec.size}: '
-      'add images or lower --config.batch_size.'
-    )
-  rows = local_rows(spec.size, shard)
-  order = np.random.default_rng(list(seed)).permutation(len(dataset))
-  for start in range(first_batch * spec.size, len(order) - spec.size + 1, spec.size):
-    positions = np.arange(start, start + spec.size)[rows]
-    indices = order[positions]
-    pixels = dataset.images[indices]
-    if augment_config is not None and augment_config.enabled:
-      pixels = np.stack(
-        [
-          augment_image(im, np.random.default_rng([*seed, int(p)]), augment_config)
-          for im, p in zip(pixels, positions, strict=True)
-        ]
-      )
-    mask = np.ones(len(indices), np.float32)
-    yield indices, spec.make(pixels, dataset.labels[indices], dataset.lengths[indices], mask)
-
-
-def eval_batches(
-  dataset: Dataset, spec: BatchSpec, *, shard: tuple[int, int] = (0, 1)
-) -> Iterator[tuple[np.ndarray, Batch]]:
-  """Every item once, in order, in global batches of one shape; the last is padded and masked
-  (mask 0). Yields (indices, batch) for this process's rows of each global batch."""
-  rows = local_rows(spec.size, shard)
-  for start in range(0, len(dataset), spec.size):
-    real = np.arange(start, min(start + spec.size, len(dataset)))
-    indices = np.concatenate([real, np.full(spec.size - len(real), real[0])])[rows]
-    mask = (np.arange(spec.size) < len(real))[rows]
-    yield (
-      indices,
-      spec.make(dataset.images[indices], dataset.labels[indices], dataset.lengths[indices], mask),
-    )

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
-from captcha_jax import data, decoding, metrics, models, plots
+from captcha_jax import batches, data, decoding, metrics, models, plots, sources
 from captcha_jax import workdir as run_folder
 from captcha_jax.predict import Predictor
 
@@ -43,29 +43,34 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int 
   config = predictor.config.copy_and_resolve_references()
   if data_dir:
     config.data_dir = data_dir
-  _, splits = data.prepare(config, functools.partial(models.output_steps, config.model))
+  _, splits = sources.prepare(config, functools.partial(models.output_steps, config.model))
   report = {}
-  for name, dataset in splits.items():
-    readings = []
-    for start in range(0, len(dataset), predictor.batch_size):
-      readings += predictor.read_pixels(dataset.images[start : start + predictor.batch_size])
+  for name, source in splits.items():
+    readings, targets, paths = [], [], []
+    spec = data.BatchSpec.of(config, predictor.batch_size)
+    for indices, batch in batches.eval_batches(source, spec, predictor.vocab):
+      real = batch['mask'] > 0
+      readings += predictor.read_pixels(batch['image'][real])
+      targets += data.label_texts(
+        batch['labels'][real], batch['label_paddings'][real], predictor.vocab
+      )
+      paths += [source.paths[i] for i in indices[real]]
     raw, fixed = decoding.texts(readings)
     report[name] = {
-      'images': len(dataset),
-      **metrics.reading_metrics(raw, fixed, dataset.texts),
+      'images': len(source),
+      **metrics.reading_metrics(raw, fixed, targets),
       'confusions': [
         {'true': t, 'read': r, 'count': n}
-        for (t, r), n in confusions(raw, dataset.texts).most_common(top)
+        for (t, r), n in confusions(raw, targets).most_common(top)
       ],
       'errors': [
         {'file': path, 'true': true, 'read': read}
-        for path, true, read in zip(dataset.paths, dataset.texts, raw, strict=True)
+        for path, true, read in zip(paths, targets, raw, strict=True)
         if true != read
       ],
     }
     if name == 'test':
-      figure = plots.predictions_figure(dataset.images, raw, dataset.texts)
-      plots.save(figure, workdir / 'predictions.png')
+      plots.save(plots.predictions_figure(source, raw, targets), workdir / 'predictions.png')
   run_folder.write_json(workdir / 'evaluation.json', report)
   run_folder.write_atomic(workdir / 'evaluation.txt', format_report(report))
   return report

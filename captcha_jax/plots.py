@@ -7,7 +7,6 @@ this module changes nothing in a notebook's own plotting.
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from matplotlib.figure import Figure
 
 
@@ -29,12 +28,10 @@ def history_figure(history: Sequence[dict]) -> Figure:
 
 
 def predictions_figure(
-  images: np.ndarray,
-  predictions: Sequence[str],
-  targets: Sequence[str],
-  max_images: int = 24,
+  source, predictions: Sequence[str], targets: Sequence[str], max_images: int = 24
 ) -> Figure:
-  """A grid of images titled 'predicted (true)'; wrong readings in red, listed first."""
+  """A grid of `source`'s images (anything with `example(i)` → (image, text)) titled
+  'predicted (true)'; wrong readings in red, listed first."""
   order = sorted(range(len(targets)), key=lambda i: predictions[i] == targets[i])[:max_images]
   cols = 4
   rows = max(1, (len(order) + cols - 1) // cols)
@@ -44,7 +41,7 @@ def predictions_figure(
     ax.axis('off')
   for ax, i in zip(axes.flat, order, strict=False):
     right = predictions[i] == targets[i]
-    ax.imshow(images[i])
+    ax.imshow(source.example(i)[0])
     title = predictions[i] if right else f'{predictions[i] or "∅"} ({targets[i]})'
     ax.set_title(title, color='green' if right else 'red', fontsize=10)
   fig.tight_layout()

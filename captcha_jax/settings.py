@@ -14,7 +14,7 @@ AUTO = 'auto'  # config.alphabet: the characters of the training split's labels
 AUTO_LENGTH = -1  # config.fixed_label_length: the common length when every label has one
 CHOICES = {
   'case': ('keep', 'lower', 'upper'),
-  'data_source': ('folder', 'tfds'),
+  'data_source': ('folder', 'tfds', 'synthetic'),
   'nan_policy': ('skip', 'stop'),
   'model.dtype': ('float32', 'bfloat16', 'float16'),
 }
@@ -28,6 +28,7 @@ WHOLE_POSITIVE = (
   'model.projection_size',
   'model.rnn_hidden_size',
   'model.rnn_layers',
+  'prefetch_batches',
 )
 # Narrower images would leave the trunk no width to read; any captcha is far wider.
 MIN_SIDE = 16
@@ -45,7 +46,14 @@ def _check(name: str, value) -> str | None:
   """What is wrong with config.<name> = value, or None."""
   if name in WHOLE_POSITIVE:
     return None if _int(value) and value > 0 else 'must be a whole number > 0'
-  if name in ('seed', 'split_seed', 'max_label_length', 'image_width'):
+  if name in (
+    'seed',
+    'split_seed',
+    'max_label_length',
+    'image_width',
+    'input_workers',
+    'input_processes',
+  ):
     return None if _int(value) and value >= 0 else 'must be a whole number ≥ 0'
   if name == 'image_height':
     return None if _int(value) and value >= MIN_SIDE else f'must be a whole number ≥ {MIN_SIDE}'

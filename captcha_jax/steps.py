@@ -153,13 +153,16 @@ def train_step(
 
 
 def eval_step(state: TrainState, batch: data.Batch) -> dict[str, jax.Array]:
-  """Per-example CTC loss [batch] and per-step log-probabilities [batch, time, classes]."""
+  """Per-example CTC loss [batch], per-step log-probabilities [batch, time, classes], and the
+  batch's labels (replicated like the rest, so every process reads every row's text)."""
   logits = state.apply_fn(
     {'params': state.ema_params, 'batch_stats': state.batch_stats}, batch['image'], train=False
   )
   return {
     'loss': ctc.ctc_loss(logits, batch['labels'], batch['label_paddings']),
     'log_probs': jax.nn.log_softmax(logits),
+    'labels': batch['labels'],
+    'label_paddings': batch['label_paddings'],
   }
 
 

@@ -1,7 +1,7 @@
 """A tensorflow-datasets builder for a resolved captcha set: the same splits as the folder
-pipeline, stored as array_record and read through `as_data_source`, so neither building nor
-reading needs TensorFlow. Install with `pip install 'captcha-jax[tfds]'`; train from it with
-`--config.data_source=tfds`.
+pipeline, stored as array_record and read record by record (`sources.RecordSource`), so neither
+building nor reading needs TensorFlow, and a set of any size trains in flat memory. Install with
+`pip install 'captcha-jax[tfds]'`; train from it with `--config.data_source=tfds`.
 
 A prepared copy is named by a fingerprint of everything it was made from (the settings and
 every source file's path, size and modification time), so a changed folder is prepared anew
@@ -15,13 +15,11 @@ import os
 from pathlib import Path
 
 import ml_collections
-import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
 from captcha_jax import data, images
 from captcha_jax.errors import DataError
-from captcha_jax.vocab import Vocab
 
 TFDS_SPLITS = {'train': 'train', 'val': 'validation', 'test': 'test'}
 
@@ -103,19 +101,3 @@ def builder(
   )
   result.download_and_prepare()
   return result
-
-
-def load_splits(
-  config: ml_collections.ConfigDict, examples: dict[str, list[data.Example]]
-) -> data.Splits:
-  """train/val/test read back from the prepared copy, into memory."""
-  prepared = builder(config, examples)
-  vocab = Vocab(config.alphabet)
-  splits = {}
-  for name, split in TFDS_SPLITS.items():
-    source = prepared.as_data_source(split)
-    records = [source[i] for i in range(len(source))]
-    rows = [data.Example(r['file_name'].decode(), r['label'].decode()) for r in records]
-    pixels = [np.asarray(r['image'], np.uint8) for r in records]
-    splits[name] = data.dataset_from_arrays(pixels, rows, vocab, config.max_label_length)
-  return splits

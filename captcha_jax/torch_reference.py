@@ -149,6 +149,45 @@ def crnn_to_flax(model: TorchCRNN) -> dict:
   }
 
 
+def flax_to_torch(variables: dict, model: TorchCRNN) -> TorchCRNN:
+  """Loads captcha_jax CRNN variables {'params', 'batch_stats'} into `model` (the inverse of
+  `crnn_to_flax`) and returns it. The backbone keys map through `port`'s one torchvision naming;
+  every tensor of the model's state_dict is replaced (load_state_dict is strict), except the
+  BatchNorm counters `num_batches_tracked`, which captcha_jax does not keep."""
+  params, stats = variables['params'], variables['batch_stats']
+
+  def array(x) -> torch.Tensor:
+    return torch.from_numpy(np.array(x, np.float32))  # a writable copy: jax arrays are read-only
+
+  state = model.state_dict()
+  loaded = {}
+  for key, value in state.items():
+    if not key.startswith('backbone.'):
+      continue
+    target = port._flax_path(key[len('backbone.') :])
+    if target is None:
+      loaded[key] = value  # num_batches_tracked
+      continue
+    collection, path, leaf = target
+    node = (params if collection == 'params' else stats)['backbone']
+    for name in path:
+      node = node[name]
+    x = np.asarray(node[leaf], np.float32)
+    loaded[key] = array(x.transpose(3, 2, 0, 1) if leaf == 'kernel' else x)
+  for name in ('projection', 'head'):
+    loaded[f'{name}.weight'] = array(np.asarray(params[name]['kernel']).T)
+    loaded[f'{name}.bias'] = array(params[name]['bias'])
+  for layer_direction, gru in params['rnn'].items():
+    layer, direction = layer_direction.split('_')  # 'l0', 'forward' | 'backward'
+    suffix = f'{layer}_reverse' if direction == 'backward' else layer
+    loaded[f'rnn.weight_ih_{suffix}'] = array(np.asarray(gru['input_kernel']).T)
+    loaded[f'rnn.bias_ih_{suffix}'] = array(gru['input_bias'])
+    loaded[f'rnn.weight_hh_{suffix}'] = array(np.asarray(gru['hidden_kernel']).T)
+    loaded[f'rnn.bias_hh_{suffix}'] = array(gru['hidden_bias'])
+  model.load_state_dict(loaded, strict=True)
+  return model
+
+
 def normalized_nchw(images: np.ndarray) -> torch.Tensor:
   """uint8 NHWC images as the torch model's input: the CRNN's own preprocessing, in NCHW."""
   return nchw(np.asarray(models.preprocess(images)))

@@ -21,7 +21,18 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from captcha_jax import checkpoints, data, decoding, metrics, models, plots, settings, steps
+from captcha_jax import (
+  batches,
+  checkpoints,
+  data,
+  decoding,
+  metrics,
+  models,
+  plots,
+  settings,
+  sources,
+  steps,
+)
 from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError, UserError
 from captcha_jax.metric_writer import MetricWriter
@@ -39,30 +50,41 @@ class Diverged(UserError):
 def evaluate_split(
   eval_step: Callable,
   state: steps.TrainState,
-  dataset: data.Dataset,
+  source: sources.ExampleSource,
   config: ml_collections.ConfigDict,
   vocab: Vocab,
   mesh: Mesh,
-) -> tuple[dict[str, float], list[decoding.Reading]]:
-  """Loss, exact match and CER (raw and post-processed) over `dataset`; and its readings."""
-  losses, log_probs = [], []
+) -> tuple[dict[str, float], list[decoding.Reading], list[str]]:
+  """Loss, exact match and CER (raw and post-processed) over `source`; its readings and true
+  texts, in order."""
+  losses, log_probs, targets = [], [], []
   spec = data.BatchSpec.of(config, config.eval_batch_size)
+  stream = batches.eval_batches(
+    source, spec, vocab, shard=steps.process_shard(), workers=config.input_workers
+  )
   for start, (_, batch) in zip(
-    range(0, len(dataset), spec.size),
-    data.eval_batches(dataset, spec, shard=steps.process_shard()),
-    strict=True,
+    range(0, len(source), spec.size), device_batches(stream, mesh, config), strict=True
   ):
-    out = jax.device_get(eval_step(state, steps.to_device(batch, mesh)))
-    real = np.arange(start, start + spec.size) < len(dataset)  # the global batch's real rows
+    out = jax.device_get(eval_step(state, batch))
+    real = np.arange(start, start + spec.size) < len(source)  # the global batch's real rows
     losses.append(out['loss'][real])
     log_probs.append(out['log_probs'][real])
+    targets += data.label_texts(out['labels'][real], out['label_paddings'][real], vocab)
   readings = decoding.read(np.concatenate(log_probs), vocab, config.fixed_label_length)
   raw, fixed = decoding.texts(readings)
   result = {
     'loss': float(np.mean(np.concatenate(losses))),
-    **metrics.reading_metrics(raw, fixed, dataset.texts),
+    **metrics.reading_metrics(raw, fixed, targets),
   }
-  return result, readings
+  return result, readings, targets
+
+
+def device_batches(stream, mesh: Mesh, config: ml_collections.ConfigDict):
+  """(indices, batch) of `stream` with each batch on the devices, copied while the previous step
+  runs."""
+  return batches.prefetch_to_device(
+    stream, lambda item: (item[0], steps.to_device(item[1], mesh)), config.prefetch_batches
+  )
 
 
 def collapse_warning(texts: list[str]) -> str | None:
@@ -123,7 +145,7 @@ def train_and_evaluate(
   workdir = Path(workdir).absolute()
   main_process = jax.process_index() == 0  # the one that prints and writes files
   with run_folder.lock(workdir, enabled=main_process):
-    config, splits = data.prepare(config, functools.partial(models.output_steps, config.model))
+    config, splits = sources.prepare(config, functools.partial(models.output_steps, config.model))
     fingerprint = data.split_fingerprint(splits)
     run_folder.check_resumable(workdir, config, fingerprint)
     devices = jax.device_count()
@@ -184,18 +206,16 @@ def train_and_evaluate(
       writer.close()
       manager.close()
     results: dict = {'best_epoch': -(-best_step // steps_per_epoch), 'best_step': best_step}
-    test_readings = []
-    for name, dataset in splits.items():
-      results[name], readings = evaluate_split(eval_step, state, dataset, config, vocab, mesh)
-      test_readings = readings if name == 'test' else test_readings
+    for name, source in splits.items():
+      results[name], readings, targets = evaluate_split(
+        eval_step, state, source, config, vocab, mesh
+      )
     if main_process:
       run_folder.write_json(workdir / 'results.json', results)
       plots.save(plots.history_figure(writer.rows), workdir / 'loss.png')
-      test = splits['test']
-      texts = [r.raw_text for r in test_readings]
-      plots.save(
-        plots.predictions_figure(test.images, texts, test.texts), workdir / 'predictions.png'
-      )
+      texts = [r.raw_text for r in readings]  # the test split's, the last evaluated
+      figure = plots.predictions_figure(splits['test'], texts, targets)
+      plots.save(figure, workdir / 'predictions.png')
     logging.info('Results of epoch %d: %s', results['best_epoch'], results)
     return results
 
@@ -224,7 +244,7 @@ class _Loop:
           'learned: lower config.learning_rate, or look for broken images among the files '
           'logged above.'
         )
-      val, readings = evaluate_split(
+      val, readings, _ = evaluate_split(
         self.eval_step, state, self.splits['val'], self.config, self.vocab, self.mesh
       )
       row = {
@@ -268,13 +288,17 @@ class _Loop:
     replays the same order and augmentation and skips the batches already done."""
     config, dataset = self.config, self.splits['train']
     spec = data.BatchSpec.of(config, config.batch_size)
-    batches = data.train_batches(
-      dataset,
+    source = dataset.for_epoch(epoch) if isinstance(dataset, sources.SyntheticSource) else dataset
+    stream = batches.train_batches(
+      source,
       spec,
+      self.vocab,
       (config.seed, epoch),
       config.augment,
       shard=steps.process_shard(),
       first_batch=first_batch,
+      workers=config.input_workers,
+      processes=config.input_processes,
     )
     tally = {
       'loss_sum': progress.get('loss_sum', 0.0),
@@ -293,13 +317,14 @@ class _Loop:
     )
     pending = None
     multi_process = jax.process_count() > 1
-    for indices, batch in batches:
+    on_device = device_batches(stream, self.mesh, config)
+    for indices, batch in on_device:
       requested = bool(stop)
       if requested and not multi_process:
         tally['stopped'] = True
         break
       votes = steps.stop_votes(requested, self.mesh)
-      state, step_metrics = self.train_step(state, steps.to_device(batch, self.mesh), votes)
+      state, step_metrics = self.train_step(state, batch, votes)
       tally['batches'] += 1
       bar.update()
       # Read the previous step's metrics, so the host never waits on the step just queued.
@@ -308,6 +333,7 @@ class _Loop:
       if agreed:  # every process reads the same vote, so all stop after this same step
         tally['stopped'] = True
         break
+    on_device.close()  # stops the reading threads of an epoch left early
     if pending is not None:
       self._record(pending, tally, dataset, bar)
     bar.close()
@@ -320,7 +346,7 @@ class _Loop:
       )
     return state, tally
 
-  def _record(self, pending, tally: dict, dataset: data.Dataset, bar) -> bool:
+  def _record(self, pending, tally: dict, dataset: sources.ExampleSource, bar) -> bool:
     """Adds one step's metrics to the tally; returns whether some process voted to stop."""
     indices, step_metrics = pending
     m = jax.device_get(step_metrics)

@@ -38,6 +38,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.split_seed = 0  # fixes the split; separate from `seed` so runs share one split
   config.skip_bad_files = True  # False: any unusable file stops the run
   config.nan_policy = 'skip'  # non-finite loss/gradient: 'skip' the step (logged) or 'stop'
+  # Batches are read by grain ahead of the step: threads (decoding and warping run in Pillow's
+  # C code), or worker processes for Python-heavy sources (the generator) on machines with cores
+  # to spare; and copied to the devices this many batches ahead.
+  config.input_workers = 2
+  config.input_processes = 0
+  config.prefetch_batches = 2
 
   config.augment = ml_collections.ConfigDict()
   # Small affine warps on the host (~0.1 ms an image).

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captcha_jax import data, models, synthetic
+from captcha_jax import batches, data, models, sources, synthetic
 from captcha_jax.errors import DataError
 from captcha_jax.vocab import Vocab
 from configs import tiny
@@ -93,8 +93,8 @@ def test_split_too_small_names_the_problem():
 
 def test_train_batches_fixed_shape_shuffled_reproducibly(captcha_dir):
   ds = load(captcha_dir)
-  first = list(data.train_batches(ds, spec(16), (3,)))
-  again = list(data.train_batches(ds, spec(16), (3,)))
+  first = list(batches.train_batches(ds, spec(16), VOCAB, (3,)))
+  again = list(batches.train_batches(ds, spec(16), VOCAB, (3,)))
   assert len(first) == 3  # 60 // 16; the remainder waits for the next epoch's shuffle
   for (indices, batch), (same, _) in zip(first, again, strict=True):
     assert batch['image'].shape == (16, 32, 96, 3) and batch['image'].dtype == np.uint8
@@ -110,7 +110,7 @@ def test_batch_spec_is_the_one_layout(captcha_dir):
   """Host batches, fake batches and the spec's shapes agree entry by entry."""
   ds = load(captcha_dir)
   layout = spec(8)
-  _, real = next(data.train_batches(ds, layout, (0,)))
+  _, real = next(batches.train_batches(ds, layout, VOCAB, (0,)))
   fake = layout.random(num_classes=20)
   for batch in (real, fake):
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == layout.shapes()
@@ -119,8 +119,8 @@ def test_batch_spec_is_the_one_layout(captcha_dir):
 
 def test_augmentation_changes_pixels_but_not_shape(captcha_dir):
   ds = load(captcha_dir)
-  plain_indices, plain = next(data.train_batches(ds, spec(8), (0,)))
-  warped_indices, warped = next(data.train_batches(ds, spec(8), (0,), AUGMENT))
+  plain_indices, plain = next(batches.train_batches(ds, spec(8), VOCAB, (0,)))
+  warped_indices, warped = next(batches.train_batches(ds, spec(8), VOCAB, (0,), AUGMENT))
   np.testing.assert_array_equal(plain_indices, warped_indices)
   assert warped['image'].shape == plain['image'].shape
   assert np.abs(warped['image'].astype(float) - plain['image']).mean() > 5
@@ -136,10 +136,10 @@ def test_identity_augmentation_is_exact():
 
 def test_eval_batches_pad_and_mask_the_last_batch(captcha_dir):
   ds = load(captcha_dir)
-  batches = list(data.eval_batches(ds, spec(25)))
-  assert [b['image'].shape[0] for _, b in batches] == [25, 25, 25]
-  assert [int(b['mask'].sum()) for _, b in batches] == [25, 25, 10]
-  real = np.concatenate([indices[b['mask'] > 0] for indices, b in batches])
+  stream = list(batches.eval_batches(ds, spec(25), VOCAB))
+  assert [b['image'].shape[0] for _, b in stream] == [25, 25, 25]
+  assert [int(b['mask'].sum()) for _, b in stream] == [25, 25, 10]
+  real = np.concatenate([indices[b['mask'] > 0] for indices, b in stream])
   np.testing.assert_array_equal(real, np.arange(60))
 
 
@@ -166,7 +166,7 @@ def test_bad_files_are_skipped_with_warnings_naming_each(captcha_dir, copy_of, c
   folder = copy_of(captcha_dir)
   _add_bad_files(folder)
   caplog.set_level(logging.WARNING)
-  config, splits = data.prepare(
+  config, splits = sources.prepare(
     config_for(folder, max_label_length=5),
     functools.partial(models.output_steps, tiny.get_config().model),
   )
@@ -189,16 +189,19 @@ def test_bad_files_are_fatal_when_asked(captcha_dir, copy_of):
 
 def test_process_shards_are_disjoint_and_rebuild_the_global_batch(captcha_dir):
   ds = load(captcha_dir)
-  whole = list(data.train_batches(ds, spec(16), (5, 2), AUGMENT))
-  parts = [list(data.train_batches(ds, spec(16), (5, 2), AUGMENT, shard=(p, 4))) for p in range(4)]
+  whole = list(batches.train_batches(ds, spec(16), VOCAB, (5, 2), AUGMENT))
+  parts = [
+    list(batches.train_batches(ds, spec(16), VOCAB, (5, 2), AUGMENT, shard=(p, 4)))
+    for p in range(4)
+  ]
   for i, (indices, batch) in enumerate(whole):
     np.testing.assert_array_equal(np.concatenate([part[i][0] for part in parts]), indices)
     for key in ('image', 'labels'):
       joined = np.concatenate([part[i][1][key] for part in parts])
       np.testing.assert_array_equal(joined, batch[key])
-  resumed = list(data.train_batches(ds, spec(16), (5, 2), AUGMENT, first_batch=2))
+  resumed = list(batches.train_batches(ds, spec(16), VOCAB, (5, 2), AUGMENT, first_batch=2))
   np.testing.assert_array_equal(resumed[0][1]['image'], whole[2][1]['image'])
-  evals = [list(data.eval_batches(ds, spec(16), shard=(p, 2))) for p in range(2)]
+  evals = [list(batches.eval_batches(ds, spec(16), VOCAB, shard=(p, 2))) for p in range(2)]
   real = np.concatenate(
     [idx[b['mask'] > 0] for pair in zip(*evals, strict=True) for idx, b in pair]
   )

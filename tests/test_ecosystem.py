@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captcha_jax import data, evaluate, export
+from captcha_jax import data, evaluate, export, sources
 from captcha_jax.errors import DataError
 from captcha_jax.predict import Predictor
 
@@ -136,22 +136,6 @@ def test_export_rejects_other_and_damaged_files(trained, tmp_path):
     export.load(tmp_path / 'old')
 
 
-def test_tfds_builder_gives_the_folder_split(tiny_config, tmp_path):
-  pytest.importorskip('tensorflow_datasets', reason="pip install 'captcha-jax[tfds]'")
-  output_steps = lambda h, w: 1000  # noqa: E731
-  _, folder = data.prepare(tiny_config, output_steps)
-  tiny_config.data_source = 'tfds'
-  tiny_config.tfds_data_dir = str(tmp_path / 'tfds')
-  _, built = data.prepare(tiny_config, output_steps)
-  for name in ('train', 'val', 'test'):
-    # tfds orders records by a hash of their keys: compare file by file.
-    order, reference = np.argsort(built[name].paths), np.argsort(folder[name].paths)
-    assert [built[name].paths[i] for i in order] == [folder[name].paths[i] for i in reference]
-    assert [built[name].texts[i] for i in order] == [folder[name].texts[i] for i in reference]
-    np.testing.assert_array_equal(built[name].labels[order], folder[name].labels[reference])
-    np.testing.assert_array_equal(built[name].images[order], folder[name].images[reference])
-
-
 def test_tfds_copy_is_prepared_anew_when_the_folder_changes(captcha_dir, copy_of, tmp_path):
   pytest.importorskip('tensorflow_datasets', reason="pip install 'captcha-jax[tfds]'")
   from configs import tiny
@@ -160,10 +144,10 @@ def test_tfds_copy_is_prepared_anew_when_the_folder_changes(captcha_dir, copy_of
   config = tiny.get_config()
   config.update(data_dir=str(folder), data_source='tfds', tfds_data_dir=str(tmp_path / 'tfds'))
   output_steps = lambda h, w: 1000  # noqa: E731
-  _, first = data.prepare(config, output_steps)
+  _, first = sources.prepare(config, output_steps)
   victim = first['train'].paths[0]
   Path(victim).unlink()  # the folder changes: one training image fewer
-  _, second = data.prepare(config, output_steps)
+  _, second = sources.prepare(config, output_steps)
   assert len(second['train']) == len(first['train']) - 1 and victim not in second['train'].paths
   prepared = list((tmp_path / 'tfds' / 'captcha_images').iterdir())
   assert len(prepared) == 2  # one copy per fingerprint

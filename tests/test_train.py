@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from captcha_jax import data, metrics, train
+from captcha_jax import data, metrics, sources, train
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
 
@@ -72,7 +72,7 @@ def test_predictor_reads_like_evaluation(trained):
   predictor = Predictor.from_workdir(workdir)
   split = json.loads((workdir / 'split.json').read_text())
   config = predictor.config
-  _, splits = data.prepare(config, lambda h, w: 1000)
+  _, splits = sources.prepare(config, lambda h, w: 1000)
   test = splits['test']
   assert split['test']['images'] == len(test)
   from_paths = predictor.predict(list(test.paths))
@@ -185,14 +185,14 @@ STEP_SCRIPT = textwrap.dedent(
     import json, sys
     import jax, numpy as np
     sys.path.insert(0, {root!r})
-    from captcha_jax import data, models, steps, train
+    from captcha_jax import batches, data, models, sources, steps, train
     from captcha_jax.vocab import Vocab
     from configs import tiny
     config = tiny.get_config()
     config.data_dir = {data_dir!r}
     config.model.dropout = 0.0  # each device draws its own masks
     config.ema_decay = 0.0
-    config, splits = data.prepare(config, lambda h, w: 1000)
+    config, splits = sources.prepare(config, lambda h, w: 1000)
     vocab = Vocab(config.alphabet)
     sharded = {sharded!r}
     axis_name = steps.DATA_AXIS if sharded else None
@@ -204,7 +204,8 @@ STEP_SCRIPT = textwrap.dedent(
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     step = steps.compile_steps(config, mesh, state)[0] if sharded else jax.jit(steps.train_step)
     losses = []
-    for _, batch in data.train_batches(splits['train'], data.BatchSpec.of(config, 8), (0,)):
+    spec = data.BatchSpec.of(config, 8)
+    for _, batch in batches.train_batches(splits['train'], spec, vocab, (0,), workers=0):
       votes = steps.stop_votes(False, mesh)
       state, m = step(state, steps.to_device(batch, mesh), votes)
       losses.append(float(m['loss']))

@@ -1,15 +1,17 @@
-"""Streaming: record and synthetic sources, grain-read batches that equal the in-memory path's,
-each process's rows, resumption, and the host→device prefetch thread."""
+"""Sources and batches: record and synthetic sources, grain-read batches that equal a plain
+written-out reading of the contract on every source, each process's rows, resumption, and the
+host→device prefetch thread."""
 
 import shutil
 import threading
 import time
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 import numpy as np
 import pytest
 
-from captcha_jax import data, images, streaming, synthetic
+from captcha_jax import batches, data, images, sources, synthetic
 from captcha_jax.errors import DataError
 from captcha_jax.vocab import Vocab
 from configs import tiny
@@ -27,17 +29,63 @@ AUGMENT = ml_collections.ConfigDict(
 BROKEN = ('bbbbb', 'ccccc', 'ddddd', 'eeeee', 'fffff', 'ggggg')
 
 
-class InMemory:
-  """A data.Dataset seen through the source protocol (what `Dataset.example` would give)."""
+# The contract of batches.train_batches / eval_batches, written out as plainly as possible over
+# an in-memory Dataset: the reference every source and every grain setting must reproduce.
 
-  def __init__(self, dataset: data.Dataset):
-    self.dataset, self.paths = dataset, dataset.paths
 
-  def __len__(self) -> int:
-    return len(self.dataset)
+def reference_train_batches(
+  dataset: data.Dataset,
+  spec: data.BatchSpec,
+  seed: Sequence[int],
+  augment_config=None,
+  *,
+  shard: tuple[int, int] = (0, 1),
+  first_batch: int = 0,
+) -> Iterator[tuple[np.ndarray, data.Batch]]:
+  """One epoch of shuffled full batches (the remainder is dropped; the next epoch reshuffles).
 
-  def example(self, index: int):
-    return self.dataset.images[index], self.dataset.texts[index]
+  The order comes from `seed` (e.g. (config.seed, epoch)) and each example's augmentation from
+  (seed, its position in the epoch), so every process of a multi-process run sees the same global
+  batches, whatever the process count, and a resumed epoch can start at `first_batch`. Yields
+  (indices into `dataset`, batch) for this process's rows (shard = (process index, process
+  count)) of each global batch of `spec.size`.
+  """
+  if len(dataset) < spec.size:
+    raise DataError(
+      f'The train split has {len(dataset)} image(s), fewer than batch_size={spec.size}: '
+      'add images or lower --config.batch_size.'
+    )
+  rows = data.local_rows(spec.size, shard)
+  order = np.random.default_rng(list(seed)).permutation(len(dataset))
+  for start in range(first_batch * spec.size, len(order) - spec.size + 1, spec.size):
+    positions = np.arange(start, start + spec.size)[rows]
+    indices = order[positions]
+    pixels = dataset.images[indices]
+    if augment_config is not None and augment_config.enabled:
+      pixels = np.stack(
+        [
+          data.augment_image(im, np.random.default_rng([*seed, int(p)]), augment_config)
+          for im, p in zip(pixels, positions, strict=True)
+        ]
+      )
+    mask = np.ones(len(indices), np.float32)
+    yield indices, spec.make(pixels, dataset.labels[indices], dataset.lengths[indices], mask)
+
+
+def reference_eval_batches(
+  dataset: data.Dataset, spec: data.BatchSpec, *, shard: tuple[int, int] = (0, 1)
+) -> Iterator[tuple[np.ndarray, data.Batch]]:
+  """Every item once, in order, in global batches of one shape; the last is padded and masked
+  (mask 0). Yields (indices, batch) for this process's rows of each global batch."""
+  rows = data.local_rows(spec.size, shard)
+  for start in range(0, len(dataset), spec.size):
+    real = np.arange(start, min(start + spec.size, len(dataset)))
+    indices = np.concatenate([real, np.full(spec.size - len(real), real[0])])[rows]
+    mask = (np.arange(spec.size) < len(real))[rows]
+    yield (
+      indices,
+      spec.make(dataset.images[indices], dataset.labels[indices], dataset.lengths[indices], mask),
+    )
 
 
 class Recording:
@@ -67,7 +115,7 @@ def splits(captcha_dir, tmp_path_factory):
   config.tfds_data_dir = str(tmp_path_factory.mktemp('tfds'))
   config, examples = data.resolve(config, lambda h, w: 1000)
   memory = data.load_in_memory(config, examples)
-  records = streaming.open_records(config, examples)
+  records = sources.open_records(config, examples)
   return config, memory, records
 
 
@@ -105,22 +153,20 @@ def test_record_source_is_the_in_memory_dataset_element_for_element(splits):
 def test_streamed_train_batches_equal_the_in_memory_batches(splits):
   config, memory, records = splits
   spec, seed = spec_of(config), (config.seed, 3)
-  expected = data.train_batches(memory['train'], spec, seed, AUGMENT)
-  got = streaming.train_batches(records['train'], spec, VOCAB, seed, AUGMENT, workers=2)
+  expected = reference_train_batches(memory['train'], spec, seed, AUGMENT)
+  got = batches.train_batches(records['train'], spec, VOCAB, seed, AUGMENT, workers=2)
   assert_same_batches(expected, got, memory['train'].paths, records['train'].paths)
   # Another seed is another order: the comparison above is not trivially true.
-  other = next(streaming.train_batches(records['train'], spec, VOCAB, (config.seed, 4), AUGMENT))
-  first = next(data.train_batches(memory['train'], spec, seed, AUGMENT))
+  other = next(batches.train_batches(records['train'], spec, VOCAB, (config.seed, 4), AUGMENT))
+  first = next(reference_train_batches(memory['train'], spec, seed, AUGMENT))
   assert not np.array_equal(other[1]['image'], first[1]['image'])
 
 
 def test_streamed_train_batches_in_worker_processes_equal_the_in_memory_batches(splits):
   config, memory, records = splits
   spec, seed = spec_of(config), (config.seed, 1)
-  expected = data.train_batches(memory['train'], spec, seed, AUGMENT)
-  got = streaming.train_batches(
-    records['train'], spec, VOCAB, seed, AUGMENT, workers=1, processes=2
-  )
+  expected = reference_train_batches(memory['train'], spec, seed, AUGMENT)
+  got = batches.train_batches(records['train'], spec, VOCAB, seed, AUGMENT, workers=1, processes=2)
   assert_same_batches(expected, got, memory['train'].paths, records['train'].paths)
 
 
@@ -128,10 +174,10 @@ def test_streamed_train_batches_in_worker_processes_equal_the_in_memory_batches(
 def test_a_resumed_epoch_is_the_tail_of_the_full_epoch(splits, first_batch):
   config, _, records = splits
   spec, seed = spec_of(config), (config.seed, 2)
-  full = list(streaming.train_batches(records['train'], spec, VOCAB, seed, AUGMENT))
+  full = list(batches.train_batches(records['train'], spec, VOCAB, seed, AUGMENT))
   assert len(full) == len(records['train']) // spec.size > first_batch
   source = Recording(records['train'])
-  resumed = streaming.train_batches(source, spec, VOCAB, seed, AUGMENT, first_batch=first_batch)
+  resumed = batches.train_batches(source, spec, VOCAB, seed, AUGMENT, first_batch=first_batch)
   assert_same_batches(full[first_batch:], resumed, source.paths, source.paths)
   skipped = {int(i) for indices, _ in full[:first_batch] for i in indices}
   assert not skipped & set(source.reads)  # the batches already done are not read again
@@ -141,12 +187,12 @@ def test_a_resumed_epoch_is_the_tail_of_the_full_epoch(splits, first_batch):
 def test_each_process_reads_only_its_rows_of_the_global_batch(splits, count):
   config, _, records = splits
   spec, seed = spec_of(config), (config.seed, 5)
-  whole = list(streaming.train_batches(records['train'], spec, VOCAB, seed, AUGMENT))
+  whole = list(batches.train_batches(records['train'], spec, VOCAB, seed, AUGMENT))
   shares, reads = [], []
   for process in range(count):
     source = Recording(records['train'])
     shard = (process, count)
-    shares.append(list(streaming.train_batches(source, spec, VOCAB, seed, AUGMENT, shard=shard)))
+    shares.append(list(batches.train_batches(source, spec, VOCAB, seed, AUGMENT, shard=shard)))
     reads.append(source.reads)
   for b, (indices, batch) in enumerate(whole):
     parts = [share[b] for share in shares]
@@ -163,11 +209,11 @@ def test_each_process_reads_only_its_rows_of_the_global_batch(splits, count):
 def test_streaming_reads_only_a_few_batches_ahead(splits):
   config, _, records = splits
   source, spec = Recording(records['train']), spec_of(config, 4)
-  batches = streaming.train_batches(source, spec, VOCAB, (0, 1), workers=2, prefetch=2)
-  next(batches)
+  stream = batches.train_batches(source, spec, VOCAB, (0, 1), workers=2, prefetch=2)
+  next(stream)
   time.sleep(0.2)  # give the reading threads time to run ahead as far as they may
   assert len(source.reads) <= 3 * spec.size < len(source)  # the batch taken and two ahead
-  batches.close()
+  stream.close()
 
 
 @pytest.mark.parametrize('shard', [(0, 1), (1, 2)])
@@ -176,8 +222,8 @@ def test_eval_batches_cover_each_example_once_with_the_padding_masked(splits, sh
   spec = spec_of(config, 4)  # 6 validation images: one full batch and one padded
   source = records['val']
   assert len(source) % spec.size  # the last batch is padded
-  expected = data.eval_batches(memory['val'], spec, shard=shard)
-  got = list(streaming.eval_batches(source, spec, VOCAB, shard=shard))
+  expected = reference_eval_batches(memory['val'], spec, shard=shard)
+  got = list(batches.eval_batches(source, spec, VOCAB, shard=shard))
   assert_same_batches(expected, got, memory['val'].paths, source.paths)
   if shard == (0, 1):
     real = np.concatenate([indices[batch['mask'] > 0] for indices, batch in got])
@@ -189,9 +235,9 @@ def test_an_in_memory_dataset_streams_to_its_own_batches(splits):
   """Any source of the protocol gives the in-memory batches: a Dataset with `example` too."""
   config, memory, _ = splits
   spec, seed, dataset = spec_of(config), (0, 7), memory['train']
-  expected = data.train_batches(dataset, spec, seed, AUGMENT, shard=(1, 2), first_batch=2)
-  got = streaming.train_batches(
-    InMemory(dataset), spec, VOCAB, seed, AUGMENT, shard=(1, 2), first_batch=2, workers=0
+  expected = reference_train_batches(dataset, spec, seed, AUGMENT, shard=(1, 2), first_batch=2)
+  got = batches.train_batches(
+    dataset, spec, VOCAB, seed, AUGMENT, shard=(1, 2), first_batch=2, workers=0
   )
   assert_same_batches(expected, got, dataset.paths, dataset.paths)
 
@@ -199,16 +245,16 @@ def test_an_in_memory_dataset_streams_to_its_own_batches(splits):
 def test_bad_sources_get_clear_errors(splits):
   config, memory, _ = splits
   with pytest.raises(DataError, match='fewer than batch_size=64'):
-    streaming.train_batches(InMemory(memory['val']), spec_of(config, 64), VOCAB, (0, 1))
+    batches.train_batches(memory['val'], spec_of(config, 64), VOCAB, (0, 1))
   narrow = Vocab('2345678')  # the labels hold letters it lacks
   with pytest.raises(DataError, match=r'\.png: .*outside the alphabet'):
-    next(streaming.train_batches(InMemory(memory['train']), spec_of(config), narrow, (0, 1)))
+    next(batches.train_batches(memory['train'], spec_of(config), narrow, (0, 1)))
   short = data.BatchSpec(8, 32, 96, 4)
   with pytest.raises(DataError, match='longer than max_label_length=4'):
-    next(streaming.eval_batches(InMemory(memory['train']), short, VOCAB))
+    next(batches.eval_batches(memory['train'], short, VOCAB))
   wrong_size = data.BatchSpec(8, 50, 200, 5)
   with pytest.raises(DataError, match=r'not uint8 \(50, 200, 3\)'):
-    next(streaming.eval_batches(InMemory(memory['train']), wrong_size, VOCAB))
+    next(batches.eval_batches(memory['train'], wrong_size, VOCAB))
 
 
 def test_record_source_refuses_a_copy_made_from_other_examples(splits):
@@ -216,11 +262,11 @@ def test_record_source_refuses_a_copy_made_from_other_examples(splits):
   train = records['train']
   others = [data.Example(p, t) for p, t in zip(train.paths[1:], train.texts[1:], strict=True)]
   with pytest.raises(DataError, match='prepared from other examples'):
-    streaming.RecordSource(train.records, others, 32, 96)
+    sources.RecordSource(train.records, others, 32, 96)
 
 
-def synthetic_source(seed: int = 3, size: int = 6) -> streaming.SyntheticSource:
-  return streaming.SyntheticSource(
+def synthetic_source(seed: int = 3, size: int = 6) -> sources.SyntheticSource:
+  return sources.SyntheticSource(
     seed, size, alphabet=ALPHABET, lengths=(4, 5), case='keep', style='varied', height=32, width=96
   )
 
@@ -247,8 +293,8 @@ def test_synthetic_source_is_the_synthetic_stream_and_fresh_every_epoch():
 
 def test_synthetic_batches_in_worker_processes_equal_those_read_here():
   source, spec = synthetic_source(size=16).for_epoch(2), data.BatchSpec(4, 32, 96, 5)
-  expected = streaming.train_batches(source, spec, VOCAB, (0, 2), AUGMENT, workers=0)
-  got = streaming.train_batches(source, spec, VOCAB, (0, 2), AUGMENT, workers=1, processes=2)
+  expected = batches.train_batches(source, spec, VOCAB, (0, 2), AUGMENT, workers=0)
+  got = batches.train_batches(source, spec, VOCAB, (0, 2), AUGMENT, workers=1, processes=2)
   assert_same_batches(expected, got, source.paths, source.paths)
 
 
@@ -256,7 +302,7 @@ def test_synthetic_batches_in_worker_processes_equal_those_read_here():
 
 
 def test_prefetch_to_device_keeps_the_order_and_applies_put():
-  got = list(streaming.prefetch_to_device(iter(range(20)), lambda x: x * 10, size=2))
+  got = list(batches.prefetch_to_device(iter(range(20)), lambda x: x * 10, size=2))
   assert got == [x * 10 for x in range(20)]
   assert not any(t.name == 'prefetch_to_device' for t in threading.enumerate())
 
@@ -268,7 +314,7 @@ def test_prefetch_to_device_raises_the_source_and_put_errors_in_order():
 
   got = []
   with pytest.raises(DataError, match='broken batch'):
-    for item in streaming.prefetch_to_device(failing(), lambda x: x):
+    for item in batches.prefetch_to_device(failing(), lambda x: x):
       got.append(item)
   assert got == [0, 1, 2]
 
@@ -279,7 +325,7 @@ def test_prefetch_to_device_raises_the_source_and_put_errors_in_order():
 
   got = []
   with pytest.raises(RuntimeError, match='device full'):
-    for item in streaming.prefetch_to_device(iter(range(5)), put):
+    for item in batches.prefetch_to_device(iter(range(5)), put):
       got.append(item)
   assert got == [0, 1]
 
@@ -298,7 +344,7 @@ def test_prefetch_to_device_stops_and_closes_its_source_when_the_consumer_stops(
       closed.set()
 
   source = endless()  # held here, as a training loop holds its batches: closing is not left to GC
-  prefetched = streaming.prefetch_to_device(source, lambda x: x, size=2)
+  prefetched = batches.prefetch_to_device(source, lambda x: x, size=2)
   for item in prefetched:
     if item == 4:
       break
