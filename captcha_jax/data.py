@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -323,7 +324,14 @@ def resolve(
   report_problems(
     unreadable, 'labels the model cannot read', config.skip_bad_files or auto_alphabet
   )
-  check_label_fit(splits, vocab, output_steps(config.image_height, config.image_width))
+  steps = output_steps(config.image_height, config.image_width)
+  check_label_fit(splits, vocab, steps)
+  if config.get('blank_prior') == settings.AUTO_PRIOR and splits['train']:
+    mean_length = statistics.mean(len(e.text) for e in splits['train'])
+    config.blank_prior = round(1 - mean_length / steps, 4)
+    logging.info(
+      'Initial blank probability 1 - %.2f/%d = %s.', mean_length, steps, config.blank_prior
+    )
   logging.info(
     'Data %s: %s; alphabet %r (%d symbols), labels of %s character(s), images %d×%d.',
     folder,

@@ -239,6 +239,19 @@ class BiGRU(nn.Module):
     return x
 
 
+def blank_prior_bias(prior: float):
+  """Head bias initialiser: softmax(bias) gives the blank (class 0) probability `prior` and the
+  other classes equal shares of the rest; 0 keeps the zero bias (every class equally likely)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    bias = jnp.zeros(shape, dtype)
+    if prior <= 0:
+      return bias
+    return bias.at[0].set(jnp.log(prior * (shape[0] - 1) / (1 - prior)).astype(dtype))
+
+  return init
+
+
 class CRNN(nn.Module):
   """ResNet-18 trunk → columns as a sequence → BiGRU → per-step class logits for CTC.
 
@@ -256,6 +269,7 @@ class CRNN(nn.Module):
   rnn_hidden_size: int = 128
   rnn_layers: int = 2
   dropout: float = 0.1
+  blank_prior: float = 0.0
   dtype: Any = jnp.float32
   axis_name: str | None = None
 
@@ -276,12 +290,20 @@ class CRNN(nn.Module):
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = BiGRU(self.rnn_hidden_size, self.rnn_layers, self.dropout, self.dtype, name='rnn')(x, train)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+    logits = nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      bias_init=blank_prior_bias(self.blank_prior),
+      name='head',
+    )(x)
     return logits.astype(jnp.float32)
 
 
-def create_model(model_config, num_classes: int, axis_name: str | None = None) -> CRNN:
-  """The CRNN described by `config.model`; `axis_name` for training under `shard_map`."""
+def create_model(
+  model_config, num_classes: int, axis_name: str | None = None, blank_prior: float = 0.0
+) -> CRNN:
+  """The CRNN described by `config.model`; `axis_name` for training under `shard_map`;
+  `blank_prior` only sets the head's initial bias (see `blank_prior_bias`)."""
   return CRNN(
     num_classes=num_classes,
     backbone_layers=model_config.backbone_layers,
@@ -291,6 +313,7 @@ def create_model(model_config, num_classes: int, axis_name: str | None = None) -
     rnn_hidden_size=model_config.rnn_hidden_size,
     rnn_layers=model_config.rnn_layers,
     dropout=model_config.dropout,
+    blank_prior=blank_prior,
     dtype=jnp.dtype(model_config.dtype),
     axis_name=axis_name,
   )

@@ -12,6 +12,7 @@ from captcha_jax.errors import ConfigError
 
 AUTO = 'auto'  # config.alphabet: the characters of the training split's labels
 AUTO_LENGTH = -1  # config.fixed_label_length: the common length when every label has one
+AUTO_PRIOR = -1  # config.blank_prior: 1 - (mean label length) / (CTC steps)
 CHOICES = {
   'case': ('keep', 'lower', 'upper'),
   'data_source': ('folder', 'tfds', 'synthetic'),
@@ -64,6 +65,9 @@ def _check(name: str, value) -> str | None:
     return None if _number(value) and value > 0 else 'must be a finite number > 0'
   if name in ('weight_decay', 'warmup_epochs') or name.startswith('augment.max_'):
     return None if _number(value) and value >= 0 else 'must be a finite number ≥ 0'
+  if name == 'blank_prior':
+    ok = _number(value) and (value == AUTO_PRIOR or 0 <= value < 1)
+    return None if ok else f'must be a number in [0, 1), or {AUTO_PRIOR} (from the data)'
   if name in ('ema_decay', 'model.dropout'):
     return None if _number(value) and 0 <= value < 1 else 'must be a number in [0, 1)'
   if name in CHOICES:

@@ -211,6 +211,14 @@ def synthetic_settings(config: ml_collections.ConfigDict) -> ml_collections.Conf
   return config
 
 
+def _resolve_blank_prior(config: ml_collections.ConfigDict, steps: int) -> None:
+  """config.blank_prior = -1 → 1 - L/T for the generator's mean length L, as `data.resolve`
+  does for a folder's training labels."""
+  if config.blank_prior == settings.AUTO_PRIOR:
+    shortest, longest = synthetic.length_range(config.synthetic.lengths)
+    config.blank_prior = round(1 - (shortest + longest) / 2 / steps, 4)
+
+
 def synthetic_splits(config: ml_collections.ConfigDict) -> Splits:
   """Train from the generator's stream config.synthetic.seed, `train_images` an epoch (each
   epoch new ones); val and test `eval_images` each, from the two seeds after it."""
@@ -246,11 +254,10 @@ def prepare(
   """
   if config.data_source == 'synthetic':
     config = synthetic_settings(config)
-    data.check_label_fit(
-      {'longest': [data.Example('', 'x' * config.max_label_length)]},
-      Vocab('x'),
-      output_steps(config.image_height, config.image_width),
-    )
+    steps = output_steps(config.image_height, config.image_width)
+    longest = [data.Example('the longest label', 'x' * config.max_label_length)]
+    data.check_label_fit({'train': longest}, Vocab('x'), steps)
+    _resolve_blank_prior(config, steps)
     return config, synthetic_splits(config)
   config, examples = data.resolve(config, output_steps)
   if config.data_source == 'tfds':

@@ -43,7 +43,7 @@ UPPERCASE = LOWERCASE.upper()
 
 CASES = ('keep', 'lower', 'upper', 'mixed')
 # 'varied' draws a new `random_style` for every image; the others are one look each.
-STYLES = ('dataset', 'clean', 'lines', 'wavy', 'noisy', 'varied')
+STYLES = ('dataset', 'clean', 'lines', 'wavy', 'noisy', 'ledger', 'ransom', 'varied')
 ENGINES = ('pillow', 'imagecaptcha')
 BACKGROUNDS = ('plain', 'gradient', 'texture', 'grid')
 
@@ -184,6 +184,38 @@ def named_style(name: str, width: int = 200, height: int = 50) -> Style:
       dots=1.0,
       elastic=0.04,
       jpeg=40,
+    ),
+    # The two held-out looks: fonts the pre-training stream never draws (HELD_OUT_FONTS).
+    'ledger': dict(
+      fonts=(_font_path('cmtt10'),),
+      font_size=(0.6, 0.7),
+      ink=((40, 40, 90),),
+      paper=(248, 246, 236),
+      paper2=(200, 210, 230),
+      background='grid',
+      spacing=0.02,
+      fill=0.75,
+      rotation=6,
+      jitter=0.05,
+      lines=2,
+      line_width=0.025,
+      blur=0.01,
+      noise=8,
+    ),
+    'ransom': dict(
+      fonts=(_font_path('cmr10'), _font_path('cmti10'), _font_path('cmss10'), _font_path('cmb10')),
+      font_size=(0.5, 0.85),
+      ink=((170, 30, 30), (30, 30, 160), (20, 120, 40), (120, 60, 0), (90, 0, 120)),
+      paper=(255, 255, 255),
+      paper2=(235, 225, 200),
+      background='texture',
+      spacing=0.05,
+      fill=0.85,
+      rotation=20,
+      jitter=0.1,
+      dots=0.6,
+      elastic=0.03,
+      jpeg=55,
     ),
   }
   if name not in looks:
@@ -589,7 +621,10 @@ COMMON_SIZES = (
   (96, 32),
   (220, 60),
 )
-ALL_FONTS = tuple(FONTS.values())
+# Computer Modern never enters the pre-training stream ('varied'): the styles drawn with it
+# ('ledger', 'ransom') are looks a pretrained reader has not seen, to measure fine-tuning on.
+HELD_OUT_FONTS = ('cmr10', 'cmb10', 'cmti10', 'cmss10', 'cmtt10')
+PRETRAINING_FONTS = tuple(path for name, path in FONTS.items() if name not in HELD_OUT_FONTS)
 
 # (saturation, value) ranges of the paper and of the ink for each colour scheme, and its odds.
 _SCHEMES = (
@@ -643,9 +678,10 @@ def random_style(
   """A style from the wide pre-training distribution.
 
   Sizes (common ones and random ones), 1-3 of the bundled fonts (sans, serif, mono, bold, italic,
-  the captcha package's own), colour schemes, plain/gradient/textured/grid backgrounds, outlines,
-  spacing from overlapping to spread out, rotation, jitter, wavy baselines, lines and arcs, dots,
-  warps, low resolution, blur, noise and JPEG; about 10% are the captcha package's ImageCaptcha.
+  the captcha package's own; never the HELD_OUT_FONTS), colour schemes, plain/gradient/textured/
+  grid backgrounds, outlines, spacing from overlapping to spread out, rotation, jitter, wavy
+  baselines, lines and arcs, dots, warps, low resolution, blur, noise and JPEG; about 10% are the
+  captcha package's ImageCaptcha.
   One difficulty draw scales the distortions together, so some styles are clean and some hard.
   `width` and `height` fix the size instead of drawing it; a drawn width is at least 0.45 height
   per character of a text of `length`, as real sites size their images to their texts.
@@ -658,7 +694,7 @@ def random_style(
       width = max(drawn_width, round(0.45 * (length or 0) * height))
   hard = draws.random()
   count = 1 + draws.index(3, (0.6, 0.25, 0.15))
-  pool = list(ALL_FONTS)
+  pool = list(PRETRAINING_FONTS)
   fonts = tuple(pool.pop(draws.index(len(pool))) for _ in range(count))
   effects = dict(
     # Never below ~20 pixels high: lower than that, no one could read it.

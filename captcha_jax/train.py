@@ -155,7 +155,9 @@ def train_and_evaluate(
         f'divide by the {devices} devices.'
       )
     vocab = Vocab(config.alphabet)
-    model = models.create_model(config.model, vocab.num_classes, axis_name=steps.DATA_AXIS)
+    model = models.create_model(
+      config.model, vocab.num_classes, axis_name=steps.DATA_AXIS, blank_prior=config.blank_prior
+    )
     if main_process:
       print(
         nn.tabulate(model, jax.random.key(0), depth=2, console_kwargs={'width': 140})(

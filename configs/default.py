@@ -74,7 +74,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 16
   config.num_epochs = 30
   config.learning_rate = 1e-3  # peak, after warm-up
-  config.warmup_epochs = 2.0  # then cosine decay
+  config.warmup_epochs = 0.5  # then cosine decay
+  # The CTC blank's probability at initialisation (the head's bias; the symbols share the rest):
+  # -1 = 1 - L/T, the share of blank steps when the training labels' mean length L is spread over
+  # the model's T steps; 0 = a zero bias, the blank as likely as any symbol. From a zero bias the
+  # first updates mostly push every step towards blank, through the whole network, and training
+  # then sits on the all-blank plateau for epochs.
+  config.blank_prior = -1.0
   config.weight_decay = 1e-4
   config.grad_clip_norm = 5.0
   config.ema_decay = 0.99  # evaluate a moving average of the weights (0 = the raw weights)

@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.synthetic.seed = 0  # the stream; validation and test draw from their own seeds
   config.synthetic.lengths = (3, 8)
   config.synthetic.style = 'varied'
+  config.synthetic.case = 'keep'  # the alphabet holds both cases
   config.synthetic.train_images = 32_000  # an epoch: new images every epoch
   config.synthetic.eval_images = 1024
   config.alphabet = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'

@@ -219,6 +219,8 @@ def test_settings_are_read_from_the_data(captcha_dir):
   assert resolved.alphabet == ''.join(sorted(train_chars))
   assert (resolved.max_label_length, resolved.fixed_label_length) == (5, 5)
   assert (resolved.image_height, resolved.image_width) == (50, 200)  # 200×50 captchas: aspect 4
+  steps = models.output_steps(resolved.model, 50, 200)
+  assert resolved.blank_prior == round(1 - 5 / steps, 4)  # the share of blank CTC steps
   again, same = resolve(resolved)  # a saved config resolves to itself, with the same split
   assert again.to_dict() == resolved.to_dict() and same == splits
 

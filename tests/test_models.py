@@ -153,6 +153,23 @@ def test_crnn_logits_shape_and_time_steps():
   assert logits.shape == (2, 25, 20) and logits.dtype == jnp.float32
 
 
+@pytest.mark.parametrize('prior', [0.0, 0.8])
+def test_head_bias_starts_at_the_blank_prior(prior):
+  model = models.CRNN(
+    num_classes=20,
+    backbone_layers=2,
+    base_width=8,
+    projection_size=16,
+    rnn_hidden_size=8,
+    blank_prior=prior,
+  )
+  x = jax.ShapeDtypeStruct((1, 32, 96, 3), jnp.uint8)
+  params = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), x)['params']
+  probs = np.asarray(jax.nn.softmax(params['head']['bias']))
+  np.testing.assert_allclose(probs[0], prior or 1 / 20, rtol=1e-5)
+  np.testing.assert_allclose(probs[1:], (1 - (prior or 1 / 20)) / 19, rtol=1e-5)
+
+
 def test_output_steps_of_the_default_model():
   config = ml_collections.ConfigDict(default.get_config().model)
   assert models.output_steps(config, 50, 200) == 25

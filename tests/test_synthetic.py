@@ -224,3 +224,13 @@ def test_command_line(tmp_path, capsys):
   with pytest.raises(SystemExit) as done:
     cli.synthetic(['--out', str(out), '--length', 'five'])
   assert done.value.code == 2
+
+
+def test_the_pretraining_stream_never_draws_the_held_out_fonts():
+  held_out = {synthetic.FONTS[name] for name in synthetic.HELD_OUT_FONTS if name in synthetic.FONTS}
+  assert held_out  # matplotlib ships Computer Modern
+  for i in range(300):
+    style = synthetic.random_style(np.random.default_rng([7, i]))
+    assert not held_out & set(style.fonts), style.fonts
+  for name in ('ledger', 'ransom'):
+    assert set(synthetic.named_style(name).fonts) <= held_out
