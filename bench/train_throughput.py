@@ -15,7 +15,6 @@ prints the figures as one JSON line as well.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -23,17 +22,14 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, load_config
 
 
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location('bench_config', ROOT / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  # The default dataset's resolved settings (as its run's config.json holds them).
+def resolved_config(path: str):
+  """The config with the default dataset's settings filled in, as its run's config.json holds
+  them."""
+  config = load_config(path)
   config.alphabet = '2345678bcdefgmnpwxy'
   config.max_label_length = config.fixed_label_length = 5
   config.image_width = config.image_width or 200
@@ -152,7 +148,7 @@ def median_result(results: list[dict]) -> dict:
 
 
 def child(args):
-  config = load_config(args.config)
+  config = resolved_config(args.config)
   config.model.dtype = args.dtype
   runner = run_jax if args.child == 'jax' else run_torch
   result = runner(config, args.batch_size, args.steps, args.warmup, args.cpu_tuning)

@@ -1,0 +1,17 @@
+"""What the benches share: the repository's root and its config files, loaded by path (the
+`configs/` folder is part of the repository, not of the installed package)."""
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, its path relative to the repository's root."""
+  spec = importlib.util.spec_from_file_location('bench_config', ROOT / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

@@ -1,0 +1,168 @@
+"""Few labels: from scratch against fine-tuning the pretrained reader, N labelled captchas each.
+
+    python bench/few_labels.py --data_dir ../shared/data/captcha_v2 \
+        [--sizes 50,100,200,500,1000] [--styles ledger,ransom] [--skip_ddddocr]
+
+For each captcha set and N, trains with only the data folder given (`configs/default.py` from
+scratch, `configs/finetune.py` from the shipped reader; each splits its N images 80/10/10 and
+keeps the best by validation) and scores the result on a fixed set of other images of the same
+set: exact match, and the wall time of the run (compilation included). Sets: the real captchas
+of --data_dir (the N come from its default training split, scored on its validation and test
+images), and generated styles built from fonts the pre-training never drew (`synthetic.py`'s
+HELD_OUT_FONTS; 1,000 scored images each). A zero-shot row reads each scored set with the
+pretrained reader restricted to the set's alphabet, beside ddddocr's (its own environment, see
+ddddocr_reader.py) as it comes and restricted likewise.
+"""
+
+import argparse
+import functools
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import ROOT, load_config
+
+from captcha_jax import data, models, synthetic
+from captcha_jax.predict import Predictor
+
+SCORED = 1000
+Examples = list[data.Example]
+ALPHABET = synthetic.DIGITS + synthetic.LOWERCASE
+
+
+def real_set(data_dir: str) -> tuple[Examples, Examples]:
+  """(labelled pool, scored images) of a real set: its default train split, and val + test."""
+  config = load_config('configs/default.py')
+  config.data_dir = str(Path(data_dir).absolute())
+  _, splits = data.resolve(config, functools.partial(models.output_steps, config.model))
+  return splits['train'], splits['val'] + splits['test']
+
+
+def generated_set(
+  style: str, cache: Path, pool: int
+) -> tuple[list[data.Example], list[data.Example]]:
+  """(labelled pool, scored images) of a generated style: 5 characters, 180×60."""
+  folder = cache / f'{style}-{pool + SCORED}'
+  if not folder.is_dir():
+    synthetic.generate(
+      folder, pool + SCORED, alphabet=ALPHABET, length=5, width=180, height=60, style=style, seed=3
+    )
+  paths = sorted(folder.glob('*.png'))
+  order = np.random.default_rng(0).permutation(len(paths))
+  examples = [data.Example(str(paths[i]), data.label_from_path(paths[i])) for i in order]
+  return examples[SCORED:], examples[:SCORED]
+
+
+def train(config: str, labelled: list[data.Example], workdir: Path) -> float:
+  """Trains on `labelled` (a folder of links named by their texts); returns the wall time."""
+  folder = workdir.with_suffix('.data')
+  folder.mkdir(parents=True, exist_ok=True)
+  for e in labelled:
+    link = folder / Path(e.path).name
+    if not link.exists():
+      link.symlink_to(e.path)
+  command = [
+    sys.executable,
+    '-m',
+    'captcha_jax.train',
+    f'--config={config}',
+    f'--workdir={workdir}',
+    f'--config.data_dir={folder}',
+    '--cpu_tuning',
+  ]
+  start = time.time()
+  log = workdir.with_suffix('.log')
+  with open(log, 'w') as f:
+    if subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
+      sys.exit(f'{config} on {folder} failed; see {log}')
+  return time.time() - start
+
+
+def exact_match(predictor: Predictor, scored: list[data.Example], allowed: str = '') -> float:
+  readings = predictor.predict([e.path for e in scored], allowed=allowed)
+  return sum(r.text == e.text for r, e in zip(readings, scored, strict=True)) / len(scored)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--data_dir', required=True, help='a real captcha set, named by text')
+  parser.add_argument('--sizes', default='50,100,200,500,1000')
+  parser.add_argument('--styles', default='ledger,ransom', help='generated held-out styles')
+  parser.add_argument('--modes', default='scratch,finetune')
+  parser.add_argument('--workdir', default=None, help='keeps the runs (default: a temp dir)')
+  parser.add_argument('--skip_ddddocr', action='store_true')
+  parser.add_argument('--json', action='store_true')
+  args = parser.parse_args()
+  base = Path(args.workdir or tempfile.mkdtemp(prefix='few_labels_')).absolute()
+  sizes = [int(n) for n in args.sizes.split(',')]
+  sets = {'captcha_v2': real_set(args.data_dir)}
+  for style in filter(None, args.styles.split(',')):
+    sets[style] = generated_set(style, base / 'sets', max(sizes))
+  configs = {'scratch': 'configs/default.py', 'finetune': 'configs/finetune.py'}
+
+  rows = []
+  pretrained = Predictor.pretrained()
+  for name, (pool, scored) in sets.items():
+    alphabet = ''.join(sorted({c for e in pool + scored for c in e.text}))
+    row = {'set': name, 'n': 0, 'mode': 'zero-shot', 'exact': exact_match(pretrained, scored)}
+    row['exact_restricted'] = exact_match(pretrained, scored, allowed=alphabet)
+    if not args.skip_ddddocr:
+      import ddddocr_reader  # bench/ddddocr_reader.py, beside this file
+
+      texts = ddddocr_reader.read([e.path for e in scored], alphabet)
+      targets = [e.text for e in scored]
+      row['ddddocr'] = np.mean([t == e for t, e in zip(texts['plain'], targets, strict=True)])
+      row['ddddocr_restricted'] = np.mean(
+        [t == e for t, e in zip(texts['restricted'], targets, strict=True)]
+      )
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    for n in sizes:
+      if n > len(pool):
+        continue
+      for mode in args.modes.split(','):
+        workdir = base / f'{name}-{n}-{mode}'
+        seconds = train(configs[mode], pool[:n], workdir)
+        predictor = Predictor.from_workdir(workdir)
+        row = {'set': name, 'n': n, 'mode': mode, 'exact': exact_match(predictor, scored)}
+        row['wall_s'] = seconds
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+  print(f'\nruns in {base}; scored on {SCORED} generated images, or the real val + test')
+  print('| set | labelled | scratch | fine-tuned | fine-tune s | zero-shot | ddddocr |')
+  print('| --- | --- | --- | --- | --- | --- | --- |')
+  for name in sets:
+    zero = next(r for r in rows if r['set'] == name and r['mode'] == 'zero-shot')
+    dddd = zero.get('ddddocr')
+    print(
+      f'| {name} | 0 | — | — | — | {100 * zero["exact"]:.1f}% '
+      f'({100 * zero["exact_restricted"]:.1f}% restricted) | '
+      + (
+        f'{100 * dddd:.1f}% ({100 * zero["ddddocr_restricted"]:.1f}%)' if dddd is not None else '—'
+      )
+      + ' |'
+    )
+    for n in sizes:
+      got = {r['mode']: r for r in rows if r['set'] == name and r['n'] == n}
+      if not got:
+        continue
+
+      def pct(mode, got=got):
+        return f'{100 * got[mode]["exact"]:.1f}%' if mode in got else '—'
+
+      seconds = got.get('finetune', {}).get('wall_s')
+      print(
+        f'| {name} | {n} | {pct("scratch")} | {pct("finetune")} | '
+        f'{seconds and f"{seconds:.0f}" or "—"} | | |'
+      )
+  if args.json:
+    print(json.dumps(rows))
+
+
+if __name__ == '__main__':
+  main()
