@@ -13,13 +13,21 @@ stem) and the mean number of images per model call; `--json` adds the same as on
 The fake reader reads an image as its mean pixel value (so it matches no label) after sleeping
 --fake-ms per call: it measures the service itself, HTTP, decoding and batching, not a model.
 The clients are Python threads on the same machine, so they share its cores with the server.
+
+`--breakdown` says where the time goes: after the load test it times, in a fresh child with
+the same reader, one `reader.predict` call per batch size (powers of two up to --max-batch) on
+decoded images and the decoding of one file's bytes, then runs the same load against the fake
+reader (0 ms) for the service's own ceiling (HTTP, decoding, batching, the clients).
+`--cpu_tuning` gives the served run one JAX device per core, as the serve command's flag does.
 """
 
 import argparse
 import http.client
 import json
 import multiprocessing
+import queue
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -30,12 +38,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from captcha_jax import cli, serve  # noqa: E402
+from captcha_jax import cli, images, serve  # noqa: E402
 from captcha_jax.decoding import Reading  # noqa: E402
 from captcha_jax.images import IMAGE_EXTENSIONS  # noqa: E402
 
 DEFAULT_IMAGES = ROOT.parent / 'shared' / 'data' / 'captcha_v2'
 HOST = '127.0.0.1'  # the service and all its traffic stay on this machine
+# What the service should sustain: 16 clients sending one image each.
+TARGET_RPS = 150
+TARGET_P99_MS = 100
 
 
 class FakeReader:
@@ -49,12 +60,20 @@ class FakeReader:
     return [Reading(t, t, 1.0) for t in (str(round(float(im.mean()))) for im in images)]
 
 
+def _reader(args: argparse.Namespace):
+  """The reader to serve, in a child process (JAX starts there, never in the clients' process)."""
+  if args.fake:
+    return FakeReader(delay_ms=args.fake_ms)
+  if args.cpu_tuning and args.workdir:
+    from captcha_jax import host
+
+    host.tune_cpu(args.max_batch)  # as `captcha_jax.serve --cpu_tuning` does
+  return cli.load_reader(args.workdir, args.onnx)
+
+
 def _serve(args: argparse.Namespace, port: int) -> None:
   """The child process: the service, until terminated."""
-  if args.fake:
-    reader = FakeReader(delay_ms=args.fake_ms)
-  else:
-    reader = cli.load_reader(args.workdir, args.onnx)
+  reader = _reader(args)
   serve.serve_reader(
     reader,
     host=HOST,
@@ -63,6 +82,48 @@ def _serve(args: argparse.Namespace, port: int) -> None:
     max_batch=args.max_batch,
     max_wait_ms=args.max_wait_ms,
   )
+
+
+def _time_reader(args: argparse.Namespace, out: multiprocessing.Queue) -> None:
+  """The child process of --breakdown: ms per `predict` call by batch size, and ms to decode."""
+  reader = _reader(args)
+  files = load_files(args.images, args.limit_images)
+  decode_s = []
+  for _, data in files[:200]:
+    start = time.perf_counter()
+    images.load_image(data, reader.height, reader.width)
+    decode_s.append(time.perf_counter() - start)
+  pixels = [images.load_image(data, reader.height, reader.width) for _, data in files[:256]]
+  sizes = sorted({min(1 << i, args.max_batch) for i in range(args.max_batch.bit_length() + 1)})
+  call_ms = {}
+  for size in sizes:
+    batch = [pixels[i % len(pixels)] for i in range(size)]
+    reader.predict(batch)  # compiles this shape (a JAX reader)
+    times = []
+    deadline = time.monotonic() + 3.0  # at least 3 calls, then until 3 s have passed
+    while len(times) < 3 or (time.monotonic() < deadline and len(times) < 20):
+      start = time.perf_counter()
+      reader.predict(batch)
+      times.append(time.perf_counter() - start)
+    call_ms[size] = 1e3 * statistics.median(times)
+  out.put({'decode_ms': 1e3 * statistics.median(decode_s), 'call_ms': call_ms})
+
+
+def breakdown(args: argparse.Namespace) -> dict:
+  """Model call ms by batch size and decode ms (a fresh child, nothing else running in it)."""
+  context = multiprocessing.get_context('spawn')
+  out = context.Queue()
+  process = context.Process(target=_time_reader, args=(args, out))
+  process.start()
+  try:
+    return out.get(timeout=args.start_timeout)
+  except queue.Empty:
+    raise SystemExit('The timing child gave no answer.') from None
+  finally:
+    process.join(30)
+    if process.is_alive():
+      process.kill()
+      process.join()
 
 
 def free_port() -> int:
@@ -159,10 +220,30 @@ def main(argv=None) -> None:
   parser.add_argument('--max-batch', type=int, default=serve.DEFAULT_MAX_BATCH)
   parser.add_argument('--max-wait-ms', type=float, default=serve.DEFAULT_MAX_WAIT_MS)
   parser.add_argument('--start-timeout', type=float, default=600.0, help='Seconds to start.')
+  parser.add_argument(
+    '--cpu_tuning', action='store_true', help='A served run: one JAX device per CPU core.'
+  )
+  parser.add_argument(
+    '--breakdown', action='store_true', help='Also time the model, decoding and the service.'
+  )
   parser.add_argument('--json', action='store_true', help='Also print the results as JSON.')
   args = parser.parse_args(argv)
 
   files = load_files(args.images, args.limit_images)
+  summary = load_test(args, files)
+  report(summary)
+  if args.breakdown and not args.fake:
+    timing = breakdown(args)
+    fake = load_test(argparse.Namespace(**{**vars(args), 'fake': True, 'fake_ms': 0.0}), files)
+    report(fake)
+    summary['breakdown'] = {**timing, 'fake_service': fake}
+    print_breakdown(summary)
+  if args.json:
+    print(json.dumps(summary))
+
+
+def load_test(args: argparse.Namespace, files: list[tuple[str, bytes]]) -> dict:
+  """Serves args' reader in a child and loads it with args.clients clients; the summary."""
   port = free_port()
   # spawn, not fork: the server starts from a clean interpreter (JAX does not survive a fork).
   process = multiprocessing.get_context('spawn').Process(target=_serve, args=(args, port))
@@ -208,14 +289,44 @@ def main(argv=None) -> None:
     'max_batch': args.max_batch,
     'max_wait_ms': args.max_wait_ms,
   }
+  return summary
+
+
+def report(summary: dict) -> None:
+  verdict = ''
+  if summary['model'] != 'fake':
+    met = summary['requests_per_s'] >= TARGET_RPS and summary['p99_ms'] <= TARGET_P99_MS
+    verdict = f'; target ≥ {TARGET_RPS}/s with p99 ≤ {TARGET_P99_MS} ms ' + (
+      'met' if met else 'NOT met'
+    )
   print(
-    f'{summary["model"]}: {args.clients} clients, {elapsed:.1f} s, {len(results)} requests '
-    f'({summary["errors"]} errors): {summary["requests_per_s"]} req/s, '
-    f'p50 {summary["p50_ms"]} ms, p99 {summary["p99_ms"]} ms, '
-    f'exact match {100 * summary["exact_match"]:.1f}%, mean batch {summary["mean_batch"]}'
+    f'{summary["model"]}: {summary["clients"]} clients, {summary["seconds"]:.1f} s, '
+    f'{summary["requests"]} requests ({summary["errors"]} errors): '
+    f'{summary["requests_per_s"]} req/s, p50 {summary["p50_ms"]} ms, p99 {summary["p99_ms"]} ms, '
+    f'exact match {100 * summary["exact_match"]:.1f}%, mean batch {summary["mean_batch"]}{verdict}'
   )
-  if args.json:
-    print(json.dumps(summary))
+
+
+def print_breakdown(summary: dict) -> None:
+  """Where a request's time goes: the model call by batch size, decoding, the service alone."""
+  parts = summary['breakdown']
+  print('| images per call | model call ms | ms per image | images/s, model alone |')
+  print('| --- | --- | --- | --- |')
+  for size, ms in parts['call_ms'].items():
+    print(f'| {size} | {ms:.1f} | {ms / int(size):.2f} | {1e3 * int(size) / ms:.0f} |')
+  fake = parts['fake_service']
+  # The model's rate at the batch size the service reached, call time interpolated in between.
+  sizes = sorted(int(k) for k in parts['call_ms'])
+  ms = [parts['call_ms'][k] if k in parts['call_ms'] else parts['call_ms'][str(k)] for k in sizes]
+  capacity = 1e3 * summary['mean_batch'] / float(np.interp(summary['mean_batch'], sizes, ms))
+  print(
+    f'Decoding one file: {parts["decode_ms"]:.2f} ms. The service around a 0 ms fake reader: '
+    f'{fake["requests_per_s"]} req/s, p50 {fake["p50_ms"]} ms, p99 {fake["p99_ms"]} ms '
+    f'(mean batch {fake["mean_batch"]}): HTTP, decoding, batching and the clients cost '
+    f'{1e3 / max(fake["requests_per_s"], 1e-9):.1f} ms of these cores per request. '
+    f'At the served mean batch {summary["mean_batch"]} the model alone reads about '
+    f'{capacity:.0f} images/s.'
+  )
 
 
 if __name__ == '__main__':

@@ -61,6 +61,11 @@ def start_and_signal(cmd, workdir, signum, after_rows=1):
   return process.returncode, output
 
 
+def rerun(cmd):
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 def assert_continuous(workdir, epochs):
   """One row per epoch, in order, each 6 steps (48 images / batch 8) after the last."""
   rows = rows_of(workdir)
@@ -80,7 +85,7 @@ def test_stop_signal_saves_a_checkpoint_and_the_rerun_finishes(tmp_path, captcha
   stopped_at = int(re.search(r'saved step (\d+)', output).group(1))
   saved = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert saved[-1] == stopped_at >= 6
-  subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+  rerun(cmd)
   assert_continuous(workdir, 6)
 
 
@@ -90,7 +95,7 @@ def test_sigkill_resumes_from_the_last_complete_checkpoint(tmp_path, captcha_dir
   cmd = train_command(workdir, captcha_dir, epochs=6)
   code, _ = start_and_signal(cmd, workdir, signal.SIGKILL)
   assert code == -signal.SIGKILL
-  subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+  rerun(cmd)
   assert_continuous(workdir, 6)  # no duplicate or missing epochs
 
 

@@ -1,0 +1,87 @@
+"""Starting from another reader: the head's rows follow the characters, everything else carries
+over whole; the shipped pretrained reader loads offline; a tiny fine-tuning run trains."""
+
+import json
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from captcha_jax import models, steps, synthetic, train, transfer
+from captcha_jax.errors import ConfigError
+from captcha_jax.predict import Predictor
+from captcha_jax.vocab import BLANK_ID
+
+
+def variables_of(config, alphabet: str, seed: int) -> dict:
+  model = models.create_model(config.model, len(alphabet) + 1)
+  config = config.copy_and_resolve_references()
+  config.alphabet = alphabet
+  state = steps.create_train_state(config, model, optax.sgd(0.1), jax.random.PRNGKey(seed))
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def test_head_rows_follow_the_characters():
+  # Target 'xbz' against source 'abc': the blank, and 'b' (target 2, source 2); x and z are new.
+  assert transfer.head_rows('abc', 'xbz') == {BLANK_ID: BLANK_ID, 2: 2}
+  assert transfer.head_rows('abc', 'cab') == {0: 0, 1: 3, 2: 1, 3: 2}
+
+
+def test_shared_characters_keep_their_rows_and_new_ones_start_fresh(tiny_config):
+  source = variables_of(tiny_config, 'abcdef', seed=1)
+  target = variables_of(tiny_config, 'fxa', seed=2)
+  moved, fresh = transfer.transfer(source, 'abcdef', target, 'fxa')
+  assert fresh == ['x']
+  head, source_head, target_head = (v['params']['head'] for v in (moved, source, target))
+  for target_row, source_row in ((0, 0), (1, 6), (3, 1)):  # blank, f, a
+    np.testing.assert_array_equal(
+      head['kernel'][:, target_row], source_head['kernel'][:, source_row]
+    )
+    assert head['bias'][target_row] == source_head['bias'][source_row]
+  np.testing.assert_array_equal(head['kernel'][:, 2], target_head['kernel'][:, 2])  # x: fresh
+  for name in ('backbone', 'projection', 'rnn'):
+    for a, b in zip(
+      jax.tree.leaves(moved['params'][name]), jax.tree.leaves(source['params'][name]), strict=True
+    ):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_a_reader_of_another_shape_is_refused(tiny_config):
+  source = variables_of(tiny_config, 'abc', seed=1)
+  wider = tiny_config.copy_and_resolve_references()
+  wider.model.rnn_hidden_size = 24
+  with pytest.raises(ConfigError, match="another 'rnn' layer"):
+    transfer.transfer(source, 'abc', variables_of(wider, 'abc', seed=2), 'abc')
+
+
+def test_the_shipped_reader_loads_offline_and_reads():
+  config, variables = transfer.load_pretrained()
+  description = json.loads((transfer.PRETRAINED_DIR / 'reader.json').read_text())
+  assert description['command'] and description['config']['alphabet'] == config.alphabet
+  size = sum(p.stat().st_size for p in transfer.PRETRAINED_DIR.iterdir())
+  assert size < 20e6
+  predictor = Predictor(config, variables)
+  image, text = synthetic.sample(0, 99, alphabet='0123456789', lengths=(5, 5), style='clean')
+  [free] = predictor.predict([image])
+  [digits] = predictor.predict([image], allowed='0123456789')
+  assert set(digits.text) <= set('0123456789') and 0 <= free.confidence <= 1
+  assert Predictor.pretrained().predict([image]) == [free]
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_a_run_and_trains(trained, tmp_path, captcha_dir, tiny_config):
+  _, source_dir, _ = trained
+  tiny_config.update(init_from=str(source_dir), alphabet='auto', num_epochs=1)
+  config, _ = train.sources.prepare(tiny_config, lambda h, w: 1000)
+  model = models.create_model(config.model, len(config.alphabet) + 1)
+  state = steps.create_train_state(config, model, optax.sgd(0.1), jax.random.PRNGKey(0))
+  started = steps.start_from_reader(state, config)
+  source = Predictor.from_workdir(source_dir).variables['params']
+  np.testing.assert_array_equal(
+    started.params['rnn']['l0_forward']['hidden_kernel'],
+    source['rnn']['l0_forward']['hidden_kernel'],
+  )
+  np.testing.assert_array_equal(started.ema_params['head']['bias'], started.params['head']['bias'])
+  results = train.train_and_evaluate(tiny_config, tmp_path / 'tuned')
+  assert np.isfinite(results['val']['loss'])
