@@ -15,3 +15,13 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def dataset_config(path: str = 'configs/default.py') -> ml_collections.ConfigDict:
+  """A config with the settings a run on the default captcha set reads from its data filled in,
+  as that run's config.json holds them: for benches that build the model without the data."""
+  config = load_config(path)
+  config.alphabet = '2345678bcdefgmnpwxy'
+  config.max_label_length = config.fixed_label_length = 5
+  config.image_width = config.image_width or 200
+  return config

@@ -28,7 +28,6 @@ are timed and exact match is left out. `--json` ends with one JSON line of the r
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -40,11 +39,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from common import ROOT, dataset_config
+from ddddocr_reader import DDDDOCR_VERSION, ddddocr_python
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = ROOT.parent / 'shared' / 'data' / 'captcha_v2'
-DDDDOCR_VERSION = '1.6.1'
-DDDDOCR_VENV = Path('~/.cache/captcha_jax/ddddocr-venv').expanduser()
 BATCH = 64
 
 
@@ -120,20 +118,6 @@ def ddddocr_worker(folder: str, names: Sequence[str], alphabet: str) -> None:
       reply = {'single': single, 'batches': batches}
     answer.write(json.dumps(reply) + '\n')
     answer.flush()
-
-
-def ddddocr_python() -> Path:
-  """The ddddocr venv's Python, creating the venv and installing ddddocr on first use."""
-  python = DDDDOCR_VENV / 'bin' / 'python'
-  check = [str(python), '-c', 'import ddddocr']
-  if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
-    return python
-  print(f'Installing ddddocr=={DDDDOCR_VERSION} into {DDDDOCR_VENV} (once)…', file=sys.stderr)
-  subprocess.run([sys.executable, '-m', 'venv', str(DDDDOCR_VENV)], check=True)
-  pip = [str(python), '-m', 'pip', 'install', '--quiet', f'ddddocr=={DDDDOCR_VERSION}']
-  subprocess.run(pip, check=True)
-  subprocess.run(check, check=True)
-  return python
 
 
 class Ddddocr:
@@ -213,18 +197,6 @@ def exact(texts: Sequence[str], labels: Sequence[str] | None) -> float | None:
   return round(sum(t == y for t, y in zip(texts, labels, strict=True)) / len(labels), 4)
 
 
-def default_config():
-  """configs/default.py with the settings a run on captcha_v2 reads from the data filled in."""
-  spec = importlib.util.spec_from_file_location('default_config', ROOT / 'configs' / 'default.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.alphabet = '2345678bcdefgmnpwxy'
-  config.max_label_length = config.fixed_label_length = 5
-  config.image_width = config.image_width or 200
-  return config
-
-
 def load_model(workdir: str | None, dtype: str):
   """(Predictor with the model computing in `dtype`, float32 config, variables on the host)."""
   import jax
@@ -237,7 +209,7 @@ def load_model(workdir: str | None, dtype: str):
     trained = Predictor.from_workdir(workdir, batch_size=BATCH)
     config, variables = trained.config, jax.device_get(trained.variables)
   else:
-    config = default_config()
+    config = dataset_config()
     model = models.create_model(config.model, len(config.alphabet) + 1)
     shape = (1, config.image_height, config.image_width, 3)
     variables = jax.device_get(
@@ -347,7 +319,6 @@ def main(argv: Sequence[str] | None = None) -> None:
   # Set before JAX starts: one CPU device per core (as --cpu_tuning does), and on a GPU no
   # preallocation of most of its memory, which torch shares here.
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
-  sys.path.insert(0, str(ROOT))
   from captcha_jax import host
 
   host.tune_cpu(BATCH)

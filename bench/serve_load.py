@@ -28,19 +28,16 @@ import multiprocessing
 import queue
 import socket
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from common import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from captcha_jax import cli, images, serve  # noqa: E402
-from captcha_jax.decoding import Reading  # noqa: E402
-from captcha_jax.images import IMAGE_EXTENSIONS  # noqa: E402
+from captcha_jax import cli, images, serve
+from captcha_jax.decoding import Reading
+from captcha_jax.images import IMAGE_EXTENSIONS
 
 DEFAULT_IMAGES = ROOT.parent / 'shared' / 'data' / 'captcha_v2'
 HOST = '127.0.0.1'  # the service and all its traffic stay on this machine

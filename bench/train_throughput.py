@@ -23,17 +23,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, load_config
-
-
-def resolved_config(path: str):
-  """The config with the default dataset's settings filled in, as its run's config.json holds
-  them."""
-  config = load_config(path)
-  config.alphabet = '2345678bcdefgmnpwxy'
-  config.max_label_length = config.fixed_label_length = 5
-  config.image_width = config.image_width or 200
-  return config
+from common import ROOT, dataset_config
 
 
 def peak_rss_mb() -> float:
@@ -148,7 +138,7 @@ def median_result(results: list[dict]) -> dict:
 
 
 def child(args):
-  config = resolved_config(args.config)
+  config = dataset_config(args.config)
   config.model.dtype = args.dtype
   runner = run_jax if args.child == 'jax' else run_torch
   result = runner(config, args.batch_size, args.steps, args.warmup, args.cpu_tuning)
