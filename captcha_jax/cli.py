@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -323,6 +324,12 @@ def serve(argv: Sequence[str] | None = None) -> None:
     default=serving.DEFAULT_MAX_WAIT_MS,
     help='Longest a request waits for others to batch with.',
   )
+  parser.add_argument(
+    '--workers',
+    type=int,
+    default=serving.DEFAULT_WORKERS,
+    help='Model calls side by side (each ONNX call then gets cores/workers threads).',
+  )
   parser.add_argument('--max_body_bytes', type=int, default=serving.DEFAULT_MAX_BODY_BYTES)
   parser.add_argument(
     '--max_images', type=int, default=serving.DEFAULT_MAX_IMAGES, help='Most files a request.'
@@ -343,8 +350,15 @@ def serve(argv: Sequence[str] | None = None) -> None:
     if args.cpu_tuning and not args.onnx:
       host.tune_cpu(args.max_batch)
     _quiet_orbax()
+    if args.onnx:
+      from captcha_jax.onnx_reader import OnnxReader
+
+      threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
+      reader = OnnxReader(args.onnx, threads=threads)
+    else:
+      reader = load_reader(args.workdir, None, args.pretrained)
     serving.serve_reader(
-      load_reader(args.workdir, args.onnx, args.pretrained),
+      reader,
       host=args.host,
       port=args.port,
       warmup=args.warmup,
@@ -352,6 +366,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
       max_wait_ms=args.max_wait_ms,
       max_body_bytes=args.max_body_bytes,
       max_images=args.max_images,
+      workers=args.workers,
     )
 
   _run(action)

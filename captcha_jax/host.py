@@ -1,14 +1,14 @@
 """Opt-in CPU tuning for the commands (`--cpu_tuning`); nothing here runs unless asked.
 
-Measured on a 2-core CPU (README, "CPU tuning"; bench/README.md):
-- One JAX device per core: the data-parallel mesh runs the halves of each batch side by side
-  (the default train step ran 14% faster), and `Predictor` splits large batches likewise. It
-  changes only the CPU backend, so it is harmless where a GPU or TPU does the work.
+The figures are in the README's "CPU tuning" section and bench/README.md.
+- One JAX device per core: the data-parallel mesh runs the halves of each batch side by side,
+  and `Predictor` splits large batches likewise. It changes only the CPU backend, so it is
+  harmless where a GPU or TPU does the work.
 - Freed memory back after compiling (`malloc_trim`, glibc only): XLA's compiler frees a few
-  hundred MB that glibc would otherwise keep under the training state (peak RSS about -400 MB).
-- Huge pages for XLA:CPU's per-step scratch buffer come from glibc's `hugetlb` tunable, which is
-  read when a process starts, so it is an environment variable the user sets, never set here:
-  `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (the step went from about 410 to 350 ms).
+  hundred MB that glibc would otherwise keep under the training state.
+- Huge pages for XLA:CPU's per-step scratch buffer, which is otherwise faulted in 4 KiB at a time
+  every step, come from glibc's `hugetlb` tunable. It is read when a process starts, so it is an
+  environment variable the user sets, never set here: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`.
 """
 
 import ctypes

@@ -108,9 +108,9 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   """torch's MaxPool2d(3, stride=2, padding=1) on NHWC: a max over 9 strided slices.
 
   Same values as `nn.max_pool`; the gradient goes to the first maximum of each window, as
-  torch's does. Written by hand because XLA:CPU is slow at both automatic gradients: its
-  select-and-scatter (reduce_window's) took 93 ms of a 420 ms train step, and the gradient of the
-  9-slice max 26 ms of a 320 ms one; this one is element-wise selects, pads and adds (3 ms).
+  torch's does. Written by hand because XLA:CPU is slow at both automatic gradients (its
+  select-and-scatter, and the 9-slice max's fused selects); this one is element-wise selects,
+  pads and adds (bench/README.md has the timings).
   """
   return _pool_forward(x)[0]
 

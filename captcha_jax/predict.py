@@ -5,6 +5,7 @@ so a loaded reader reads images exactly as evaluation did.
 """
 
 import functools
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -30,8 +31,9 @@ class Predictor:
   """A trained CRNN; `predict` reads a list of images.
 
   Batches of MIN_SPLIT images or more are split over all axes of `mesh` (default: every device
-  of this process), smaller ones run on its first device. Each batch is padded to a power of
-  two, so at most log2(batch_size) + 1 shapes are ever compiled.
+  of this process); smaller ones run on one device, each call on the next in turn, so calls
+  from several threads (the service's) run side by side. Each batch is padded to a power of two,
+  so at most log2(batch_size) + 1 shapes are ever compiled per device.
   """
 
   def __init__(
@@ -50,8 +52,11 @@ class Predictor:
     self.mesh = mesh or Mesh(np.asarray(jax.local_devices()), ('batch',))
     self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
     self._split = NamedSharding(self.mesh, P(self.mesh.axis_names))  # batch over every axis
-    self._one_device = self.mesh.devices.flat[0]
-    self._variables_one = jax.tree.map(self._on_one_device, self.variables)  # no copy
+    self._devices = list(self.mesh.devices.flat)
+    self._variables_on = {  # each device's replica of the weights, without a copy
+      d: jax.tree.map(functools.partial(self._on, d), self.variables) for d in self._devices
+    }
+    self._turn = itertools.count()
     self._apply = jax.jit(lambda v, x: jax.nn.log_softmax(self.model.apply(v, x, train=False)))
 
   @classmethod
@@ -128,13 +133,15 @@ class Predictor:
     log_probs = np.asarray(self._log_probs(padded, split=devices > 1))[:n]
     return decoding.read(log_probs, self.vocab, self.config.fixed_label_length, allowed)
 
-  def _on_one_device(self, x: jax.Array) -> jax.Array:
-    return next(s.data for s in x.addressable_shards if s.device == self._one_device)
+  @staticmethod
+  def _on(device, x: jax.Array) -> jax.Array:
+    return next(s.data for s in x.addressable_shards if s.device == device)
 
   def _log_probs(self, pixels: np.ndarray, split: bool) -> jax.Array:
     if split:
       return self._apply(self.variables, jax.device_put(pixels, self._split))
-    return self._apply(self._variables_one, jax.device_put(pixels, self._one_device))
+    device = self._devices[next(self._turn) % len(self._devices)]
+    return self._apply(self._variables_on[device], jax.device_put(pixels, device))
 
 
 def expand_paths(inputs: Iterable[str]) -> Iterator[Path]:

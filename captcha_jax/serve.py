@@ -51,6 +51,7 @@ DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_WAIT_MS = 5.0
 DEFAULT_MAX_BODY_BYTES = 2_000_000
 DEFAULT_MAX_IMAGES = 16
+DEFAULT_WORKERS = 2
 
 
 class Reader(Protocol):
@@ -84,10 +85,14 @@ class _Pending:
 
 
 class Batcher:
-  """Gathers the images of concurrent requests into batches, one model call at a time.
+  """Gathers the images of concurrent requests into batches, up to `workers` model calls at a
+  time.
 
   `start` and `stop` run on the app's event loop (its lifespan); `read` awaits the readings of
-  some images. The model runs on a single worker thread, never on the event loop.
+  some images. The model runs on worker threads, never on the event loop. Two calls side by side
+  (on two CPU devices, or two single-threaded ONNX sessions) read more images a second than one
+  call on both cores, and while every worker is busy, arrivals wait on the queue, where they
+  batch.
   """
 
   def __init__(
@@ -95,12 +100,16 @@ class Batcher:
     predict: Callable[[list[np.ndarray]], Sequence[Reading]],
     max_batch: int,
     max_wait_ms: float,
+    workers: int = 1,
   ):
     if max_batch < 1:
       raise ConfigError(f'max_batch must be at least 1, got {max_batch}.')
     if max_wait_ms < 0:
       raise ConfigError(f'max_wait_ms must not be negative, got {max_wait_ms}.')
+    if workers < 1:
+      raise ConfigError(f'workers must be at least 1, got {workers}.')
     self._predict = predict
+    self.workers = workers
     self.max_batch = max_batch
     self.max_wait_s = max_wait_ms / 1e3
     self.batches = 0  # model calls that succeeded
@@ -108,7 +117,9 @@ class Batcher:
     self._queue: asyncio.Queue[_Pending] | None = None
     self._task: asyncio.Task | None = None
     self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-    self._in_flight: list[_Pending] = []
+    self._slots: asyncio.Semaphore | None = None
+    self._in_flight: list[list[_Pending]] = []  # batches being gathered or read
+    self._reading: set[asyncio.Task] = set()
 
   @property
   def running(self) -> bool:
@@ -116,19 +127,22 @@ class Batcher:
 
   def start(self) -> None:
     self._queue = asyncio.Queue()
-    # One thread: model calls never overlap (a JAX or ONNX session is not asked to share), and
-    # requests that arrive meanwhile wait on the queue, where they batch.
-    self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='reader')
+    self._slots = asyncio.Semaphore(self.workers)
+    self._executor = concurrent.futures.ThreadPoolExecutor(
+      self.workers, thread_name_prefix='reader'
+    )
     self._task = asyncio.get_running_loop().create_task(self._run(), name='batcher')
 
   async def stop(self) -> None:
-    if self._task is not None:
-      self._task.cancel()
-      with contextlib.suppress(asyncio.CancelledError):
-        await self._task
-    pending = list(self._in_flight)
+    # What is unanswered now is failed below, whatever cancelling the tasks does to the lists.
+    pending = [p for batch in self._in_flight for p in batch]
     while self._queue is not None and not self._queue.empty():
       pending.append(self._queue.get_nowait())
+    for task in [self._task, *self._reading]:
+      if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+          await task
     for p in pending:
       if not p.future.done():
         p.future.set_exception(ShuttingDown('The server is shutting down.'))
@@ -147,15 +161,27 @@ class Batcher:
     return list(await asyncio.gather(*(p.future for p in pending)))
 
   async def _run(self) -> None:
+    assert self._slots is not None
     while True:
+      await self._slots.acquire()  # a worker is free: gather the next batch for it
       # Kept on self until read, so that `stop` fails whatever a cancellation left unanswered.
-      self._in_flight = batch = []
+      batch: list[_Pending] = []
+      self._in_flight.append(batch)
       await self._next_batch(batch)
-      try:
-        await self._read_batch(batch)
-      except Exception as e:  # a bug here must not stop the service: fail this batch only
-        logger.exception('The batcher failed on a batch of %d', len(batch))
-        _fail(batch, e)
+      task = asyncio.get_running_loop().create_task(self._read_and_free(batch))
+      self._reading.add(task)
+      task.add_done_callback(self._reading.discard)
+
+  async def _read_and_free(self, batch: list[_Pending]) -> None:
+    assert self._slots is not None
+    try:
+      await self._read_batch(batch)
+    except Exception as e:  # a bug here must not stop the service: fail this batch only
+      logger.exception('The batcher failed on a batch of %d', len(batch))
+      _fail(batch, e)
+    finally:
+      self._in_flight.remove(batch)
+      self._slots.release()
 
   async def _next_batch(self, batch: list[_Pending]) -> None:
     """Fills `batch` with the next waiting entry and those that come within max_wait of it."""
@@ -272,8 +298,10 @@ def create_app(
   max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
   max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
   max_images: int = DEFAULT_MAX_IMAGES,
+  workers: int = DEFAULT_WORKERS,
 ) -> 'FastAPI':
-  """The FastAPI app that serves `reader` (routes and limits in the module docstring).
+  """The FastAPI app that serves `reader` (routes and limits in the module docstring), with up
+  to `workers` model calls side by side.
 
   Its lifespan starts and stops the one Batcher, kept as `app.state.batcher`.
   """
@@ -288,7 +316,7 @@ def create_app(
   if max_body_bytes < 1 or max_images < 1:
     raise ConfigError('max_body_bytes and max_images must be at least 1.')
   height, width = int(reader.height), int(reader.width)
-  batcher = Batcher(reader.predict, max_batch, max_wait_ms)
+  batcher = Batcher(reader.predict, max_batch, max_wait_ms, workers)
 
   @contextlib.asynccontextmanager
   async def lifespan(app: FastAPI):
@@ -436,7 +464,8 @@ def serve_reader(
   app = create_app(reader, **limits)
   if warmup:
     logger.info('Warming up the reader')
-    warm_up(reader, limits.get('max_batch', DEFAULT_MAX_BATCH))
+    for _ in range(limits.get('workers', DEFAULT_WORKERS)):  # each worker's device compiles
+      warm_up(reader, limits.get('max_batch', DEFAULT_MAX_BATCH))
   uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
 
 

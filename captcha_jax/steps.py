@@ -25,8 +25,8 @@ from captcha_jax import ctc, data
 
 # The mesh axis batches are split along; the training model's BatchNorm averages over it.
 DATA_AXIS = 'data'
-# XLA:CPU's memory-minimising scheduler: the default train step's scratch 152 → 123 MB a device
-# at batch 32, at the same speed (bench/README.md). Other backends keep their defaults.
+# XLA:CPU's memory-minimising scheduler keeps fewer activations alive at once, at the same speed
+# (bench/README.md). Other backends keep their defaults.
 CPU_COMPILER_OPTIONS = {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
 
 
@@ -138,7 +138,7 @@ def train_step(
     return state.replace(step=state.step + 1)
 
   # A branch, not a select over the whole state: the select kept the old and new states alive
-  # together (the train bench's peak RSS 835 → 730 MB) and passed over both once more a step.
+  # together and passed over both once more a step.
   # `skip` is branch 0, whose pass-through XLA forwards without copies on every jaxlib.
   state = jax.lax.cond(finite, update, skip, state)
   stop = jnp.max(stop_votes)

@@ -485,3 +485,33 @@ def test_missing_serving_packages_are_named_with_the_extra(monkeypatch):
   )
   with pytest.raises(UserError, match=r'uvicorn.*captcha-jax\[serve\]'):
     serve.create_app(FakeReader())
+
+
+@pytest.mark.parametrize('workers', [1, 2])
+def test_workers_bound_the_model_calls_side_by_side(workers):
+  """With two workers a second batch is read while the first still is; never more."""
+  image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+  running, most = [0], [0]
+  lock = threading.Lock()
+
+  def predict(images):
+    with lock:
+      running[0] += 1
+      most[0] = max(most[0], running[0])
+    time.sleep(0.2)
+    with lock:
+      running[0] -= 1
+    return [Reading('x', 'x', 1.0)] * len(images)
+
+  async def scenario():
+    batcher = serve.Batcher(predict, max_batch=1, max_wait_ms=0, workers=workers)
+    batcher.start()
+    started = time.perf_counter()
+    await asyncio.gather(*(batcher.read([image]) for _ in range(4)))
+    elapsed = time.perf_counter() - started
+    await batcher.stop()
+    return elapsed
+
+  elapsed = asyncio.run(scenario())
+  assert most[0] == workers
+  assert elapsed < 4 * 0.2 / workers + 0.15  # four one-image calls, `workers` at a time
