@@ -60,7 +60,7 @@ def main():
     if not args.quick:
       accuracy = run_json(
         'time_to_accuracy.py',
-        '--data-dir',
+        '--data_dir',
         args.data_dir,
         '--seeds',
         str(args.seeds),

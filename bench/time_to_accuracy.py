@@ -1,6 +1,6 @@
 """Time to accuracy, and accuracy, of the default recipe over several seeds on one fixed split.
 
-    python bench/time_to_accuracy.py --data-dir ../shared/data/captcha_v2 --seeds 3 \
+    python bench/time_to_accuracy.py --data_dir ../shared/data/captcha_v2 --seeds 3 \
         [--cpu_tuning] [--config.x=y ...]
 
 Trains each seed with `python -m captcha_jax.train` (a fresh process: compile time counts; other
@@ -32,7 +32,7 @@ def first_reaching(rows, threshold):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--data-dir', required=True)
+  parser.add_argument('--data_dir', '--data-dir', required=True)
   parser.add_argument('--seeds', type=int, default=3)
   parser.add_argument('--config', default='configs/default.py')
   parser.add_argument('--workdir', default=None, help='Keeps the runs here (default: a temp dir).')
