@@ -32,7 +32,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from common import ROOT, dataset_config
-from ddddocr_reader import DDDDOCR_VERSION, ddddocr_python
+from ddddocr_reader import DDDDOCR_VERSION, Ddddocr
 
 DEFAULT_IMAGES = ROOT.parent / 'shared' / 'data' / 'captcha_v2'
 BATCH = 64
@@ -50,107 +49,6 @@ def percentiles_ms(seconds: Sequence[float]) -> tuple[float, float]:
   """(median, p95) of durations in seconds, in milliseconds."""
   ms = np.asarray(seconds) * 1e3
   return float(np.median(ms)), float(np.percentile(ms, 95))
-
-
-# --- ddddocr, in its own environment: the child's side runs under that venv's Python. ---
-
-
-def ddddocr_worker(folder: str, names: Sequence[str], alphabet: str) -> None:
-  """Serves timing and reading requests (JSON lines on stdin, answers on stdout) for ddddocr.
-
-  Runs in the ddddocr venv: imports only the standard library, NumPy, Pillow and ddddocr.
-  """
-  import io
-
-  import ddddocr
-  import onnxruntime as ort
-  from PIL import Image
-
-  answer, sys.stdout = sys.stdout, sys.stderr  # stray prints must not break the protocol
-  default = ddddocr.DdddOcr(show_ad=False)
-  restricted = ddddocr.DdddOcr(show_ad=False)
-  restricted.set_ranges(alphabet)
-  one_thread = ddddocr.DdddOcr(show_ad=False)
-  options = ort.SessionOptions()
-  options.intra_op_num_threads = 1
-  options.inter_op_num_threads = 1
-  one_thread.ocr_engine.session = ort.InferenceSession(
-    default.ocr_engine.session._model_path, options, providers=['CPUExecutionProvider']
-  )
-  readers = {'default': default, 'one_thread': one_thread}
-  blobs = [(Path(folder) / name).read_bytes() for name in names]
-
-  def decoded(blob: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(blob))
-    image.load()
-    return image
-
-  pictures = [decoded(b) for b in blobs]
-  decode_s = []
-  for blob in blobs[:200]:
-    start = time.perf_counter()
-    decoded(blob)
-    decode_s.append(time.perf_counter() - start)
-  answer.write(json.dumps({'ready': True, 'decode_ms': percentiles_ms(decode_s)[0]}) + '\n')
-  answer.flush()
-  for line in sys.stdin:
-    request = json.loads(line)
-    if request['op'] == 'read_all':
-      reply = {
-        'texts': [default.classification(p) for p in pictures],
-        'restricted': [restricted.classification(p) for p in pictures],
-      }
-    else:  # 'time': `single` one-image calls, then `batches` batches of BATCH images
-      reader, first = readers[request['reader']], request['first']
-      single = []
-      for i in range(request['single']):
-        picture = pictures[(first + i) % len(pictures)]
-        start = time.perf_counter()
-        reader.classification(picture)
-        single.append(time.perf_counter() - start)
-      batches = []
-      for b in range(request['batches']):
-        chunk = [pictures[(first + b * BATCH + i) % len(pictures)] for i in range(BATCH)]
-        start = time.perf_counter()
-        for picture in chunk:
-          reader.classification(picture)
-        batches.append(time.perf_counter() - start)
-      reply = {'single': single, 'batches': batches}
-    answer.write(json.dumps(reply) + '\n')
-    answer.flush()
-
-
-class Ddddocr:
-  """The parent's handle on the ddddocr child process."""
-
-  def __init__(self, folder: Path, names: Sequence[str], alphabet: str):
-    command = [str(ddddocr_python()), str(Path(__file__).resolve()), '--ddddocr_worker']
-    command += ['--images', str(folder), '--alphabet', alphabet]
-    self.process = subprocess.Popen(
-      command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert self.process.stdin is not None
-    self.process.stdin.write(json.dumps(list(names)) + '\n')
-    self.process.stdin.flush()
-    self.decode_ms = self._reply()['decode_ms']
-
-  def _reply(self) -> dict:
-    assert self.process.stdout is not None
-    line = self.process.stdout.readline()
-    if not line:
-      raise SystemExit(f'The ddddocr worker exited (status {self.process.wait()}).')
-    return json.loads(line)
-
-  def ask(self, **request) -> dict:
-    assert self.process.stdin is not None
-    self.process.stdin.write(json.dumps(request) + '\n')
-    self.process.stdin.flush()
-    return self._reply()
-
-  def close(self) -> None:
-    if self.process.stdin:
-      self.process.stdin.close()
-    self.process.wait(30)
 
 
 # --- the in-process contenders ---
@@ -309,12 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--skip_torch', action='store_true')
   parser.add_argument('--skip_onnx', action='store_true')
   parser.add_argument('--json', action='store_true', help='End with the results as one JSON line.')
-  parser.add_argument('--ddddocr_worker', action='store_true', help=argparse.SUPPRESS)
-  parser.add_argument('--alphabet', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  if args.ddddocr_worker:
-    ddddocr_worker(str(args.images), json.loads(sys.stdin.readline()), args.alphabet)
-    return
 
   # Set before JAX starts: one CPU device per core (as --cpu_tuning does), and on a GPU no
   # preallocation of most of its memory, which torch shares here.
@@ -437,7 +330,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   def run(name: str, first: int, single: int, batches: int) -> tuple[list, list]:
     if name.startswith('ddddocr'):
       reader = 'one_thread' if name.endswith('thread') else 'default'
-      got = ddddocr.ask(op='time', reader=reader, first=first, single=single, batches=batches)
+      got = ddddocr.ask(
+        op='time', reader=reader, first=first, single=single, batches=batches, batch=BATCH
+      )
       return got['single'], got['batches']
     return time_calls(timed[name], pixels, first, single, batches)
 

@@ -515,3 +515,24 @@ def test_workers_bound_the_model_calls_side_by_side(workers):
   elapsed = asyncio.run(scenario())
   assert most[0] == workers
   assert elapsed < 4 * 0.2 / workers + 0.15  # four one-image calls, `workers` at a time
+
+
+def test_a_batch_that_ends_before_an_earlier_one_frees_its_worker():
+  """Two different images read side by side, the second answered first; the workers stay free."""
+  images = [np.full((HEIGHT, WIDTH, 3), value, np.uint8) for value in range(4)]
+
+  def predict(batch):
+    time.sleep(0.3 if batch[0][0, 0, 0] % 2 == 0 else 0.05)  # even images are slow
+    return [Reading(str(b[0, 0, 0]), '', 1.0) for b in batch]
+
+  async def scenario():
+    batcher = serve.Batcher(predict, max_batch=1, max_wait_ms=0, workers=2)
+    batcher.start()
+    for _ in range(2):  # a second round only finishes if the first freed both workers
+      readings = await asyncio.wait_for(
+        asyncio.gather(*(batcher.read([image]) for image in images)), 10
+      )
+      assert [r[0].text for r in readings] == ['0', '1', '2', '3']
+    await batcher.stop()
+
+  asyncio.run(scenario())
