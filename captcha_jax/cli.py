@@ -240,9 +240,15 @@ def predict(argv: Sequence[str] | None = None) -> None:
   _run(action)
 
 
-def load_reader(workdir: str | None = None, onnx: str | None = None, pretrained: bool = False):
-  """A reader (`predict.Predictor` or `onnx_reader.OnnxReader`) of a run, of an ONNX file, or
-  the pretrained one; JAX is imported only for a run or the pretrained reader."""
+def load_reader(
+  workdir: str | None = None,
+  onnx: str | None = None,
+  pretrained: bool = False,
+  onnx_threads: int | None = None,
+):
+  """A reader (`predict.Predictor` or `onnx_reader.OnnxReader`, on `onnx_threads` threads) of a
+  run, of an ONNX file, or the pretrained one; JAX is imported only for a run or the pretrained
+  reader."""
   if (workdir is not None) + (onnx is not None) + pretrained != 1:
     raise UserError(
       'Give exactly one of --workdir (a training run), --onnx (an exported model) or '
@@ -251,7 +257,7 @@ def load_reader(workdir: str | None = None, onnx: str | None = None, pretrained:
   if onnx:
     from captcha_jax.onnx_reader import OnnxReader
 
-    return OnnxReader(onnx)
+    return OnnxReader(onnx, threads=onnx_threads)
   from captcha_jax.predict import Predictor
 
   return Predictor.pretrained() if pretrained else Predictor.from_workdir(workdir)
@@ -350,15 +356,9 @@ def serve(argv: Sequence[str] | None = None) -> None:
     if args.cpu_tuning and not args.onnx:
       host.tune_cpu(args.max_batch)
     _quiet_orbax()
-    if args.onnx:
-      from captcha_jax.onnx_reader import OnnxReader
-
-      threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
-      reader = OnnxReader(args.onnx, threads=threads)
-    else:
-      reader = load_reader(args.workdir, None, args.pretrained)
+    threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
     serving.serve_reader(
-      reader,
+      load_reader(args.workdir, args.onnx, args.pretrained, onnx_threads=threads),
       host=args.host,
       port=args.port,
       warmup=args.warmup,

@@ -328,7 +328,7 @@ def resolve(
   check_label_fit(splits, vocab, steps)
   if config.get('blank_prior') == settings.AUTO_PRIOR and splits['train']:
     mean_length = statistics.mean(len(e.text) for e in splits['train'])
-    config.blank_prior = round(1 - mean_length / steps, 4)
+    config.blank_prior = settings.blank_prior(mean_length, steps)
     logging.info(
       'Initial blank probability 1 - %.2f/%d = %s.', mean_length, steps, config.blank_prior
     )

@@ -150,3 +150,9 @@ def auto_width(
   while output_steps(height, width) < 2 * max_label_length + 1:
     width += 8
   return width
+
+
+def blank_prior(mean_label_length: float, steps: int) -> float:
+  """config.blank_prior = AUTO_PRIOR: the share of the `steps` CTC steps a label of the mean
+  length leaves blank, the head's starting blank probability."""
+  return round(1 - mean_label_length / steps, 4)

@@ -216,7 +216,7 @@ def _resolve_blank_prior(config: ml_collections.ConfigDict, steps: int) -> None:
   does for a folder's training labels."""
   if config.blank_prior == settings.AUTO_PRIOR:
     shortest, longest = synthetic.length_range(config.synthetic.lengths)
-    config.blank_prior = round(1 - (shortest + longest) / 2 / steps, 4)
+    config.blank_prior = settings.blank_prior((shortest + longest) / 2, steps)
 
 
 def synthetic_splits(config: ml_collections.ConfigDict) -> Splits:
