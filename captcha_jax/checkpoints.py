@@ -70,16 +70,18 @@ def step_numbers(workdir: str | Path) -> list[int]:
   return sorted((int(p.name) for p in folder.glob('*') if p.name.isdigit()), reverse=True)
 
 
+def saved_metrics(workdir: str | Path, step: int) -> dict:
+  """The validation metrics saved with `step` (raises OSError for a mid-epoch save)."""
+  return json.loads(Path(workdir, 'checkpoints', str(step), 'metrics', 'metrics').read_text())
+
+
 def reading_order(workdir: str | Path) -> list[int]:
   """Saved steps, the best by validation first, then the rest newest first; read from the files
   themselves, so one damaged step cannot hide the others."""
   scores = {}
   for step in step_numbers(workdir):
     try:
-      metrics = json.loads(
-        Path(workdir, 'checkpoints', str(step), 'metrics', 'metrics').read_text()
-      )
-      scores[step] = selection_score(metrics)
+      scores[step] = selection_score(saved_metrics(workdir, step))
     except (OSError, ValueError, KeyError, TypeError):
       pass  # a mid-epoch save has no metrics; a damaged step fails when restored
   best = max(scores, key=lambda s: (scores[s], s), default=None)

@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from captcha_jax.errors import UserError
 
@@ -267,15 +268,19 @@ def load_reader(
 
 
 def export(argv: Sequence[str] | None = None) -> None:
-  """python -m captcha_jax.export --workdir DIR --out FILE [--format jax|onnx]"""
+  """python -m captcha_jax.export --workdir DIR --out FILE [--format jax|onnx|reader]"""
   parser = argparse.ArgumentParser(prog='captcha-jax-export', description=export.__doc__)
   parser.add_argument('--workdir', required=True, help='The --workdir of a training run.')
   parser.add_argument('--out', required=True, help='File to write.')
   parser.add_argument(
     '--format',
-    choices=('jax', 'onnx'),
-    help='jax.export (runs with jax and NumPy) or ONNX (onnxruntime, any language); '
-    'default: onnx for a .onnx file name, else jax.',
+    choices=('jax', 'onnx', 'reader'),
+    help='jax.export (runs with jax and NumPy), ONNX (onnxruntime, any language), or a reader '
+    'folder (reader.json + reader.msgpack, the layout of the pretrained reader shipped in '
+    'captcha_jax/pretrained/); default: onnx for a .onnx file name, else jax.',
+  )
+  parser.add_argument(
+    '--note', default='', help='For --format reader: how the run was made, kept in reader.json.'
   )
   args = parser.parse_args(argv)
 
@@ -285,6 +290,22 @@ def export(argv: Sequence[str] | None = None) -> None:
 
     _quiet_orbax()
     predictor = Predictor.from_workdir(args.workdir)
+    if args.format == 'reader':
+      from captcha_jax import checkpoints, transfer
+
+      step = checkpoints.reading_order(args.workdir)[0]
+      metrics = checkpoints.saved_metrics(args.workdir, step)
+      validation = {k: metrics[k] for k in ('val_accuracy', 'val_cer')}
+      transfer.save_reader(
+        predictor.config,
+        predictor.variables,
+        Path(args.out),
+        command=args.note,
+        step=step,
+        validation=validation,
+      )
+      print(f'Wrote {args.out}/reader.json and reader.msgpack (step {step}, {validation}).')
+      return
     if (args.format or ('onnx' if args.out.endswith('.onnx') else 'jax')) == 'onnx':
       from captcha_jax import onnx_export
 

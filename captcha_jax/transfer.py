@@ -22,13 +22,12 @@ PRETRAINED_DIR = Path(__file__).parent / 'pretrained'
 PRETRAINED = 'pretrained'  # config.init_from's name for the reader shipped with the package
 
 
-def load_pretrained() -> tuple[ml_collections.ConfigDict, dict]:
-  """(config, variables) of the reader shipped in captcha_jax/pretrained/."""
-  config_path, weights_path = PRETRAINED_DIR / 'reader.json', PRETRAINED_DIR / 'reader.msgpack'
+def load_pretrained(folder: Path = PRETRAINED_DIR) -> tuple[ml_collections.ConfigDict, dict]:
+  """(config, variables) of the reader shipped in captcha_jax/pretrained/, or of another folder
+  `save_reader` wrote."""
+  config_path, weights_path = folder / 'reader.json', folder / 'reader.msgpack'
   if not weights_path.exists():
-    raise ConfigError(
-      f'No pretrained reader in {PRETRAINED_DIR}: this installation lacks reader.msgpack.'
-    )
+    raise ConfigError(f'No reader in {folder}: it lacks reader.msgpack.')
   description = json.loads(config_path.read_text())
   variables = flax.serialization.msgpack_restore(weights_path.read_bytes())
   return ml_collections.ConfigDict(description['config']), variables

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from captcha_jax import models, steps, synthetic, train, transfer
+from captcha_jax import cli, models, steps, synthetic, train, transfer
 from captcha_jax.errors import ConfigError
 from captcha_jax.predict import Predictor
 from captcha_jax.vocab import BLANK_ID
@@ -67,6 +67,21 @@ def test_the_shipped_reader_loads_offline_and_reads():
   [digits] = predictor.predict([image], allowed='0123456789')
   assert set(digits.text) <= set('0123456789') and 0 <= free.confidence <= 1
   assert Predictor.pretrained().predict([image]) == [free]
+
+
+def test_a_run_exported_as_a_reader_loads_as_the_shipped_one_does(trained, tmp_path):
+  _, workdir, _ = trained
+  out = tmp_path / 'reader'
+  with pytest.raises(SystemExit) as exit_status:
+    cli.export([f'--workdir={workdir}', f'--out={out}', '--format=reader', '--note=made here'])
+  assert exit_status.value.code == 0
+  config, variables = transfer.load_pretrained(out)
+  description = json.loads((out / 'reader.json').read_text())
+  assert description['command'] == 'made here' and 0 <= description['validation']['val_cer']
+  run = Predictor.from_workdir(workdir)
+  assert config.alphabet == run.config.alphabet
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(run.variables), strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
