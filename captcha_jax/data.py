@@ -400,6 +400,20 @@ def split_fingerprint(splits: Splits) -> dict[str, list[str]]:
 # --- Augmentation and batches. ---
 
 
+def augment_for_epoch(config: ml_collections.ConfigDict, epoch: int) -> ml_collections.ConfigDict:
+  """config.augment for 1-based `epoch`: its ranges grow linearly from none at epoch 1 to whole
+  after `ramp_epochs` (0 = whole from the start). Warps at full strength from the first step slow
+  CTC's first alignments; once the model reads, they keep it from learning the images by heart."""
+  ramp = config.get('ramp_epochs', 0.0)
+  strength = min(1.0, (epoch - 1) / ramp) if ramp > 0 else 1.0
+  scaled = config.copy_and_resolve_references()
+  scaled.enabled = config.enabled and strength > 0
+  for name in scaled:
+    if name.startswith('max_'):
+      scaled[name] = config[name] * strength
+  return scaled
+
+
 def augment_image(image: np.ndarray, rng: np.random.Generator, config) -> np.ndarray:
   """A small random affine warp (shift, rotation, scale, shear) of one uint8 image, on white."""
   h, w = image.shape[:2]

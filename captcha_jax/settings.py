@@ -63,7 +63,9 @@ def _check(name: str, value) -> str | None:
     return None if ok else f'must be a whole number ≥ 0, or {AUTO_LENGTH} (read from the data)'
   if name in ('learning_rate', 'grad_clip_norm'):
     return None if _number(value) and value > 0 else 'must be a finite number > 0'
-  if name in ('weight_decay', 'warmup_epochs') or name.startswith('augment.max_'):
+  if name in ('weight_decay', 'warmup_epochs', 'augment.ramp_epochs') or name.startswith(
+    'augment.max_'
+  ):
     return None if _number(value) and value >= 0 else 'must be a finite number ≥ 0'
   if name == 'blank_prior':
     ok = _number(value) and (value == AUTO_PRIOR or 0 <= value < 1)

@@ -296,7 +296,7 @@ class _Loop:
       spec,
       self.vocab,
       (config.seed, epoch),
-      config.augment,
+      data.augment_for_epoch(config.augment, epoch),
       shard=steps.process_shard(),
       first_batch=first_batch,
       workers=config.input_workers,

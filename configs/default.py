@@ -53,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.max_rotation = 3.0  # degrees
   config.augment.max_scale = 0.05  # ±5%
   config.augment.max_shear = 0.1
+  # The ranges grow from none at epoch 1 to the above at epoch 1 + ramp_epochs: CTC finds its
+  # first alignments on clean images (bench/README.md: the ramp's ablation).
+  config.augment.ramp_epochs = 4.0
 
   # Model.
   config.model = ml_collections.ConfigDict()

@@ -134,6 +134,21 @@ def test_identity_augmentation_is_exact():
   np.testing.assert_array_equal(data.augment_image(image, np.random.default_rng(0), config), image)
 
 
+@pytest.mark.parametrize(
+  'epoch, ramp, strength',
+  [(1, 4.0, 0.0), (2, 4.0, 0.25), (5, 4.0, 1.0), (9, 4.0, 1.0), (1, 0.0, 1.0)],
+)
+def test_augmentation_ramps_up_over_the_first_epochs(epoch, ramp, strength):
+  config = ml_collections.ConfigDict(
+    dict(enabled=True, ramp_epochs=ramp, max_shift_x=4.0, max_rotation=3.0, max_shear=0.1)
+  )
+  scaled = data.augment_for_epoch(config, epoch)
+  assert scaled.max_shift_x == 4.0 * strength and scaled.max_rotation == 3.0 * strength
+  assert scaled.max_shear == pytest.approx(0.1 * strength) and scaled.ramp_epochs == ramp
+  assert scaled.enabled == (strength > 0)
+  assert config.max_shift_x == 4.0  # the run's config is left as it is
+
+
 def test_eval_batches_pad_and_mask_the_last_batch(captcha_dir):
   ds = load(captcha_dir)
   stream = list(batches.eval_batches(ds, spec(25), VOCAB))
