@@ -106,10 +106,12 @@ def open_records(
   from captcha_jax import tfds_builder
 
   prepared = tfds_builder.builder(config, examples)
+  size = tfds_builder.part_size(config.image_height, config.image_width)
   sources, problems = {}, []
   for name, split in examples.items():
     records = prepared.as_data_source(
-      tfds_builder.TFDS_SPLITS[name], deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
+      '+'.join(tfds_builder.part_names(name, len(split), size)),
+      deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
     )
     source = RecordSource(records, split, config.image_height, config.image_width)
     problems += [

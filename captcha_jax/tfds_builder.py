@@ -56,9 +56,12 @@ class CaptchaImages(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # the examples are given, nothing to download
+    c = self.builder_config
+    size = part_size(c.image_height, c.image_width)
     return {
-      TFDS_SPLITS[name]: self._generate_examples(examples)
-      for name, examples in self.builder_config.examples.items()
+      part: self._generate_examples(examples[i * size : (i + 1) * size])
+      for name, examples in c.examples.items()
+      for i, part in enumerate(part_names(name, len(examples), size))
     }
 
   def _generate_examples(self, examples):
@@ -72,10 +75,28 @@ class CaptchaImages(tfds.core.GeneratorBasedBuilder):
       yield path, {'image': Image.fromarray(pixels), 'label': text, 'file_name': path}
 
 
+def part_size(height: int, width: int) -> int:
+  """Examples per tfds split. tfds holds a split's records in memory while it writes them, and
+  past MAX_MEM_BUFFER_SIZE (1 GB) spills them to disk through TensorFlow's file API, which this
+  package does not install; so a large split is written as parts that each fit that buffer, an
+  uncompressed image being the most a record's PNG takes."""
+  from tensorflow_datasets.core import shuffle
+
+  return max(1, int(0.9 * shuffle.MAX_MEM_BUFFER_SIZE) // (height * width * 3 + 1024))
+
+
+def part_names(split: str, count: int, size: int) -> list[str]:
+  """The tfds splits holding `count` examples of `split`, `size` to a part, in order."""
+  name = TFDS_SPLITS[split]
+  parts = max(1, -(-count // size))
+  return [name] if parts == 1 else [f'{name}_part{i}' for i in range(parts)]
+
+
 def fingerprint(config: ml_collections.ConfigDict, examples: dict[str, list[data.Example]]) -> str:
   """A hash of the settings and of every source file's path, size and modification time."""
   digest = hashlib.sha256()
   fields = [config.image_height, config.image_width, config.alphabet, config.max_label_length]
+  fields.append(part_size(config.image_height, config.image_width))
   digest.update(json.dumps(fields).encode())
   for name, split in sorted(examples.items()):
     for e in split:

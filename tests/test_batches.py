@@ -150,6 +150,30 @@ def test_record_source_is_the_in_memory_dataset_element_for_element(splits):
   assert any(records['train'].missing)  # so the train comparisons below cover a gap
 
 
+def test_a_split_larger_than_tfds_write_buffer_is_written_in_parts(splits, tmp_path, monkeypatch):
+  from tensorflow_datasets.core import shuffle
+
+  from captcha_jax import tfds_builder
+
+  config, memory, _ = splits
+  # Past this buffer tfds would spill the split through TensorFlow's file API (not installed).
+  record_bound = config.image_height * config.image_width * 3 + 1024
+  monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', int(7 * record_bound / 0.9) + 1)
+  config = config.copy_and_resolve_references()
+  config.tfds_data_dir = str(tmp_path)
+  examples = {
+    n: [data.Example(p, t) for p, t in zip(memory[n].paths, memory[n].texts, strict=True)]
+    for n in data.SPLITS
+  }
+  records = sources.open_records(config, examples)
+  written = list(tfds_builder.builder(config, examples).info.splits)
+  assert 'train_part1' in written and 'train' not in written
+  for name in data.SPLITS:
+    assert records[name].paths == memory[name].paths
+    for i in range(len(records[name])):
+      np.testing.assert_array_equal(records[name].example(i)[0], memory[name].images[i])
+
+
 def test_streamed_train_batches_equal_the_in_memory_batches(splits):
   config, memory, records = splits
   spec, seed = spec_of(config), (config.seed, 3)
