@@ -2,6 +2,7 @@
 `configs/` folder is part of the repository, not of the installed package)."""
 
 import importlib.util
+import resource
 import sys
 from pathlib import Path
 
@@ -34,3 +35,8 @@ def dataset_config(path: str = 'configs/default.py') -> ml_collections.ConfigDic
   config.max_label_length = config.fixed_label_length = 5
   config.image_width = config.image_width or 200
   return config
+
+
+def peak_rss_mb() -> float:
+  """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

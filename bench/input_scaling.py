@@ -18,14 +18,13 @@ import argparse
 import functools
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import ROOT, load_config
+from common import ROOT, load_config, peak_rss_mb
 
 
 def make_set(data_dir: Path, size: int, cache: Path) -> Path:
@@ -52,10 +51,6 @@ def make_set(data_dir: Path, size: int, cache: Path) -> Path:
   labels.with_suffix('.tmp').write_text('\n'.join(rows) + '\n')
   labels.with_suffix('.tmp').rename(labels)
   return folder
-
-
-def peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(folder: Path, source: str, num_steps: int, warmup: int, cpu_tuning: bool) -> dict:

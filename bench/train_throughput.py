@@ -17,17 +17,12 @@ prints the figures as one JSON line as well.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
-from common import ROOT, dataset_config
-
-
-def peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from common import ROOT, dataset_config, peak_rss_mb
 
 
 def run_jax(config, batch_size, num_steps, warmup, cpu_tuning):

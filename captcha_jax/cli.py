@@ -293,9 +293,12 @@ def export(argv: Sequence[str] | None = None) -> None:
     if args.format == 'reader':
       from captcha_jax import checkpoints, transfer
 
-      step = checkpoints.reading_order(args.workdir)[0]
-      metrics = checkpoints.saved_metrics(args.workdir, step)
-      validation = {k: metrics[k] for k in ('val_accuracy', 'val_cer')}
+      step = predictor.step  # the checkpoint read: the best intact one
+      try:
+        metrics = checkpoints.saved_metrics(args.workdir, step)
+        validation = {k: metrics[k] for k in ('val_accuracy', 'val_cer')}
+      except (OSError, ValueError, KeyError):
+        validation = None  # a mid-epoch save, never validated
       transfer.save_reader(
         predictor.config,
         predictor.variables,

@@ -48,6 +48,7 @@ class Predictor:
     self.height, self.width = config.image_height, config.image_width
     self.model = models.create_model(config.model, self.vocab.num_classes)
     self.batch_size = batch_size
+    self.step: int | None = None  # the checkpoint's step, when read from a workdir
     self._check_variables(variables)
     self.mesh = mesh or Mesh(np.asarray(jax.local_devices()), ('batch',))
     self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
@@ -69,7 +70,7 @@ class Predictor:
       raise ConfigError(
         f'{str(workdir)!r} has no checkpoint yet: train first, or wait for the first epoch.'
       )
-    _, state = checkpoints.first_intact(
+    step, state = checkpoints.first_intact(
       candidates, functools.partial(checkpoints.restore_raw, workdir), repr(str(workdir))
     )
     if not isinstance(state, dict) or not {'ema_params', 'batch_stats'} <= set(state):
@@ -77,9 +78,11 @@ class Predictor:
         f'The checkpoint in {str(workdir)!r} is not a captcha_jax one (no ema_params and '
         'batch_stats): was this workdir written by another program?'
       )
-    return cls(
+    predictor = cls(
       config, {'params': state['ema_params'], 'batch_stats': state['batch_stats']}, **kwargs
     )
+    predictor.step = step
+    return predictor
 
   @classmethod
   def pretrained(cls, **kwargs) -> 'Predictor':
