@@ -9,6 +9,7 @@ Each is deterministic in any process, so a split shards and resumes the same wha
 """
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -158,6 +159,7 @@ class SyntheticSource:
   height: int
   width: int
   offset: int = 0
+  fonts: tuple[str, ...] = synthetic.PRETRAINING_FONTS  # the pool 'varied' draws from
 
   def __post_init__(self) -> None:
     if self.seed < 0 or self.offset < 0 or self.size < 1:
@@ -190,6 +192,7 @@ class SyntheticSource:
       style=self.style,
       width=self.width,
       height=self.height,
+      fonts=self.fonts,
     )
     return images.load_image(image, self.height, self.width), text
 
@@ -225,6 +228,14 @@ def synthetic_splits(config: ml_collections.ConfigDict) -> Splits:
   """Train from the generator's stream config.synthetic.seed, `train_images` an epoch (each
   epoch new ones); val and test `eval_images` each, from the two seeds after it."""
   s = config.synthetic
+  fonts = synthetic.font_pool(tuple(s.font_dirs))
+  logging.info(
+    'Drawing from %d fonts: %d bundled, %d found under %s.',
+    len(fonts),
+    len(synthetic.PRETRAINING_FONTS),
+    len(fonts) - len(synthetic.PRETRAINING_FONTS),
+    list(s.font_dirs),
+  )
 
   def source(seed: int, size: int) -> SyntheticSource:
     return SyntheticSource(
@@ -236,6 +247,7 @@ def synthetic_splits(config: ml_collections.ConfigDict) -> Splits:
       style=s.style,
       height=config.image_height,
       width=config.image_width,
+      fonts=fonts,
     )
 
   return {

@@ -25,12 +25,14 @@ import importlib.util
 import io
 import math
 import random
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from captcha import image as captcha_image
+from fontTools.ttLib import TTFont
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 # A ValueError the commands print as one line (exit status 2) instead of a traceback.
@@ -236,7 +238,7 @@ def _canonical(size: float) -> int:
   ]
 
 
-@functools.lru_cache(maxsize=512)  # ~130 KB each
+@functools.lru_cache(maxsize=1024)  # ~130 KB each; a pool of ~170 fonts at 6 sizes
 def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
   return ImageFont.truetype(path, size)
 
@@ -625,6 +627,45 @@ COMMON_SIZES = (
 # ('ledger', 'ransom') are looks a pretrained reader has not seen, to measure fine-tuning on.
 HELD_OUT_FONTS = ('cmr10', 'cmb10', 'cmti10', 'cmss10', 'cmtt10')
 PRETRAINING_FONTS = tuple(path for name, path in FONTS.items() if name not in HELD_OUT_FONTS)
+# Computer Modern under other names (CMU, Latin Modern), kept out of the stream like cm*.
+_COMPUTER_MODERN = re.compile(r'^(cm|lm(roman|sans|mono))', re.IGNORECASE)
+_GLYPH_NAMES = {
+  **{c: c for c in LOWERCASE + UPPERCASE},
+  **dict(zip(DIGITS, 'zero one two three four five six seven eight nine'.split(), strict=True)),
+}
+
+
+def draws_ascii(path: str | Path) -> bool:
+  """Whether a font draws every ASCII letter and digit as itself: its character map sends each to
+  the glyph of that letter's standard name. Symbol and dingbat fonts map the same code points to
+  other glyphs ('alpha', 'a105'), math and display cuts leave them out."""
+  try:
+    cmap = TTFont(path, fontNumber=0, lazy=True)['cmap'].getBestCmap()
+  except Exception:  # fontTools raises many kinds for a file that is not a font
+    return False
+  return all(cmap.get(ord(c)) == name for c, name in _GLYPH_NAMES.items())
+
+
+@functools.cache
+def font_pool(folders: tuple[str, ...] = ()) -> tuple[str, ...]:
+  """PRETRAINING_FONTS and, after them, every .ttf/.otf under `folders` (sorted by name; a missing
+  folder adds none) that draws the ASCII letters and digits, is not Computer Modern, and is not
+  one of the bundled fonts again."""
+  known = {Path(path).stem.lower() for path in FONTS.values()}
+  extra = {}
+  for folder in folders:
+    for path in sorted(Path(folder).expanduser().rglob('*')):
+      name = path.stem
+      if (
+        path.suffix.lower() in ('.ttf', '.otf')
+        and name.lower() not in known
+        and name not in extra
+        and not _COMPUTER_MODERN.match(name)
+        and draws_ascii(path)
+      ):
+        extra[name] = str(path)
+  return PRETRAINING_FONTS + tuple(extra[name] for name in sorted(extra))
+
 
 # (saturation, value) ranges of the paper and of the ink for each colour scheme, and its odds.
 _SCHEMES = (
@@ -674,14 +715,15 @@ def random_style(
   width: int | None = None,
   height: int | None = None,
   length: int | None = None,
+  fonts: Sequence[str] = PRETRAINING_FONTS,
 ) -> Style:
   """A style from the wide pre-training distribution.
 
-  Sizes (common ones and random ones), 1-3 of the bundled fonts (sans, serif, mono, bold, italic,
-  the captcha package's own; never the HELD_OUT_FONTS), colour schemes, plain/gradient/textured/
-  grid backgrounds, outlines, spacing from overlapping to spread out, rotation, jitter, wavy
-  baselines, lines and arcs, dots, warps, low resolution, blur, noise and JPEG; about 10% are the
-  captcha package's ImageCaptcha.
+  Sizes (common ones and random ones), 1-3 of `fonts` (by default the bundled ones: sans, serif,
+  mono, bold, italic, the captcha package's own; never the HELD_OUT_FONTS), colour schemes,
+  plain/gradient/textured/grid backgrounds, outlines, spacing from overlapping to spread out,
+  rotation, jitter, wavy baselines, lines and arcs, dots, warps, low resolution, blur, noise and
+  JPEG; about 10% are the captcha package's ImageCaptcha.
   One difficulty draw scales the distortions together, so some styles are clean and some hard.
   `width` and `height` fix the size instead of drawing it; a drawn width is at least 0.45 height
   per character of a text of `length`, as real sites size their images to their texts.
@@ -693,8 +735,8 @@ def random_style(
     if width is None:
       width = max(drawn_width, round(0.45 * (length or 0) * height))
   hard = draws.random()
-  count = 1 + draws.index(3, (0.6, 0.25, 0.15))
-  pool = list(PRETRAINING_FONTS)
+  count = min(1 + draws.index(3, (0.6, 0.25, 0.15)), len(fonts))
+  pool = list(fonts)
   fonts = tuple(pool.pop(draws.index(len(pool))) for _ in range(count))
   effects = dict(
     # Never below ~20 pixels high: lower than that, no one could read it.
@@ -756,15 +798,17 @@ def style_for(
   width: int | None = None,
   height: int | None = None,
   length: int | None = None,
+  fonts: Sequence[str] = PRETRAINING_FONTS,
 ) -> Style:
-  """The Style to draw one image with: as given, a named look, or a fresh random one ('varied').
+  """The Style to draw one image with: as given, a named look, or a fresh random one ('varied',
+  from `fonts`).
 
   A named look without a size is 200×50; 'varied' without a size draws one.
   """
   if isinstance(style, Style):
     return style
   if style == 'varied':
-    return random_style(rng, width=width, height=height, length=length)
+    return random_style(rng, width=width, height=height, length=length, fonts=fonts)
   return named_style(style, width or 200, height or 50)
 
 
@@ -853,6 +897,7 @@ def sample(
   style: str | Style = 'varied',
   width: int | None = None,
   height: int | None = None,
+  fonts: Sequence[str] = PRETRAINING_FONTS,
 ) -> tuple[Image.Image, str]:
   """Element `index` of the endless synthetic dataset `seed`: (RGB image, its text).
 
@@ -860,13 +905,14 @@ def sample(
   np.random.default_rng([seed, index]) alone), so a loader can read element i, resume at any
   index and shard indices over processes. `np.asarray(image)` is uint8 [height, width, 3]. With
   style='varied' every index has its own random style, and its own size unless width and height
-  are given (a training batch wants one size: give them, or resize).
+  are given (a training batch wants one size: give them, or resize); its fonts are drawn from
+  `fonts` (`font_pool`), so the same pool gives the same stream.
   """
   if index < 0 or seed < 0:
     raise ConfigError(f'index and seed must be non-negative, got index={index}, seed={seed}.')
   rng = np.random.default_rng([seed, index])
   text = random_text(rng, apply_case(alphabet, case), length_range(lengths))
-  return render(text, style_for(style, rng, width, height, len(text)), rng), text
+  return render(text, style_for(style, rng, width, height, len(text), fonts), rng), text
 
 
 def generate(

@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import secrets
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -234,3 +235,22 @@ def test_the_pretraining_stream_never_draws_the_held_out_fonts():
     assert not held_out & set(style.fonts), style.fonts
   for name in ('ledger', 'ransom'):
     assert set(synthetic.named_style(name).fonts) <= held_out
+
+
+def test_font_pool_adds_the_fonts_that_draw_letters_and_digits(tmp_path):
+  fonts = Path(synthetic.FONTS['DejaVuSerif']).parent
+  (tmp_path / 'nested').mkdir()
+  shutil.copy(fonts / 'DejaVuSerif.ttf', tmp_path / 'nested' / 'MySerif.ttf')  # joins
+  shutil.copy(fonts / 'DejaVuSans.ttf', tmp_path / 'DejaVuSans.ttf')  # bundled already
+  shutil.copy(fonts / 'cmsy10.ttf', tmp_path / 'Symbols.ttf')  # maps letters to symbols
+  shutil.copy(fonts / 'cmr10.ttf', tmp_path / 'lmroman10-regular.ttf')  # Computer Modern
+  (tmp_path / 'broken.ttf').write_bytes(b'not a font')
+  (tmp_path / 'notes.txt').write_text('MySans.ttf')
+  pool = synthetic.font_pool((str(tmp_path), str(tmp_path / 'missing')))
+  assert pool == (*synthetic.PRETRAINING_FONTS, str(tmp_path / 'nested' / 'MySerif.ttf'))
+  assert synthetic.font_pool() == synthetic.PRETRAINING_FONTS
+  styles = [synthetic.random_style(np.random.default_rng([8, i]), fonts=pool) for i in range(300)]
+  drawn = {font for style in styles for font in style.fonts}
+  assert str(tmp_path / 'nested' / 'MySerif.ttf') in drawn
+  image, _ = synthetic.sample(0, 5, fonts=pool[-1:], style='varied', width=96, height=32)
+  assert image.size == (96, 32)
