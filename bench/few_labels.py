@@ -1,7 +1,8 @@
 """Few labels: from scratch against fine-tuning the pretrained reader, N labelled captchas each.
 
     python bench/few_labels.py --data_dir ../shared/data/captcha_v2 \
-        [--sizes 50,100,200,500,1000] [--styles ledger,ransom] [--skip_ddddocr]
+        [--sizes 50,100,200,500,1000] [--styles ledger,ransom] [--skip_ddddocr] \
+        [--flag=--config.augment.max_rotation=8 ...]
 
 For each captcha set and N, trains with only the data folder given (`configs/default.py` from
 scratch, `configs/finetune.py` from the shipped reader; each splits its N images 80/10/10 and
@@ -57,7 +58,7 @@ def generated_set(
   return examples[SCORED:], examples[:SCORED]
 
 
-def train(config: str, labelled: list[data.Example], workdir: Path) -> float:
+def train(config: str, labelled: list[data.Example], workdir: Path, flags: list[str]) -> float:
   """Trains on `labelled` (a folder of links named by their texts); returns the wall time."""
   folder = workdir.with_suffix('.data')
   folder.mkdir(parents=True, exist_ok=True)
@@ -73,6 +74,7 @@ def train(config: str, labelled: list[data.Example], workdir: Path) -> float:
     f'--workdir={workdir}',
     f'--config.data_dir={folder}',
     '--cpu_tuning',
+    *flags,
   ]
   start = time.time()
   log = workdir.with_suffix('.log')
@@ -95,6 +97,9 @@ def main():
   parser.add_argument('--modes', default='scratch,finetune')
   parser.add_argument('--workdir', default=None, help='keeps the runs (default: a temp dir)')
   parser.add_argument('--skip_ddddocr', action='store_true')
+  parser.add_argument(
+    '--flag', action='append', default=[], help='--config.x=y for every run (repeatable)'
+  )
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args()
   base = Path(args.workdir or tempfile.mkdtemp(prefix='few_labels_')).absolute()
@@ -126,7 +131,7 @@ def main():
         continue
       for mode in args.modes.split(','):
         workdir = base / f'{name}-{n}-{mode}'
-        seconds = train(configs[mode], pool[:n], workdir)
+        seconds = train(configs[mode], pool[:n], workdir, args.flag)
         predictor = Predictor.from_workdir(workdir)
         row = {'set': name, 'n': n, 'mode': mode, 'exact': exact_match(predictor, scored)}
         row['wall_s'] = seconds
