@@ -11,8 +11,9 @@ set: exact match, and the wall time of the run (compilation included). Sets: the
 of --data_dir (the N come from its default training split, scored on its validation and test
 images), and generated styles built from fonts the pre-training never drew (`synthetic.py`'s
 HELD_OUT_FONTS; 1,000 scored images each). A zero-shot row reads each scored set with the
-pretrained reader restricted to the set's alphabet, beside ddddocr's (its own environment, see
-ddddocr_reader.py) as it comes and restricted likewise.
+pretrained reader restricted to the set's alphabet (and, where all its texts have one length, to
+that length too), beside ddddocr's (its own environment, see ddddocr_reader.py) as it comes and
+restricted to the alphabet (its API takes no length).
 """
 
 import argparse
@@ -84,8 +85,10 @@ def train(config: str, labelled: list[data.Example], workdir: Path, flags: list[
   return time.time() - start
 
 
-def exact_match(predictor: Predictor, scored: list[data.Example], allowed: str = '') -> float:
-  readings = predictor.predict([e.path for e in scored], allowed=allowed)
+def exact_match(
+  predictor: Predictor, scored: list[data.Example], allowed: str = '', length: int = 0
+) -> float:
+  readings = predictor.predict([e.path for e in scored], allowed=allowed, length=length)
   return sum(r.text == e.text for r, e in zip(readings, scored, strict=True)) / len(scored)
 
 
@@ -115,6 +118,9 @@ def main():
     alphabet = ''.join(sorted({c for e in pool + scored for c in e.text}))
     row = {'set': name, 'n': 0, 'mode': 'zero-shot', 'exact': exact_match(pretrained, scored)}
     row['exact_restricted'] = exact_match(pretrained, scored, allowed=alphabet)
+    lengths = {len(e.text) for e in pool + scored}
+    if len(lengths) == 1:  # a site whose texts all have one length: that too
+      row['exact_restricted_length'] = exact_match(pretrained, scored, alphabet, lengths.pop())
     if not args.skip_ddddocr:
       import ddddocr_reader  # bench/ddddocr_reader.py, beside this file
 
@@ -144,9 +150,12 @@ def main():
   for name in sets:
     zero = next(r for r in rows if r['set'] == name and r['mode'] == 'zero-shot')
     dddd = zero.get('ddddocr')
+    with_length = zero.get('exact_restricted_length')
     print(
       f'| {name} | 0 | — | — | — | {100 * zero["exact"]:.1f}% '
-      f'({100 * zero["exact_restricted"]:.1f}% restricted) | '
+      f'({100 * zero["exact_restricted"]:.1f}% restricted'
+      + (f', {100 * with_length:.1f}% with the length too' if with_length is not None else '')
+      + ') | '
       + (
         f'{100 * dddd:.1f}% ({100 * zero["ddddocr_restricted"]:.1f}%)' if dddd is not None else '—'
       )

@@ -195,10 +195,15 @@ def predict(argv: Sequence[str] | None = None) -> None:
   )
   parser.add_argument('--output', help='Write the readings to this .csv or .jsonl file too.')
   parser.add_argument('--allowed', default='', help='Read only these characters.')
+  parser.add_argument(
+    '--length', type=int, default=0, help='Read texts of this many characters (0: any).'
+  )
   _cpu_tuning_flag(parser)
   args = parser.parse_args(argv)
   if args.output and not args.output.endswith(('.csv', '.jsonl')):
     parser.error('--output must end in .csv or .jsonl')
+  if args.length < 0:
+    parser.error('--length must be 0 (any) or more')
 
   def action() -> int:
     from tqdm import tqdm
@@ -218,7 +223,7 @@ def predict(argv: Sequence[str] | None = None) -> None:
       rows.writerow(['file', 'text', 'raw_text', 'confidence'])
     bar = tqdm(total=len(paths), unit='image', disable=len(paths) <= 32, file=sys.stderr)
     try:
-      for path, reading in predicting.read_files(reader, paths, args.allowed):
+      for path, reading in predicting.read_files(reader, paths, args.allowed, args.length):
         bar.update()
         if isinstance(reading, UserError):
           failed += 1

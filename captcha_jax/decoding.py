@@ -107,6 +107,8 @@ def read(
   `fixed_label_length` > 0 corrects readings of another length to it (`decode_with_length`);
   `allowed`, when given, restricts the readings to those characters (`restrict`).
   """
+  if fixed_label_length < 0:
+    raise ValueError(f'A text length must be 0 (any) or more, got {fixed_label_length}.')
   if allowed:
     log_probs = restrict(log_probs, vocab, allowed)
   sequences, confidence = greedy_decode(log_probs)

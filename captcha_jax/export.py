@@ -77,10 +77,11 @@ class ExportedReader:
   def log_probs(self, images: np.ndarray) -> np.ndarray:
     return np.asarray(self._exported.call(jnp.asarray(images, jnp.uint8)))
 
-  def predict(self, images: np.ndarray, allowed: str = '') -> list[decoding.Reading]:
-    return decoding.read(
-      self.log_probs(images), self.vocab, self.meta['fixed_label_length'], allowed
-    )
+  def predict(
+    self, images: np.ndarray, allowed: str = '', length: int = 0
+  ) -> list[decoding.Reading]:
+    fixed = length or self.meta['fixed_label_length']
+    return decoding.read(self.log_probs(images), self.vocab, fixed, allowed)
 
 
 def load(path: str | Path) -> ExportedReader:

@@ -79,18 +79,24 @@ class OnnxReader:
     """One image (a path, bytes, a PIL image or a uint8 array) as this model's input."""
     return images.load_image(source, self.height, self.width)
 
-  def read_pixels(self, pixels: np.ndarray, allowed: str = '') -> list[decoding.Reading]:
+  def read_pixels(
+    self, pixels: np.ndarray, allowed: str = '', length: int = 0
+  ) -> list[decoding.Reading]:
     """Readings of decoded images [n, height, width, 3] uint8."""
-    return decoding.read(self.log_probs(pixels), self.vocab, self.fixed_label_length, allowed)
+    fixed = length or self.fixed_label_length
+    return decoding.read(self.log_probs(pixels), self.vocab, fixed, allowed)
 
-  def predict(self, sources: Sequence, allowed: str = '') -> list[decoding.Reading]:
+  def predict(
+    self, sources: Sequence, allowed: str = '', length: int = 0
+  ) -> list[decoding.Reading]:
     """Readings of images given as paths, encoded bytes, PIL images or uint8 arrays, in order.
 
     Each is decoded and resized to the model's size; `allowed` restricts the readings to those
-    characters (see `decoding.restrict`). Raises DataError naming an image that cannot be read.
+    characters (see `decoding.restrict`), `length` > 0 to texts of that length. Raises DataError
+    naming an image that cannot be read.
     """
     readings = []
     for start in range(0, len(sources), self.batch_size):
       chunk = sources[start : start + self.batch_size]
-      readings += self.read_pixels(np.stack([self.decode(s) for s in chunk]), allowed)
+      readings += self.read_pixels(np.stack([self.decode(s) for s in chunk]), allowed, length)
     return readings

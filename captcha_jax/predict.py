@@ -87,7 +87,7 @@ class Predictor:
   @classmethod
   def pretrained(cls, **kwargs) -> 'Predictor':
     """The general captcha reader shipped with the package, for any captcha with no training;
-    `predict(images, allowed=...)` restricts it to a site's characters."""
+    `predict(images, allowed=..., length=...)` restricts it to a site's characters and length."""
     from captcha_jax import transfer
 
     return cls(*transfer.load_pretrained(), **kwargs)
@@ -113,20 +113,23 @@ class Predictor:
     return images.load_image(image, self.height, self.width)
 
   def predict(
-    self, sources: Sequence[images.ImageSource], allowed: str = ''
+    self, sources: Sequence[images.ImageSource], allowed: str = '', length: int = 0
   ) -> list[decoding.Reading]:
     """Reads images given as paths, bytes, PIL images or uint8 arrays, in order.
 
     `allowed` restricts the readings to those characters (the others are masked out before the
-    argmax). Raises DataError naming the first image that cannot be decoded.
+    argmax); `length` > 0 to texts of that length (`decoding.read`; by default the model's
+    fixed length, if it has one). Raises DataError naming the first image that cannot be decoded.
     """
     readings = []
     for start in range(0, len(sources), self.batch_size):
       chunk = np.stack([self.decode(s) for s in sources[start : start + self.batch_size]])
-      readings += self.read_pixels(chunk, allowed)
+      readings += self.read_pixels(chunk, allowed, length)
     return readings
 
-  def read_pixels(self, pixels: np.ndarray, allowed: str = '') -> list[decoding.Reading]:
+  def read_pixels(
+    self, pixels: np.ndarray, allowed: str = '', length: int = 0
+  ) -> list[decoding.Reading]:
     """Readings of decoded images [n, height, width, 3] uint8, n ≤ batch_size."""
     n = len(pixels)
     size = min(1 << (n - 1).bit_length(), self.batch_size)
@@ -134,7 +137,7 @@ class Predictor:
     size = -(-size // devices) * devices
     padded = np.concatenate([pixels, np.repeat(pixels[:1], size - n, 0)])
     log_probs = np.asarray(self._log_probs(padded, split=devices > 1))[:n]
-    return decoding.read(log_probs, self.vocab, self.config.fixed_label_length, allowed)
+    return decoding.read(log_probs, self.vocab, length or self.config.fixed_label_length, allowed)
 
   @staticmethod
   def _on(device, x: jax.Array) -> jax.Array:
@@ -158,7 +161,7 @@ def expand_paths(inputs: Iterable[str]) -> Iterator[Path]:
 
 
 def read_files(
-  reader, paths: Iterable[Path], allowed: str = ''
+  reader, paths: Iterable[Path], allowed: str = '', length: int = 0
 ) -> Iterator[tuple[Path, decoding.Reading | DataError]]:
   """(path, reading) for every path, in order, or (path, the error) for a file that cannot be
   read. Decodes and reads `reader.batch_size` images at a time, so memory stays flat however
@@ -168,7 +171,7 @@ def read_files(
 
   def flush():
     pixels = [x for _, x in pending if isinstance(x, np.ndarray)]
-    readings = iter(reader.read_pixels(np.stack(pixels), allowed) if pixels else ())
+    readings = iter(reader.read_pixels(np.stack(pixels), allowed, length) if pixels else ())
     for path, x in pending:
       yield path, next(readings) if isinstance(x, np.ndarray) else x
     pending.clear()

@@ -91,9 +91,9 @@ class Exported:
   images: dict[int, np.ndarray]  # batch size → random uint8 images
   expected: dict[int, np.ndarray]  # batch size → the JAX reference's log-probabilities
 
-  def readings(self, batch: int, allowed: str = '') -> list[decoding.Reading]:
+  def readings(self, batch: int, allowed: str = '', length: int = 0) -> list[decoding.Reading]:
     vocab = Vocab(self.config.alphabet)
-    length = self.config.fixed_label_length
+    length = length or self.config.fixed_label_length
     return decoding.read(self.expected[batch], vocab, length, allowed)
 
 
@@ -136,6 +136,7 @@ reader = OnnxReader(model, threads=1, batch_size=2)
 sources = [files[0], open(files[1], 'rb').read(), Image.open(files[2]), np.load(files[3])]
 sources.append(Image.open(files[4]))
 readings = reader.predict(sources) + reader.predict(files[:1], allowed=reader.vocab.alphabet[:3])
+readings += reader.predict(files[1:2], length=2)
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax', 'optax'))
 print(json.dumps({'readings': [[r.text, r.raw_text, r.confidence] for r in readings],
                   'heavy': heavy}))
@@ -161,6 +162,8 @@ def test_reader_without_jax_reads_as_the_jax_model(exported, tmp_path):
   assert got['heavy'] == []
   allowed = exported.config.alphabet[:3]
   expected = exported.readings(5) + exported.readings(5, allowed)[:1]
+  expected += exported.readings(5, length=2)[1:2]
+  assert len(expected[-1].text) == 2
   assert [r[:2] for r in got['readings']] == [[r.text, r.raw_text] for r in expected]
   np.testing.assert_allclose(
     [r[2] for r in got['readings']], [r.confidence for r in expected], rtol=1e-3

@@ -66,6 +66,10 @@ def test_the_shipped_reader_loads_offline_and_reads():
   [free] = predictor.predict([image])
   [digits] = predictor.predict([image], allowed='0123456789')
   assert set(digits.text) <= set('0123456789') and 0 <= free.confidence <= 1
+  for length in (3, 7):  # shorter and longer than the text: the best path of that length
+    [fixed] = predictor.predict([image], allowed='0123456789', length=length)
+    assert len(fixed.text) == length and set(fixed.text) <= set('0123456789')
+    assert fixed.raw_text == digits.raw_text
   assert Predictor.pretrained().predict([image]) == [free]
 
 
@@ -100,3 +104,16 @@ def test_fine_tuning_starts_from_a_run_and_trains(trained, tmp_path, captcha_dir
   np.testing.assert_array_equal(started.ema_params['head']['bias'], started.params['head']['bias'])
   results = train.train_and_evaluate(tiny_config, tmp_path / 'tuned')
   assert np.isfinite(results['val']['loss'])
+
+
+def test_predict_reads_the_length_asked_for(tmp_path, capsys):
+  image, _ = synthetic.sample(1, 99, alphabet='0123456789', lengths=(5, 5), style='clean')
+  image.save(tmp_path / 'a.png')
+  with pytest.raises(SystemExit) as done:
+    cli.predict(['--pretrained', '--allowed=0123456789', '--length=7', str(tmp_path / 'a.png')])
+  assert done.value.code == 0
+  _, text, _ = capsys.readouterr().out.strip().split('\t')
+  assert len(text) == 7 and text.isdigit()
+  with pytest.raises(SystemExit) as done:
+    cli.predict(['--pretrained', '--length=-1', str(tmp_path / 'a.png')])
+  assert done.value.code == 2 and '--length must be 0' in capsys.readouterr().err
