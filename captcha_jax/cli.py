@@ -366,6 +366,10 @@ def serve(argv: Sequence[str] | None = None) -> None:
     help='Model calls side by side (each ONNX call then gets cores/workers threads).',
   )
   parser.add_argument('--max_body_bytes', type=int, default=serving.DEFAULT_MAX_BODY_BYTES)
+  parser.add_argument('--allowed', default='', help='Read only these characters.')
+  parser.add_argument(
+    '--length', type=int, default=0, help='Read texts of this many characters (0: any).'
+  )
   parser.add_argument(
     '--max_images', type=int, default=serving.DEFAULT_MAX_IMAGES, help='Most files a request.'
   )
@@ -377,6 +381,8 @@ def serve(argv: Sequence[str] | None = None) -> None:
   )
   _cpu_tuning_flag(parser)
   args = parser.parse_args(argv)
+  if args.length < 0:
+    parser.error('--length must be 0 (any) or more')
 
   def action():
     from captcha_jax import host
@@ -396,6 +402,8 @@ def serve(argv: Sequence[str] | None = None) -> None:
       max_body_bytes=args.max_body_bytes,
       max_images=args.max_images,
       workers=args.workers,
+      allowed=args.allowed,
+      length=args.length,
     )
 
   _run(action)

@@ -12,7 +12,8 @@ Routes:
                 are ignored) → {"results": [{"file": "a.png", "text": …, "raw_text": …,
                 "confidence": …}, …]} in the order the files were sent.
                 `confidence` is the probability of the greedy CTC path, 0..1 (null if not finite).
-  GET /health   {"status": "ok", "height": 50, "width": 200, "alphabet": …, limits, counters}
+  GET /health   {"status": "ok", "height": 50, "width": 200, "alphabet": …, "length": …, limits,
+                counters}
   GET /         a page to drop or choose images and see their readings.
 
 Every refusal is JSON {"error": message}: 400 for an empty body, a file that is not an image
@@ -30,6 +31,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import logging
 import math
@@ -299,9 +301,12 @@ def create_app(
   max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
   max_images: int = DEFAULT_MAX_IMAGES,
   workers: int = DEFAULT_WORKERS,
+  allowed: str = '',
+  length: int = 0,
 ) -> 'FastAPI':
   """The FastAPI app that serves `reader` (routes and limits in the module docstring), with up
-  to `workers` model calls side by side.
+  to `workers` model calls side by side; `allowed` and `length`, when given, restrict every
+  reading to those characters and that length (the readers' `predict`).
 
   Its lifespan starts and stops the one Batcher, kept as `app.state.batcher`.
   """
@@ -316,7 +321,9 @@ def create_app(
   if max_body_bytes < 1 or max_images < 1:
     raise ConfigError('max_body_bytes and max_images must be at least 1.')
   height, width = int(reader.height), int(reader.width)
-  batcher = Batcher(reader.predict, max_batch, max_wait_ms, workers)
+  restricted = {k: v for k, v in (('allowed', allowed), ('length', length)) if v}
+  read = functools.partial(reader.predict, **restricted) if restricted else reader.predict
+  batcher = Batcher(read, max_batch, max_wait_ms, workers)
 
   @contextlib.asynccontextmanager
   async def lifespan(app: FastAPI):
@@ -421,7 +428,8 @@ def create_app(
         'status': 'ok' if batcher.running else 'stopped',
         'height': height,
         'width': width,
-        'alphabet': _vocab_alphabet(reader),
+        'alphabet': allowed or _vocab_alphabet(reader),
+        'length': length or None,
         'max_batch': max_batch,
         'max_wait_ms': max_wait_ms,
         'max_body_bytes': max_body_bytes,

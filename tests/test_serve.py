@@ -207,6 +207,18 @@ def test_health_gives_the_image_size_and_alphabet(start):
   assert health['max_images'] == 4
 
 
+def test_allowed_and_length_reach_every_model_call_and_health():
+  class Restricted(FakeReader):
+    def predict(self, images, allowed='', length=0):
+      return [Reading(f'{allowed}:{length}', '', 0.5) for _ in super().predict(images)]
+
+  with running(serve.create_app(Restricted(), allowed='0123', length=4)) as port:
+    service = Service(port, None, None)
+    assert service.read(png(7))['text'] == '0123:4'
+    _, _, health = service.request('GET', '/health')
+    assert (health['alphabet'], health['length']) == ('0123', 4)
+
+
 def test_the_page_is_html_without_outside_assets(start):
   status, headers, page = start().request('GET', '/')
   assert status == 200 and headers['content-type'].startswith('text/html')
