@@ -71,7 +71,7 @@ def test_predict_streams_a_folder_in_batches(trained, captcha_dir, monkeypatch):
   predictor = Predictor.from_workdir(workdir, batch_size=4)
   sizes = []
   real = predictor.read_pixels
-  monkeypatch.setattr(predictor, 'read_pixels', lambda p, a='': sizes.append(len(p)) or real(p, a))
+  monkeypatch.setattr(predictor, 'read_pixels', lambda p, *a: sizes.append(len(p)) or real(p, *a))
   paths = data.find_images(captcha_dir)[0][:10]
   readings = [r for _, r in predict.read_files(predictor, iter(paths))]
   assert sizes == [4, 4, 2]
