@@ -58,6 +58,19 @@ def _quiet_orbax() -> None:
   checkpoints.quiet_orbax()
 
 
+def _reading_flags(parser) -> None:
+  """--allowed and --length, restricting every reading (predict, serve)."""
+  parser.add_argument('--allowed', default='', help='Read only these characters.')
+  parser.add_argument(
+    '--length', type=int, default=0, help='Read texts of this many characters (0: any).'
+  )
+
+
+def _check_reading_flags(parser, args) -> None:
+  if args.length < 0:
+    parser.error('--length must be 0 (any) or more')
+
+
 def _cpu_tuning_flag(parser) -> None:
   parser.add_argument(
     '--cpu_tuning',
@@ -194,16 +207,12 @@ def predict(argv: Sequence[str] | None = None) -> None:
     '--pretrained', action='store_true', help='The general reader shipped with the package.'
   )
   parser.add_argument('--output', help='Write the readings to this .csv or .jsonl file too.')
-  parser.add_argument('--allowed', default='', help='Read only these characters.')
-  parser.add_argument(
-    '--length', type=int, default=0, help='Read texts of this many characters (0: any).'
-  )
+  _reading_flags(parser)
   _cpu_tuning_flag(parser)
   args = parser.parse_args(argv)
   if args.output and not args.output.endswith(('.csv', '.jsonl')):
     parser.error('--output must end in .csv or .jsonl')
-  if args.length < 0:
-    parser.error('--length must be 0 (any) or more')
+  _check_reading_flags(parser, args)
 
   def action() -> int:
     from tqdm import tqdm
@@ -366,10 +375,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
     help='Model calls side by side (each ONNX call then gets cores/workers threads).',
   )
   parser.add_argument('--max_body_bytes', type=int, default=serving.DEFAULT_MAX_BODY_BYTES)
-  parser.add_argument('--allowed', default='', help='Read only these characters.')
-  parser.add_argument(
-    '--length', type=int, default=0, help='Read texts of this many characters (0: any).'
-  )
+  _reading_flags(parser)
   parser.add_argument(
     '--max_images', type=int, default=serving.DEFAULT_MAX_IMAGES, help='Most files a request.'
   )
@@ -381,8 +387,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
   )
   _cpu_tuning_flag(parser)
   args = parser.parse_args(argv)
-  if args.length < 0:
-    parser.error('--length must be 0 (any) or more')
+  _check_reading_flags(parser, args)
 
   def action():
     from captcha_jax import host

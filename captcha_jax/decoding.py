@@ -100,15 +100,21 @@ def decode_with_length(log_probs: np.ndarray, length: int) -> list[int] | None:
 
 
 def read(
-  log_probs: np.ndarray, vocab: Vocab, fixed_label_length: int = 0, allowed: str = ''
+  log_probs: np.ndarray,
+  vocab: Vocab,
+  fixed_label_length: int = 0,
+  allowed: str = '',
+  length: int = 0,
 ) -> list[Reading]:
   """Readings of log_probs [batch, time, classes].
 
-  `fixed_label_length` > 0 corrects readings of another length to it (`decode_with_length`);
-  `allowed`, when given, restricts the readings to those characters (`restrict`).
+  `length` > 0 (asked for when reading), else the model's `fixed_label_length` > 0, corrects
+  readings of another length to it (`decode_with_length`); `allowed`, when given, restricts the
+  readings to those characters (`restrict`).
   """
-  if fixed_label_length < 0:
-    raise ValueError(f'A text length must be 0 (any) or more, got {fixed_label_length}.')
+  target = length or fixed_label_length
+  if length < 0 or target < 0:
+    raise ValueError(f'A text length must be 0 (any) or more, got {target}.')
   if allowed:
     log_probs = restrict(log_probs, vocab, allowed)
   sequences, confidence = greedy_decode(log_probs)
@@ -116,8 +122,8 @@ def read(
   for ids, lp, c in zip(sequences, log_probs, confidence, strict=True):
     raw = vocab.decode(ids)
     text = raw
-    if fixed_label_length > 0 and len(ids) != fixed_label_length:
-      fixed = decode_with_length(lp, fixed_label_length)
+    if target > 0 and len(ids) != target:
+      fixed = decode_with_length(lp, target)
       text = vocab.decode(fixed) if fixed is not None else raw
     readings.append(Reading(text, raw, float(c)))
   return readings

@@ -80,8 +80,8 @@ class ExportedReader:
   def predict(
     self, images: np.ndarray, allowed: str = '', length: int = 0
   ) -> list[decoding.Reading]:
-    fixed = length or self.meta['fixed_label_length']
-    return decoding.read(self.log_probs(images), self.vocab, fixed, allowed)
+    fixed = self.meta['fixed_label_length']
+    return decoding.read(self.log_probs(images), self.vocab, fixed, allowed, length)
 
 
 def load(path: str | Path) -> ExportedReader:

@@ -137,7 +137,7 @@ class Predictor:
     size = -(-size // devices) * devices
     padded = np.concatenate([pixels, np.repeat(pixels[:1], size - n, 0)])
     log_probs = np.asarray(self._log_probs(padded, split=devices > 1))[:n]
-    return decoding.read(log_probs, self.vocab, length or self.config.fixed_label_length, allowed)
+    return decoding.read(log_probs, self.vocab, self.config.fixed_label_length, allowed, length)
 
   @staticmethod
   def _on(device, x: jax.Array) -> jax.Array:

@@ -321,8 +321,10 @@ def create_app(
   if max_body_bytes < 1 or max_images < 1:
     raise ConfigError('max_body_bytes and max_images must be at least 1.')
   height, width = int(reader.height), int(reader.width)
-  restricted = {k: v for k, v in (('allowed', allowed), ('length', length)) if v}
-  read = functools.partial(reader.predict, **restricted) if restricted else reader.predict
+  # Only a restricted service asks the reader for restriction (the Reader protocol's predict
+  # takes images alone).
+  read = functools.partial(reader.predict, allowed=allowed, length=length)
+  read = read if allowed or length else reader.predict
   batcher = Batcher(read, max_batch, max_wait_ms, workers)
 
   @contextlib.asynccontextmanager
