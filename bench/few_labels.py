@@ -32,6 +32,7 @@ from captcha_jax import data, models, synthetic
 from captcha_jax.predict import Predictor
 
 SCORED = 1000
+POOL = 1000  # the most labelled images a generated style offers
 Examples = list[data.Example]
 ALPHABET = synthetic.DIGITS + synthetic.LOWERCASE
 
@@ -44,15 +45,19 @@ def real_set(data_dir: str) -> tuple[Examples, Examples]:
   return splits['train'], splits['val'] + splits['test']
 
 
-def generated_set(
-  style: str, cache: Path, pool: int
-) -> tuple[list[data.Example], list[data.Example]]:
-  """(labelled pool, scored images) of a generated style: 5 characters, 180×60."""
-  folder = cache / f'{style}-{pool + SCORED}'
+def generated_set(style: str, cache: Path) -> tuple[Examples, Examples]:
+  """(labelled pool, scored images) of a generated style: 5 characters, 180×60.
+
+  One folder of POOL + SCORED images whatever sizes are asked for, so runs of different N (and
+  separate invocations) are scored on the same images.
+  """
+  folder = cache / f'{style}-{POOL + SCORED}'
   if not folder.is_dir():
+    partial = folder.with_suffix('.partial')  # an interrupted generation is not taken as done
     synthetic.generate(
-      folder, pool + SCORED, alphabet=ALPHABET, length=5, width=180, height=60, style=style, seed=3
+      partial, POOL + SCORED, alphabet=ALPHABET, length=5, width=180, height=60, style=style, seed=3
     )
+    partial.rename(folder)
   paths = sorted(folder.glob('*.png'))
   order = np.random.default_rng(0).permutation(len(paths))
   examples = [data.Example(str(paths[i]), data.label_from_path(paths[i])) for i in order]
@@ -109,7 +114,7 @@ def main():
   sizes = [int(n) for n in args.sizes.split(',')]
   sets = {'captcha_v2': real_set(args.data_dir)}
   for style in filter(None, args.styles.split(',')):
-    sets[style] = generated_set(style, base / 'sets', max(sizes))
+    sets[style] = generated_set(style, base / 'sets')
   configs = {'scratch': 'configs/default.py', 'finetune': 'configs/finetune.py'}
 
   rows = []
