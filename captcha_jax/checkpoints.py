@@ -94,14 +94,18 @@ def restore_raw(workdir: str | Path, step: int) -> dict:
   optimizer's code, whatever the device topology it was saved from (e.g. an 8-core TPU)."""
   path = Path(workdir, 'checkpoints', str(step), 'state').absolute()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  with ocp.StandardCheckpointer() as checkpointer:
-    metadata = checkpointer.metadata(path).item_metadata.tree
+  # The item's handler, not a Checkpointer: a Checkpointer also looks for the step-level metadata
+  # file inside `state/` and warns on every read that it is not there.
+  handler = ocp.StandardCheckpointHandler()
+  try:
     target = jax.tree.map(
       lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-      metadata,
+      handler.metadata(path).tree,
       is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'),
     )
-    return checkpointer.restore(path, target)
+    return handler.restore(path, args=ocp.args.StandardRestore(target))
+  finally:
+    handler.close()
 
 
 def first_intact(

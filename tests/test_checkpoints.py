@@ -2,6 +2,7 @@
 damaged checkpoints passed over."""
 
 import functools
+import logging
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ def metrics(accuracy, loss=0.1):
   return {'val_accuracy': accuracy, 'val_cer': 1 - accuracy, 'val_loss': loss}
 
 
-def test_keeps_latest_and_best_and_finds_best_after_restart(tmp_path):
+def test_keeps_latest_and_best_and_finds_best_after_restart(tmp_path, caplog):
   manager = checkpoints.checkpoint_manager(tmp_path, keep=2)
   state = {'w': np.arange(3.0)}
   for step, accuracy in enumerate([0.5, 0.95, 0.7, 0.8, 0.6], 1):
@@ -29,7 +30,9 @@ def test_keeps_latest_and_best_and_finds_best_after_restart(tmp_path):
   restored, progress = checkpoints.restore(reopened, 2, state)
   np.testing.assert_array_equal(restored['w'], state['w'] * 2)
   assert progress == {'epoch': 2, 'batch': 0}
+  caplog.clear()
   np.testing.assert_array_equal(checkpoints.restore_raw(tmp_path, 5)['w'], state['w'] * 5)
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_ties_go_to_lower_cer_then_lower_loss():
