@@ -139,6 +139,7 @@ def main():
     print(json.dumps(row), flush=True)
     for n in sizes:
       if n > len(pool):
+        print(f'{name}: {n} labelled images asked for, {len(pool)} to draw from; skipped')
         continue
       for mode in args.modes.split(','):
         workdir = base / f'{name}-{n}-{mode}'
