@@ -113,7 +113,7 @@ def read(
   readings to those characters (`restrict`).
   """
   target = length or fixed_label_length
-  if length < 0 or target < 0:
+  if target < 0:
     raise ValueError(f'A text length must be 0 (any) or more, got {target}.')
   if allowed:
     log_probs = restrict(log_probs, vocab, allowed)

@@ -83,8 +83,9 @@ class OnnxReader:
     self, pixels: np.ndarray, allowed: str = '', length: int = 0
   ) -> list[decoding.Reading]:
     """Readings of decoded images [n, height, width, 3] uint8."""
-    fixed = self.fixed_label_length
-    return decoding.read(self.log_probs(pixels), self.vocab, fixed, allowed, length)
+    return decoding.read(
+      self.log_probs(pixels), self.vocab, self.fixed_label_length, allowed, length
+    )
 
   def predict(
     self, sources: Sequence, allowed: str = '', length: int = 0

@@ -323,8 +323,11 @@ def create_app(
   height, width = int(reader.height), int(reader.width)
   # Only a restricted service asks the reader for restriction (the Reader protocol's predict
   # takes images alone).
-  read = functools.partial(reader.predict, allowed=allowed, length=length)
-  read = read if allowed or length else reader.predict
+  read = (
+    functools.partial(reader.predict, allowed=allowed, length=length)
+    if allowed or length
+    else reader.predict
+  )
   batcher = Batcher(read, max_batch, max_wait_ms, workers)
 
   @contextlib.asynccontextmanager
