@@ -1,13 +1,24 @@
 """Shared fixtures: a folder of synthetic captchas and the tiny config pointed at it."""
 
+import atexit
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `configs` is a folder of the repo, not an installed package
+
+# XLA's persistent cache, shared by this session's tests and the processes they start: the tiny
+# model's steps are compiled once, not once per run (half the time of a test that trains). Set
+# before JAX is imported here, and inherited by every process a test starts.
+_XLA_CACHE = tempfile.mkdtemp(prefix='captcha_jax_tests_xla_')
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _XLA_CACHE)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 from captcha_jax import synthetic, train  # noqa: E402
 from configs import tiny  # noqa: E402

@@ -302,9 +302,9 @@ def dataset_zip(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_training_fetches_the_default_data_once(server, dataset_zip, tmp_path, tiny_config):
-  """No data folder: the first run downloads, verifies and unpacks, then trains; the next run
-  reads the cache with the server gone; a wrong checksum unpacks nothing."""
-  from captcha_jax import train
+  """No data folder: the first run downloads, verifies and unpacks, then trains; the next run's
+  data reads the cache with the server gone; a wrong checksum unpacks nothing."""
+  from captcha_jax import data, train
 
   blob = dataset_zip.read_bytes()
   tiny_config.update(
@@ -319,10 +319,14 @@ def test_training_fetches_the_default_data_once(server, dataset_zip, tmp_path, t
     train.train_and_evaluate(tiny_config, tmp_path / 'refused')
   assert not list((tmp_path / 'cache').glob('*captcha*'))
   tiny_config.data_git_blob = _git_blob_sha1(dataset_zip)
-  first = train.train_and_evaluate(tiny_config, tmp_path / 'first')
+  train.train_and_evaluate(tiny_config, tmp_path / 'first')
   saved = json.loads((tmp_path / 'first' / 'config.json').read_text())
   unpacked = Path(saved['data_dir'])
   assert unpacked.parent.parent == tmp_path / 'cache' and len(list(unpacked.glob('*.png'))) == 100
   server.stop()
-  second = train.train_and_evaluate(tiny_config, tmp_path / 'second')
-  assert second['test'] == pytest.approx(first['test'])
+  again, splits = data.resolve(tiny_config, lambda height, width: 1000)  # what a run reads first
+  assert again.data_dir == str(unpacked)
+  split = json.loads((tmp_path / 'first' / 'split.json').read_text())
+  assert {name: len(examples) for name, examples in splits.items()} == {
+    name: split[name]['images'] for name in splits
+  }

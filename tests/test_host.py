@@ -10,7 +10,7 @@ import pytest
 from captcha_jax import host
 from tests.conftest import ROOT
 
-# A jitted function with a 64 MB intermediate (the sort's output), run 10 times after warm-up;
+# A jitted function with a 64 MB intermediate (the sort's output), run 4 times after warm-up;
 # prints GLIBC_TUNABLES and the minor page faults per call.
 SCRIPT = """
 import os, resource, sys
@@ -20,10 +20,10 @@ f = jax.jit(lambda x: jnp.sort(jnp.sin(x), axis=1).sum(axis=(1, 2)))
 for _ in range(2):
   f(x).block_until_ready()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+for _ in range(4):
   f(x).block_until_ready()
 print('tunables=' + os.environ.get('GLIBC_TUNABLES', ''))
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
 """
 
 
