@@ -107,11 +107,11 @@ def train(argv: Sequence[str] | None = None) -> None:
     flag_values=fv,
   )
   argv = list(sys.argv if argv is None else ['captcha-jax-train', *argv])
+  if '--help' in argv or '-h' in argv:  # before parsing: absl knows no --help of its own here
+    print(f'usage: {train.__doc__}\n\n{fv.get_help()}')
+    sys.exit(0)
   try:
     fv(argv)
-    if '--help' in argv or '-h' in argv:
-      print(fv.main_module_help() or fv.get_help())
-      sys.exit(0)
     for name in ('config', 'workdir'):
       if fv[name].value is None:
         raise flags.Error(f'--{name} is required')

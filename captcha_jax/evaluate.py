@@ -3,7 +3,7 @@
     python -m captcha_jax.evaluate --workdir runs/default [--data_dir DIR]
 
 Writes WORKDIR/evaluation.json, evaluation.txt and predictions.png (test images, wrong readings in
-red). Raw readings are greedy CTC; post-processed ones are constrained to config.label_length.
+red). Raw readings are greedy CTC; post-processed ones are constrained to config.fixed_label_length.
 """
 
 import collections

@@ -116,3 +116,10 @@ def test_commands_report_user_errors_in_one_line(tmp_path, module, args, message
   assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
   assert message.format(tmp=tmp_path) in out.stderr, out.stderr[-2000:]
   assert 'Traceback' not in out.stderr
+
+
+def test_train_help_lists_its_flags():
+  out = run('train', '--help')
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.startswith('usage: python -m captcha_jax.train --config')
+  assert '--workdir:' in out.stdout and '--[no]cpu_tuning:' in out.stdout
