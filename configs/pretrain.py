@@ -4,9 +4,10 @@
 
 Every image is new (`synthetic.sample`: many fonts, sizes, colours, noise, lines and warps, plus
 the `captcha` package's own style), drawn over digits and both cases of letters, 3 to 8 of them.
-The fonts are the bundled ones and every other font the machine has under /usr/share/fonts: the
-more fonts, the better the reader carries over to a site's own (bench/README.md lists the Debian
-font packages the shipped reader saw). The model is the default one, so a fine-tuned run
+The fonts are the bundled ones and the machine's others under /usr/share/fonts (up to 4 faces of
+each family, none of those that draw both cases alike): the more fonts, the better the reader
+carries over to a site's own (bench/README.md lists the Debian font packages the shipped reader
+saw). The model is the default one, so a fine-tuned run
 (configs/finetune.py) loads it whole.
 """
 
