@@ -648,8 +648,8 @@ def draws_ascii(path: str | Path) -> bool:
 
 # Letters whose two cases differ in shape in an ordinary font. A family drawing them alike once
 # scaled to one box (titling, small-caps and unicase cuts) would teach wrong labels: the median
-# overlap over a family's faces is 0.2-0.62 for ordinary families on this machine's 223, 0.7-1.0
-# for those cuts (and one very heavy display face, 0.72).
+# overlap over a family's faces is 0.2-0.62 for the ordinary families of the Debian font packages
+# in bench/README.md, 0.7-1.0 for those cuts (and one very heavy display face, 0.72).
 _CASE_PAIRS = 'abdeghnqrt'
 _SAME_CASE_OVERLAP = 0.68
 
