@@ -6,7 +6,7 @@
 
 For each captcha set and N, trains with only the data folder given (`configs/default.py` from
 scratch, `configs/finetune.py` from the shipped reader; each splits its N images 80/10/10 and
-keeps the best by validation) and scores the result on a fixed set of other images of the same
+reads its chosen checkpoint) and scores the result on a fixed set of other images of the same
 set: exact match, and the wall time of the run (compilation included). Sets: the real captchas
 of --data_dir (the N come from its default training split, scored on its validation and test
 images), and generated styles built from fonts the pre-training never drew (`synthetic.py`'s

@@ -307,7 +307,7 @@ def export(argv: Sequence[str] | None = None) -> None:
     if args.format == 'reader':
       from captcha_jax import checkpoints, transfer
 
-      step = predictor.step  # the checkpoint read: the best intact one
+      step = predictor.step  # the checkpoint read: the chosen intact one
       try:
         metrics = checkpoints.saved_metrics(args.workdir, step)
         validation = {k: metrics[k] for k in ('val_accuracy', 'val_cer')}
@@ -348,7 +348,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
 
   parser = argparse.ArgumentParser(prog='captcha-jax-serve', description=serve.__doc__)
   source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument('--workdir', help='A training run: serve its best checkpoint.')
+  source.add_argument('--workdir', help='A training run: serve its chosen checkpoint.')
   source.add_argument('--onnx', help='An exported ONNX model to serve.')
   source.add_argument(
     '--pretrained', action='store_true', help='The general reader shipped with the package.'

@@ -36,7 +36,7 @@ def confusions(predictions: Sequence[str], targets: Sequence[str]) -> collection
 
 
 def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int = 10) -> dict:
-  """Per-split metrics of WORKDIR's best checkpoint on the split its config defines (on
+  """Per-split metrics of WORKDIR's chosen checkpoint on the split its config defines (on
   `data_dir` instead of the training folder, when given); writes the report files."""
   workdir = Path(workdir)
   predictor = Predictor.from_workdir(workdir)

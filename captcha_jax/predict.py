@@ -62,7 +62,8 @@ class Predictor:
 
   @classmethod
   def from_workdir(cls, workdir: str | Path, step: int | None = None, **kwargs) -> 'Predictor':
-    """WORKDIR's saved config and its best intact checkpoint (or `step`)."""
+    """WORKDIR's saved config and its chosen intact checkpoint (`checkpoints.reading_order`),
+    or `step`."""
     workdir = Path(workdir)
     config = run_folder.read_config(workdir)
     candidates = [step] if step is not None else checkpoints.reading_order(workdir)

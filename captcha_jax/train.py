@@ -55,8 +55,8 @@ def evaluate_split(
   vocab: Vocab,
   mesh: Mesh,
 ) -> tuple[dict[str, float], list[decoding.Reading], list[str]]:
-  """Loss, exact match and CER (raw and post-processed) over `source`; its readings and true
-  texts, in order."""
+  """The image count, loss, exact match and CER (raw and post-processed) over `source`; its
+  readings and true texts, in order."""
   losses, log_probs, targets = [], [], []
   spec = data.BatchSpec.of(config, config.eval_batch_size)
   stream = batches.eval_batches(
@@ -73,6 +73,7 @@ def evaluate_split(
   readings = decoding.read(np.concatenate(log_probs), vocab, config.fixed_label_length)
   raw, fixed = decoding.texts(readings)
   result = {
+    'images': len(source),  # what the exact match's noise depends on (`checkpoints.chosen_step`)
     'loss': float(np.mean(np.concatenate(losses))),
     **metrics.reading_metrics(raw, fixed, targets),
   }
@@ -133,11 +134,12 @@ def train_and_evaluate(
   *,
   after_compile: Callable[[], object] = lambda: None,
 ) -> dict:
-  """Trains (resuming from WORKDIR's latest intact checkpoint), then evaluates the best one.
+  """Trains (resuming from WORKDIR's latest intact checkpoint), then evaluates the chosen one.
 
   Writes WORKDIR/config.json (the config with its automatic settings filled in from the data),
   split.json, checkpoints/, metrics.jsonl, tensorboard/, results.json, loss.png and
-  predictions.png. Returns the results: per-split metrics of the best-by-validation checkpoint.
+  predictions.png. Returns the results: per-split metrics of the checkpoint chosen by
+  validation (`checkpoints.chosen_step`).
   `after_compile` runs once the steps are compiled, before the state exists.
   """
   start_time = time.time()

@@ -32,7 +32,7 @@ def test_run_writes_everything(trained):
   assert [r['epoch'] for r in rows] == [1, 2, 3]
   assert rows[-1]['step'] == 3 * (48 // 8)
   for split in ('train', 'val', 'test'):
-    assert set(results[split]) == {'loss', 'accuracy', 'cer', 'accuracy_post', 'cer_post'}
+    assert set(results[split]) == {'images', 'loss', 'accuracy', 'cer', 'accuracy_post', 'cer_post'}
   assert json.loads((workdir / 'results.json').read_text()) == results
   for name in ('config.json', 'split.json', 'loss.png', 'predictions.png'):
     assert (workdir / name).stat().st_size > 0
