@@ -44,20 +44,31 @@ def test_ties_go_to_lower_cer_then_lower_loss():
   assert checkpoints.selection_score(better_cer) > checkpoints.selection_score(worse_cer)
 
 
-def test_the_newest_step_within_two_standard_errors_of_the_best_is_read():
+def test_wilson_interval_against_its_closed_form_and_the_normal_one():
+  assert checkpoints.wilson_lower(1.0, 20) == pytest.approx(20 / 24)  # n / (n + z²) at p = 1
+  assert checkpoints.wilson_lower(1.0, 94) == pytest.approx(94 / 98)
+  assert checkpoints.wilson_lower(0.0, 20) == 0.0
+  # Many images: close to the normal interval p − 2√(p(1−p)/n).
+  normal = 0.95 - 2 * np.sqrt(0.95 * 0.05 / 100_000)
+  assert checkpoints.wilson_lower(0.95, 100_000) == pytest.approx(normal, abs=1e-4)
+  assert checkpoints.wilson_lower(0.7, 0) == 0.7
+
+
+def test_the_newest_step_within_the_best_ones_interval_is_read():
   def history(accuracies, images):
     return {step: {**metrics(a), 'val_images': images} for step, a in enumerate(accuracies, 1)}
 
-  # 20 images: the best, 15 of 20, is 2·√(0.75·0.25/20) = 0.194 from the lowest it admits,
-  # so 12 of 20 (0.6) is within and 11 of 20 (0.55) is not.
-  assert checkpoints.chosen_step(history([0.65, 0.75, 0.7, 0.6], 20)) == 4
-  assert checkpoints.chosen_step(history([0.65, 0.75, 0.6, 0.55], 20)) == 3
-  assert checkpoints.chosen_step(history([0.7, 0.75, 0.55, 0.5], 20)) == 2
-  # 1,000 images: two standard errors are 0.014, so 0.94 is within and 0.93 is not.
+  # 20 images: 15 of 20 admits down to 0.527, so 11 of 20 (0.55) and not 10 of 20.
+  assert checkpoints.wilson_lower(0.75, 20) == pytest.approx(0.5267, abs=1e-4)
+  assert checkpoints.chosen_step(history([0.65, 0.75, 0.7, 0.55], 20)) == 4
+  assert checkpoints.chosen_step(history([0.65, 0.75, 0.55, 0.5], 20)) == 3
+  assert checkpoints.chosen_step(history([0.7, 0.75, 0.5, 0.45], 20)) == 2
+  # 20 of 20 admits down to 0.833: a perfect early epoch does not hold back the end.
+  assert checkpoints.chosen_step(history([0.9, 1.0, 0.85, 0.8], 20)) == 3
+  # 1,000 images: 0.95 admits down to 0.934, so 0.94 and not 0.93.
   assert checkpoints.chosen_step(history([0.5, 0.95, 0.94, 0.8], 1000)) == 3
   assert checkpoints.chosen_step(history([0.5, 0.95, 0.93, 0.8], 1000)) == 2
-  # Every image read, or saved before the image count was: equals only, the newest.
-  assert checkpoints.chosen_step(history([0.9, 1.0, 1.0, 0.99], 94)) == 3
+  # Saved before the image count was: equals only, the newest.
   assert checkpoints.chosen_step(history([1.0, 0.9, 1.0, 0.99], 0)) == 3
   assert checkpoints.chosen_step({}) is None
 
