@@ -5,11 +5,11 @@
 
 Trains each seed with `python -m captcha_jax.train` (a fresh process: compile time counts; other
 arguments go to it), then prints per seed: test exact match and CER (raw, and post-processed to
-the known length) of the chosen checkpoint, the first epoch whose validation exact
-match is above 0% (the end of the all-blank plateau), the epoch and wall time (from start,
-compile included) at which validation first reached 95% and 98%, the lowest validation accuracy
-after first reaching 98%, and the epochs flagged as collapsed; then the mean. Model selection
-uses validation only.
+the known length) of the chosen checkpoint, the first epoch whose validation exact match is
+above 0% (the end of the all-blank plateau), the epoch and wall time (from start, compile
+included) at which validation first reached 95% and 98%, the lowest validation accuracy after
+first reaching 98%, and the epochs flagged as collapsed; then the mean. Model selection uses
+validation only.
 """
 
 import argparse
