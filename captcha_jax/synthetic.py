@@ -832,7 +832,8 @@ def random_style(
     wave=draws.sometimes(0.2, 0.02, 0.04 + 0.08 * hard),
     lines=0 if draws.chance(0.45) else 1 + draws.index(1 + round(3 * hard)),
     line_width=draws.uniform(0.015, 0.06),
-    dots=draws.sometimes(0.4, 0.05, 0.15 + 0.6 * hard),
+    # Up to the confetti of speckled sites: a reader that saw few dense dots misreads them.
+    dots=draws.sometimes(0.5, 0.05, 0.3 + 1.2 * hard),
     warp=draws.sometimes(0.3, 0.02, 0.04 + 0.08 * hard),
     elastic=draws.sometimes(0.2, 0.01, 0.02 + 0.04 * hard),
     **effects,

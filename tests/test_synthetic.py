@@ -97,6 +97,8 @@ def test_random_style_samples_widely():
   assert any(s.hollow for s in pillow) and any(s.warp for s in pillow)
   assert any(s.jpeg for s in styles) and any(s.blur for s in styles)
   assert any(s.rotation < 5 and not s.lines and not s.dots for s in pillow)  # some are easy
+  # and some as speckled as the densest named looks ('noisy', 'ransom': 0.6-1 per 100 px²)
+  assert sum(s.dots >= 0.6 for s in pillow) >= 0.05 * len(pillow)
   fixed = synthetic.random_style(np.random.default_rng(0), width=90, height=30)
   assert (fixed.width, fixed.height) == (90, 30)
 
