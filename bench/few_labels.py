@@ -35,6 +35,7 @@ SCORED = 1000
 POOL = 1000  # the most labelled images a generated style offers
 Examples = list[data.Example]
 ALPHABET = synthetic.DIGITS + synthetic.LOWERCASE
+LENGTH, WIDTH, HEIGHT = 5, 180, 60  # the generated styles' texts and size
 
 
 def real_set(data_dir: str) -> tuple[Examples, Examples]:
@@ -46,7 +47,7 @@ def real_set(data_dir: str) -> tuple[Examples, Examples]:
 
 
 def generated_set(style: str, cache: Path) -> tuple[Examples, Examples]:
-  """(labelled pool, scored images) of a generated style: 5 characters, 180×60.
+  """(labelled pool, scored images) of a generated style: LENGTH characters, WIDTH×HEIGHT.
 
   One folder of POOL + SCORED images whatever sizes are asked for, so runs of different N (and
   separate invocations) are scored on the same images.
@@ -55,7 +56,14 @@ def generated_set(style: str, cache: Path) -> tuple[Examples, Examples]:
   if not folder.is_dir():
     partial = folder.with_suffix('.partial')  # an interrupted generation is not taken as done
     synthetic.generate(
-      partial, POOL + SCORED, alphabet=ALPHABET, length=5, width=180, height=60, style=style, seed=3
+      partial,
+      POOL + SCORED,
+      alphabet=ALPHABET,
+      length=LENGTH,
+      width=WIDTH,
+      height=HEIGHT,
+      style=style,
+      seed=3,
     )
     partial.rename(folder)
   paths = sorted(folder.glob('*.png'))

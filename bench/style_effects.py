@@ -2,18 +2,18 @@
 
     python bench/style_effects.py --style ransom [--workdir RUN] [--count 500]
 
-Draws `count` captchas of a named style (`synthetic.STYLES`; 5 characters, 180×60, the few-labels
-bench's alphabet and size) as they are, then again with one effect of the style turned off at a
-time (the same texts and seeds), and with each of its fonts alone; reads each set with the
-shipped reader (restricted to the alphabet) or with RUN's chosen checkpoint. The effect whose
-removal gains most is what the reader copes with worst.
+Draws `count` captchas of a named style (`synthetic.STYLES`) in the few-labels bench's alphabet,
+length and size as they are, then again with one effect of the style turned off at a time (the same
+texts and seeds), and with each of its fonts alone; reads each set with the shipped reader
+(restricted to the alphabet) or with RUN's chosen checkpoint. The effect whose removal gains most is
+what the reader copes with worst.
 """
 
 import argparse
 import dataclasses
 
 import numpy as np
-from few_labels import ALPHABET
+from few_labels import ALPHABET, HEIGHT, LENGTH, WIDTH
 
 from captcha_jax import synthetic
 from captcha_jax.predict import Predictor
@@ -60,11 +60,13 @@ def main():
   parser.add_argument('--seed', type=int, default=21)
   args = parser.parse_args()
   reader = Predictor.from_workdir(args.workdir) if args.workdir else Predictor.pretrained()
-  texts = synthetic.random_texts(args.count, ALPHABET, (5, 5), np.random.default_rng(args.seed))
+  texts = synthetic.random_texts(
+    args.count, ALPHABET, (LENGTH, LENGTH), np.random.default_rng(args.seed)
+  )
   print(f'{args.style}, {args.count} images, read by {args.workdir or "the shipped reader"}')
   print('| variant | exact match |')
   print('| --- | --- |')
-  for name, style in variants(synthetic.named_style(args.style, 180, 60)).items():
+  for name, style in variants(synthetic.named_style(args.style, WIDTH, HEIGHT)).items():
     images = [
       synthetic.render(text, style, np.random.default_rng([args.seed, i]))
       for i, text in enumerate(texts)
