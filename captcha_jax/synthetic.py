@@ -107,8 +107,9 @@ class Style:
   rotation: float = 0.0  # each character turns by up to this many degrees
   jitter: float = 0.0  # each character moves up or down by up to this much
   wave: float = 0.0  # the baseline follows a sine of this amplitude
-  lines: int = 0  # lines, arcs and waves drawn through the text, warped with it
+  lines: int = 0  # lines, arcs, waves or zigzags drawn through the text, warped with it
   line_width: float = 0.04
+  zigzags: float = 0.0  # the chance each line is instead a few straight segments at sharp angles
   dots: float = 0.0  # noise dots per 100 square pixels
   warp: float = 0.0  # sinusoidal displacement of the whole text, amplitude
   elastic: float = 0.0  # smooth random displacement of the whole text, amplitude
@@ -415,7 +416,7 @@ def _text_layer(
 def _draw_lines(
   layer: Image.Image, box: tuple[int, int, int, int], style: Style, draws: _Draws
 ) -> None:
-  """Straight lines, arcs and waves across the text's box, in the ink colours."""
+  """Straight lines, arcs, waves and zigzags across the text's box, in the ink colours."""
   x0, y0, x1, y1 = box
   draw = ImageDraw.Draw(layer)
   width = max(1, round(style.line_width * style.height))
@@ -423,6 +424,16 @@ def _draw_lines(
     colour = (*style.ink[draws.index(len(style.ink))], 255)
     start = x0 - draws.uniform(0, 0.2) * (x1 - x0)
     end = x1 + draws.uniform(0, 0.2) * (x1 - x0)
+    if style.zigzags and draws.chance(style.zigzags):
+      # Corners at random places along the text: a short segment turning sharply by a glyph
+      # looks like a stroke of it, or a glyph of its own, unless the reader has seen such lines.
+      margin = 0.2 * (y1 - y0)
+      corners = sorted(draws.uniform(start, end) for _ in range(1 + draws.index(4)))
+      xs = [start, *corners, end]
+      draw.line(
+        [(x, draws.uniform(y0 - margin, y1 + margin)) for x in xs], fill=colour, width=width
+      )
+      continue
     kind = draws.index(3)
     if kind == 0:
       ends = [(start, draws.uniform(y0, y1)), (end, draws.uniform(y0, y1))]
@@ -769,8 +780,8 @@ def random_style(
   Sizes (common ones and random ones), 1-3 of `fonts` (by default the bundled ones: sans, serif,
   mono, bold, italic, the captcha package's own; never the HELD_OUT_FONTS), colour schemes,
   plain/gradient/textured/grid backgrounds, outlines, spacing from overlapping to spread out,
-  rotation, jitter, wavy baselines, lines and arcs, dots, warps, low resolution, blur, noise and
-  JPEG; about 10% are the captcha package's ImageCaptcha.
+  rotation, jitter, wavy baselines, lines, arcs and zigzags, dots, warps, low resolution, blur,
+  noise and JPEG; about 10% are the captcha package's ImageCaptcha.
   One difficulty draw scales the distortions together, so some styles are clean and some hard.
   `width` and `height` fix the size instead of drawing it; a drawn width is at least 0.45 height
   per character of a text of `length`, as real sites size their images to their texts.
@@ -832,6 +843,7 @@ def random_style(
     wave=draws.sometimes(0.2, 0.02, 0.04 + 0.08 * hard),
     lines=0 if draws.chance(0.45) else 1 + draws.index(1 + round(3 * hard)),
     line_width=draws.uniform(0.015, 0.06),
+    zigzags=draws.sometimes(0.5, 0.2, 1.0),
     # Up to the confetti of speckled sites: a reader that saw few dense dots misreads them.
     dots=draws.sometimes(0.5, 0.05, 0.3 + 1.2 * hard),
     warp=draws.sometimes(0.3, 0.02, 0.04 + 0.08 * hard),

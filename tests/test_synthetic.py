@@ -95,6 +95,8 @@ def test_random_style_samples_widely():
   assert {s.background for s in pillow} == set(synthetic.BACKGROUNDS)
   assert len({s.fonts for s in styles}) > 50
   assert any(s.hollow for s in pillow) and any(s.warp for s in pillow)
+  lined = [s for s in pillow if s.lines]
+  assert any(s.zigzags for s in lined) and any(not s.zigzags for s in lined)
   assert any(s.jpeg for s in styles) and any(s.blur for s in styles)
   assert any(s.rotation < 5 and not s.lines and not s.dots for s in pillow)  # some are easy
   # and some as speckled as the densest named looks ('noisy', 'ransom': 0.6-1 per 100 px²)
