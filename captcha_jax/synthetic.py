@@ -107,6 +107,7 @@ class Style:
   rotation: float = 0.0  # each character turns by up to this many degrees
   jitter: float = 0.0  # each character moves up or down by up to this much
   wave: float = 0.0  # the baseline follows a sine of this amplitude
+  aspect: float = 1.0  # the text's width is scaled by this much: condensed (< 1) or wide (> 1)
   lines: int = 0  # lines, arcs, waves or zigzags drawn through the text, warped with it
   line_width: float = 0.04
   zigzags: float = 0.0  # the chance each line is instead a few straight segments at sharp angles
@@ -131,6 +132,8 @@ class Style:
       raise ConfigError(f'font_size must be an increasing positive range, got {self.font_size}.')
     if not 0 <= self.jpeg <= 95:
       raise ConfigError(f'jpeg quality must be 0 (none) to 95, got {self.jpeg}.')
+    if self.aspect <= 0:
+      raise ConfigError(f'aspect must be > 0, got {self.aspect}.')
     if not 0 < self.lowres <= 1:
       raise ConfigError(f'lowres must be in (0, 1], got {self.lowres}.')
     if self.hollow and self.stroke <= 0:
@@ -401,6 +404,9 @@ def _text_layer(
   for (turned, _, _, _, colour), (cx, cy) in zip(glyphs, corners, strict=True):
     layer.paste((*colour, 255), (cx - left, cy - top), turned)
   layer = layer.crop(layer.getchannel('A').getbbox() or (0, 0, 1, 1))
+  if style.aspect != 1:
+    size = (max(1, round(layer.width * style.aspect)), layer.height)
+    layer = layer.resize(size, Image.Resampling.BILINEAR)
 
   scale = min(1.0, room / layer.width, 0.92 * h / layer.height)
   if scale < 1:
@@ -779,9 +785,9 @@ def random_style(
 
   Sizes (common ones and random ones), 1-3 of `fonts` (by default the bundled ones: sans, serif,
   mono, bold, italic, the captcha package's own; never the HELD_OUT_FONTS), colour schemes,
-  plain/gradient/textured/grid backgrounds, outlines, spacing from overlapping to spread out,
-  rotation, jitter, wavy baselines, lines, arcs and zigzags, dots, warps, low resolution, blur,
-  noise and JPEG; about 10% are the captcha package's ImageCaptcha.
+  plain/gradient/textured/grid backgrounds, outlines, condensed or wide lettering, spacing from
+  overlapping to spread out, rotation, jitter, wavy baselines, lines, arcs and zigzags, dots,
+  warps, low resolution, blur, noise and JPEG; about 10% are the captcha package's ImageCaptcha.
   One difficulty draw scales the distortions together, so some styles are clean and some hard.
   `width` and `height` fix the size instead of drawing it; a drawn width is at least 0.45 height
   per character of a text of `length`, as real sites size their images to their texts.
@@ -841,6 +847,7 @@ def random_style(
     rotation=hard * draws.uniform(0, 35),
     jitter=hard * draws.uniform(0, 0.12),
     wave=draws.sometimes(0.2, 0.02, 0.04 + 0.08 * hard),
+    aspect=1 + draws.sometimes(0.4, -0.4, 0.3),  # condensed lettering, common on real sites
     lines=0 if draws.chance(0.45) else 1 + draws.index(1 + round(3 * hard)),
     line_width=draws.uniform(0.015, 0.06),
     zigzags=draws.sometimes(0.5, 0.2, 1.0),

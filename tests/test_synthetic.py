@@ -95,6 +95,7 @@ def test_random_style_samples_widely():
   assert {s.background for s in pillow} == set(synthetic.BACKGROUNDS)
   assert len({s.fonts for s in styles}) > 50
   assert any(s.hollow for s in pillow) and any(s.warp for s in pillow)
+  assert any(s.aspect < 0.8 for s in pillow) and any(s.aspect > 1.1 for s in pillow)
   lined = [s for s in pillow if s.lines]
   assert any(s.zigzags for s in lined) and any(not s.zigzags for s in lined)
   assert any(s.jpeg for s in styles) and any(s.blur for s in styles)
@@ -103,6 +104,19 @@ def test_random_style_samples_widely():
   assert sum(s.dots >= 0.6 for s in pillow) >= 0.05 * len(pillow)
   fixed = synthetic.random_style(np.random.default_rng(0), width=90, height=30)
   assert (fixed.width, fixed.height) == (90, 30)
+
+
+def test_aspect_scales_the_width_of_the_lettering_only():
+  def ink_box(aspect):
+    image = synthetic.render('mnw47', synthetic.Style(aspect=aspect), np.random.default_rng(0))
+    rows, cols = np.nonzero(np.asarray(image.convert('L')) < 128)
+    return cols.max() - cols.min(), rows.max() - rows.min()
+
+  (wide, high), (narrow, narrow_high) = ink_box(1.0), ink_box(0.6)
+  assert narrow / wide == pytest.approx(0.6, abs=0.05)
+  assert abs(narrow_high - high) <= 1
+  with pytest.raises(ConfigError, match='aspect'):
+    synthetic.Style(aspect=0)
 
 
 def test_imagecaptcha_is_seeded_and_restores_the_module():
