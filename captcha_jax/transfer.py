@@ -20,6 +20,7 @@ from captcha_jax.vocab import BLANK_ID, Vocab
 
 PRETRAINED_DIR = Path(__file__).parent / 'pretrained'
 PRETRAINED = 'pretrained'  # config.init_from's name for the reader shipped with the package
+PATH_KEYS = ('data_dir', 'labels_file', 'download_dir', 'tfds_data_dir', 'init_from')
 
 
 def load_pretrained(folder: Path = PRETRAINED_DIR) -> tuple[ml_collections.ConfigDict, dict]:
@@ -35,12 +36,29 @@ def load_pretrained(folder: Path = PRETRAINED_DIR) -> tuple[ml_collections.Confi
 
 def save_reader(config: ml_collections.ConfigDict, variables: dict, out_dir: Path, **notes) -> None:
   """Writes a reader as reader.json (its config, and `notes` such as how it was made) and
-  reader.msgpack (its weights), the layout `load_pretrained` reads."""
+  reader.msgpack (its weights), the layout `load_pretrained` reads.
+
+  A reader is made to be passed on, so the config's paths are written as they read from the
+  current folder (or the home folder), not as this machine's absolute paths."""
   out_dir.mkdir(parents=True, exist_ok=True)
   arrays = jax.tree.map(np.asarray, variables)
   run_folder.write_atomic(out_dir / 'reader.msgpack', flax.serialization.msgpack_serialize(arrays))
+  config = config.copy_and_resolve_references()
+  for key in PATH_KEYS:
+    config[key] = portable_path(config[key])
   description = {'config': json.loads(config.to_json_best_effort()), **notes}
   run_folder.write_json(out_dir / 'reader.json', description)
+
+
+def portable_path(path: str) -> str:
+  """An absolute `path` under the current folder as relative to it, else under home as ~/...;
+  any other path as it is."""
+  if not Path(path).is_absolute():
+    return path
+  for base, prefix in ((Path.cwd(), ''), (Path.home(), '~/')):
+    if Path(path).is_relative_to(base):
+      return prefix + str(Path(path).relative_to(base))
+  return path
 
 
 def load_source(init_from: str) -> tuple[ml_collections.ConfigDict, dict]:

@@ -94,6 +94,25 @@ def test_a_run_exported_as_a_reader_loads_as_the_shipped_one_does(trained, tmp_p
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_saved_reader_names_paths_as_they_read_from_here(tiny_config, tmp_path, monkeypatch):
+  home, repo = tmp_path / 'home', tmp_path / 'repo'
+  repo.mkdir()
+  monkeypatch.chdir(repo)
+  monkeypatch.setenv('HOME', str(home))
+  tiny_config.update(
+    init_from=str(repo / 'runs' / 'pretrain'),
+    data_dir=str(home / 'captchas'),
+    labels_file='/elsewhere/labels.csv',
+    download_dir='~/.cache/captcha_jax',
+  )
+  transfer.save_reader(tiny_config, {'params': {'w': np.zeros(2)}}, tmp_path / 'reader')
+  saved = json.loads((tmp_path / 'reader' / 'reader.json').read_text())['config']
+  assert saved['init_from'] == 'runs/pretrain' and saved['data_dir'] == '~/captchas'
+  assert saved['labels_file'] == '/elsewhere/labels.csv'
+  assert saved['download_dir'] == '~/.cache/captcha_jax'
+  assert tiny_config.init_from == str(repo / 'runs' / 'pretrain')  # the caller's is untouched
+
+
 @pytest.mark.slow
 def test_fine_tuning_starts_from_a_run_and_trains(trained, tmp_path, captcha_dir, tiny_config):
   _, source_dir, _ = trained
