@@ -53,10 +53,8 @@ def save_reader(config: ml_collections.ConfigDict, variables: dict, out_dir: Pat
 def portable_path(path: str) -> str:
   """An absolute `path` under the current folder as relative to it, else under home as ~/...;
   any other path as it is."""
-  if not Path(path).is_absolute():
-    return path
   for base, prefix in ((Path.cwd(), ''), (Path.home(), '~/')):
-    if Path(path).is_relative_to(base):
+    if Path(path).is_relative_to(base):  # False for a relative path
       return prefix + str(Path(path).relative_to(base))
   return path
 
