@@ -264,12 +264,15 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
 
 
 def resolve(
-  config: ml_collections.ConfigDict, output_steps: Callable[[int, int], int]
+  config: ml_collections.ConfigDict,
+  output_steps: Callable[[int, int], int],
+  min_width: int = 0,
 ) -> tuple[ml_collections.ConfigDict, dict[str, list[Example]]]:
   """The examples of each split, and the config with every automatic setting (data folder,
   alphabet, label lengths, image width) filled in from the data; no image is decoded.
 
-  `output_steps(height, width)`: the CTC steps the model emits for that image size. What was
+  `output_steps(height, width)`: the CTC steps the model emits for that image size;
+  `min_width`: the narrowest width `settings.auto_width` may choose. What was
   inferred is logged; unusable files are skipped with one warning (or fatal, see
   config.skip_bad_files). A resolved config (a run's config.json) gives back the same config and
   split. Files that later fail to decode leave their split without moving any other file.
@@ -298,6 +301,7 @@ def resolve(
       config.image_height,
       config.max_label_length,
       output_steps,
+      min_width,
     )
   indices = split_indices(len(usable), config.split, config.split_seed)
   auto_alphabet = config.alphabet == settings.AUTO

@@ -140,15 +140,16 @@ def auto_width(
   height: int,
   max_label_length: int,
   output_steps: Callable[[int, int], int],
+  min_width: int = 0,
 ) -> int:
   """The image width for config.image_width = 0.
 
-  The set's median aspect ratio at `height`, in multiples of 8 px, widened until the model emits
-  at least 2·L + 1 CTC steps for the longest label L (room for a blank between every pair of
-  repeated characters).
+  The set's median aspect ratio at `height`, in multiples of 8 px, no narrower than `min_width`,
+  widened until the model emits at least 2·L + 1 CTC steps for the longest label L (room for a
+  blank between every pair of repeated characters).
   """
   aspect = statistics.median(w / h for h, w in sizes) if sizes else 4.0
-  width = max(8, round(height * aspect / 8) * 8)
+  width = max(8, min_width, round(height * aspect / 8) * 8)
   while output_steps(height, width) < 2 * max_label_length + 1:
     width += 8
   return width

@@ -257,6 +257,19 @@ def synthetic_splits(config: ml_collections.ConfigDict) -> Splits:
   }
 
 
+def reader_width(config: ml_collections.ConfigDict) -> int:
+  """The narrowest width config.image_width = 0 gives a fine-tuning run: that of the reader it
+  starts from, so a narrower set's characters are not squeezed below the scale the reader learned
+  them at (bench/README.md); 0 when not fine-tuning."""
+  if not config.get('init_from') or config.image_width:
+    return 0
+  from captcha_jax import transfer  # reads the reader's config only, not its weights
+
+  width = transfer.source_config(config.init_from).image_width
+  logging.info('Images at least %d px wide, as the reader %s read them.', width, config.init_from)
+  return width
+
+
 def prepare(
   config: ml_collections.ConfigDict, output_steps: Callable[[int, int], int]
 ) -> tuple[ml_collections.ConfigDict, Splits]:
@@ -273,7 +286,7 @@ def prepare(
     data.check_label_fit({'train': longest}, Vocab('x'), steps)
     _resolve_blank_prior(config, steps)
     return config, synthetic_splits(config)
-  config, examples = data.resolve(config, output_steps)
+  config, examples = data.resolve(config, output_steps, reader_width(config))
   if config.data_source == 'tfds':
     return config, open_records(config, examples)
   return config, data.load_in_memory(config, examples)

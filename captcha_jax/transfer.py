@@ -26,12 +26,15 @@ PATH_KEYS = ('data_dir', 'labels_file', 'download_dir', 'tfds_data_dir', 'init_f
 def load_pretrained(folder: Path = PRETRAINED_DIR) -> tuple[ml_collections.ConfigDict, dict]:
   """(config, variables) of the reader shipped in captcha_jax/pretrained/, or of another folder
   `save_reader` wrote."""
-  config_path, weights_path = folder / 'reader.json', folder / 'reader.msgpack'
+  weights_path = folder / 'reader.msgpack'
   if not weights_path.exists():
     raise ConfigError(f'No reader in {folder}: it lacks reader.msgpack.')
-  description = json.loads(config_path.read_text())
   variables = flax.serialization.msgpack_restore(weights_path.read_bytes())
-  return ml_collections.ConfigDict(description['config']), variables
+  return _reader_config(folder), variables
+
+
+def _reader_config(folder: Path) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads((folder / 'reader.json').read_text())['config'])
 
 
 def save_reader(config: ml_collections.ConfigDict, variables: dict, out_dir: Path, **notes) -> None:
@@ -59,12 +62,19 @@ def portable_path(path: str) -> str:
   return path
 
 
+def source_config(init_from: str) -> ml_collections.ConfigDict:
+  """The config of the reader `config.init_from` names, without reading its weights."""
+  if init_from == PRETRAINED:
+    return _reader_config(PRETRAINED_DIR)
+  return run_folder.read_config(Path(init_from).expanduser())
+
+
 def load_source(init_from: str) -> tuple[ml_collections.ConfigDict, dict]:
   """(config, variables) of `config.init_from`: 'pretrained', or a training run's workdir."""
   if init_from == PRETRAINED:
     return load_pretrained()
   workdir = Path(init_from).expanduser()
-  config = run_folder.read_config(workdir)
+  config = source_config(init_from)
   steps = checkpoints.reading_order(workdir)
   if not steps:
     raise ConfigError(f'{init_from!r} (config.init_from) holds no checkpoint to start from.')

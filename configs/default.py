@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   # when every label has one, else 0).
   config.fixed_label_length = -1
   # The working height every set is scaled to; width 0 keeps the set's median aspect ratio at
-  # that height (a multiple of 8 px), widened until the longest label L fits 2·L + 1 CTC steps.
+  # that height (a multiple of 8 px), widened until the longest label L fits 2·L + 1 CTC steps
+  # and, fine-tuning (init_from), to at least the width of the reader it starts from.
   config.image_height = 50
   config.image_width = 0
   config.split = (0.8, 0.1, 0.1)  # train/val/test

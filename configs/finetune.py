@@ -3,10 +3,10 @@
     python -m captcha_jax.train --config configs/finetune.py --config.data_dir=YOUR_FOLDER \
         --workdir runs/mine
 
-Everything is read from the data as with configs/default.py; the trunk, the GRU and the head's
-rows for the characters the reader knows start from captcha_jax/pretrained/, new characters
-from scratch. Its model settings are the pretrained reader's, so leave config.model and
-image_height as they are.
+Everything is read from the data as with configs/default.py (images no narrower than the reader
+read them: 200 px); the trunk, the GRU and the head's rows for the characters the reader knows
+start from captcha_jax/pretrained/, new characters from scratch. Its model settings are the
+pretrained reader's, so leave config.model and image_height as they are.
 """
 
 import ml_collections

@@ -131,6 +131,18 @@ def test_fine_tuning_starts_from_a_run_and_trains(trained, tmp_path, captcha_dir
   assert np.isfinite(results['val']['loss'])
 
 
+def test_fine_tuning_reads_a_narrow_set_at_its_readers_width(trained, tmp_path, tiny_config):
+  source_config, source_dir, _ = trained
+  synthetic.generate(tmp_path, 20, width=100, height=50, seed=5)  # 64 px wide at 32 px high
+  tiny_config.update(data_dir=str(tmp_path), alphabet='auto', image_width=0)
+  own, _ = train.sources.prepare(tiny_config, lambda h, w: 1000)
+  tiny_config.init_from = str(source_dir)
+  tuned, _ = train.sources.prepare(tiny_config, lambda h, w: 1000)
+  assert own.image_width == 64 and tuned.image_width == source_config.image_width == 96
+  tiny_config.image_width = 72  # a width asked for wins
+  assert train.sources.prepare(tiny_config, lambda h, w: 1000)[0].image_width == 72
+
+
 def test_predict_reads_the_length_asked_for(tmp_path, capsys):
   image, _ = synthetic.sample(1, 99, alphabet='0123456789', lengths=(5, 5), style='clean')
   image.save(tmp_path / 'a.png')
