@@ -74,7 +74,7 @@ def load_source(init_from: str) -> tuple[ml_collections.ConfigDict, dict]:
   if init_from == PRETRAINED:
     return load_pretrained()
   workdir = Path(init_from).expanduser()
-  config = source_config(init_from)
+  config = run_folder.read_config(workdir)
   steps = checkpoints.reading_order(workdir)
   if not steps:
     raise ConfigError(f'{init_from!r} (config.init_from) holds no checkpoint to start from.')
