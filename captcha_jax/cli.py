@@ -239,10 +239,12 @@ def predict(argv: Sequence[str] | None = None) -> None:
           print(f'error: {reading}', file=sys.stderr)
           continue
         sys.stdout.write(f'{_escape(str(path))}\t{reading.text}\t{reading.confidence:.3f}\n')
+        # Absolute: the file is read from other folders (config.pseudo_labels).
+        file = os.path.abspath(path)
         if rows:
-          rows.writerow([str(path), reading.text, reading.raw_text, f'{reading.confidence:.6f}'])
+          rows.writerow([file, reading.text, reading.raw_text, f'{reading.confidence:.6f}'])
         elif out:
-          out.write(json.dumps({'file': str(path), **vars(reading)}, ensure_ascii=False) + '\n')
+          out.write(json.dumps({'file': file, **vars(reading)}, ensure_ascii=False) + '\n')
     finally:
       bar.close()
       if out:

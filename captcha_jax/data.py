@@ -164,8 +164,73 @@ def find_examples(
         examples.append(Example(str(path), text))
       else:
         problems.append(f'{path}: empty label (the file name is the label)')
-  case = {'keep': str, 'lower': str.lower, 'upper': str.upper}[config.case]
-  return [Example(e.path, case(e.text)) for e in examples], problems
+  return [Example(e.path, _fold(config, e.text)) for e in examples], problems
+
+
+def _fold(config: ml_collections.ConfigDict, text: str) -> str:
+  return {'keep': str, 'lower': str.lower, 'upper': str.upper}[config.case](text)
+
+
+def read_readings(path: Path, min_confidence: float) -> tuple[list[Example], int, list[str]]:
+  """The readings of a `captcha-jax-predict --output FILE.csv` at confidence ≥ min_confidence,
+  as examples (predict writes absolute paths; relative ones are taken from the file's folder);
+  how many readings the file holds; and its bad lines."""
+  try:
+    content = path.read_text(encoding='utf-8-sig')
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f'Pseudo-labels file {str(path)!r} cannot be read ({e}).') from e
+  rows = csv.DictReader(content.splitlines())
+  if not {'file', 'text', 'confidence'} <= set(rows.fieldnames or ()):
+    raise DataError(
+      f'Pseudo-labels file {str(path)!r} has no file, text and confidence columns: write it '
+      'with captcha-jax-predict --output FILE.csv.'
+    )
+  examples, problems, total = [], [], 0
+  for number, row in enumerate(rows, 2):
+    total += 1
+    try:
+      confidence = float(row['confidence'])
+    except (TypeError, ValueError):
+      problems.append(f'{path}, line {number}: confidence {row["confidence"]!r} is not a number')
+      continue
+    if confidence < min_confidence or not row['text']:
+      continue
+    image = path.parent / Path(row['file']).expanduser()
+    if image.is_file():
+      examples.append(Example(str(image), row['text']))
+    else:
+      problems.append(f'{path}, line {number}: {str(image)!r} is not a file')
+  return examples, total, problems
+
+
+def pseudo_labelled(
+  config: ml_collections.ConfigDict, vocab: Vocab, labelled: Sequence[Example]
+) -> list[Example]:
+  """The readings in config.pseudo_labels confident enough to train on (at least
+  config.pseudo_min_confidence), that the model can read and whose images are not labelled
+  already: they join the train split alone, so validation and test stay the labels' own."""
+  path = Path(os.path.abspath(Path(config.pseudo_labels).expanduser()))
+  config.pseudo_labels = str(path)  # a resumed run reads the same file from any folder
+  readings, total, problems = read_readings(path, config.pseudo_min_confidence)
+  known = {Path(e.path).resolve() for e in labelled}
+  kept = []
+  for e in readings:
+    text = _fold(config, e.text)
+    if unknown := vocab.unknown_chars(text):
+      problems.append(f'{e.path}: reading {text!r}: {unknown!r} is not in the alphabet')
+    elif 0 < config.max_label_length < len(text):
+      problems.append(f'{e.path}: reading {text!r} is longer than max_label_length')
+    elif Path(e.path).resolve() not in known:
+      kept.append(Example(e.path, text))
+  report_problems(problems, repr(str(path)), config.skip_bad_files)
+  logging.info(
+    '%d of the %d readings in %s (confidence ≥ %g) join the train split.',
+    len(kept),
+    total,
+    path,
+    config.pseudo_min_confidence,
+  )
+  return kept
 
 
 # --- The split. ---
@@ -328,6 +393,8 @@ def resolve(
   report_problems(
     unreadable, 'labels the model cannot read', config.skip_bad_files or auto_alphabet
   )
+  if config.get('pseudo_labels'):
+    splits['train'] += pseudo_labelled(config, vocab, usable)
   steps = output_steps(config.image_height, config.image_width)
   check_label_fit(splits, vocab, steps)
   if config.get('blank_prior') == settings.AUTO_PRIOR and splits['train']:

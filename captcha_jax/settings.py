@@ -70,6 +70,8 @@ def _check(name: str, value) -> str | None:
   if name == 'blank_prior':
     ok = _number(value) and (value == AUTO_PRIOR or 0 <= value < 1)
     return None if ok else f'must be a number in [0, 1), or {AUTO_PRIOR} (from the data)'
+  if name == 'pseudo_min_confidence':
+    return None if _number(value) and 0 <= value <= 1 else 'must be a number in [0, 1]'
   if name in ('ema_decay', 'model.dropout'):
     return None if _number(value) and 0 <= value < 1 else 'must be a number in [0, 1)'
   if name in CHOICES:
@@ -115,6 +117,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   width = flat.get('image_width')
   if _int(width) and 0 < width < MIN_SIDE:
     problems.append(f'config.image_width = {width}: must be 0 (from the data) or ≥ {MIN_SIDE}')
+  if flat.get('pseudo_labels') and flat.get('data_source') != 'folder':
+    problems.append("config.pseudo_labels: only with config.data_source = 'folder'")
   if problems:
     raise ConfigError('Bad settings:\n  ' + '\n  '.join(problems))
 

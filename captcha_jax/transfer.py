@@ -20,7 +20,14 @@ from captcha_jax.vocab import BLANK_ID, Vocab
 
 PRETRAINED_DIR = Path(__file__).parent / 'pretrained'
 PRETRAINED = 'pretrained'  # config.init_from's name for the reader shipped with the package
-PATH_KEYS = ('data_dir', 'labels_file', 'download_dir', 'tfds_data_dir', 'init_from')
+PATH_KEYS = (
+  'data_dir',
+  'labels_file',
+  'pseudo_labels',
+  'download_dir',
+  'tfds_data_dir',
+  'init_from',
+)
 
 
 def load_pretrained(folder: Path = PRETRAINED_DIR) -> tuple[ml_collections.ConfigDict, dict]:

@@ -24,7 +24,16 @@ from captcha_jax.errors import ConfigError
 MODEL_KEYS = ('alphabet', 'max_label_length', 'image_height', 'image_width', 'model')
 # Entries that decide which image is in which split: a resume that changed them would train on
 # images it had evaluated on.
-SPLIT_KEYS = ('data_dir', 'labels_file', 'data_source', 'case', 'split', 'split_seed')
+SPLIT_KEYS = (
+  'data_dir',
+  'labels_file',
+  'pseudo_labels',
+  'pseudo_min_confidence',
+  'data_source',
+  'case',
+  'split',
+  'split_seed',
+)
 
 
 def write_atomic(path: Path, content: str | bytes) -> None:

@@ -22,6 +22,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_min_images = 1040  # what the unpacked download must hold, checked before use
   config.download_dir = '~/.cache/captcha_jax'
   config.labels_file = ''  # CSV/TSV of `path,text` lines (paths relative to data_dir) instead
+  # Readings of unlabelled images of the set (`captcha-jax-predict --output FILE.csv` of a run
+  # trained on the labels) that join the train split: self-training (README, "Few labels").
+  config.pseudo_labels = ''
+  config.pseudo_min_confidence = 0.9  # of the whole reading; lower takes more and wronger ones
   config.data_source = 'folder'  # or 'tfds': the builder in captcha_jax/tfds_builder.py
   config.tfds_data_dir = '~/tensorflow_datasets'  # where the tfds source is prepared
   config.case = 'keep'  # 'lower'/'upper': fold labels (and scoring) for sites that ignore case

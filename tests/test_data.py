@@ -295,6 +295,40 @@ def test_labels_file_with_a_header_and_its_problems_named_by_line(captcha_dir, c
   assert len(examples) == 60 and not problems
 
 
+def test_pseudo_labels_join_the_train_split_alone(captcha_dir, tmp_path, caplog):
+  """Confident readings of unlabelled images join training only; val and test stay the labels'
+  own; a labelled image keeps its label; bad lines are named, not taken."""
+  unlabelled = tmp_path / 'unlabelled'
+  synthetic.generate(unlabelled, 8, seed=5)
+  images = sorted(unlabelled.glob('*.png'))
+  labelled = sorted(captcha_dir.glob('*.png'))[0]
+  rows = [f'{p},{p.stem},{p.stem},0.95' for p in images[:4]]
+  rows += [f'{p},{p.stem},{p.stem},0.5' for p in images[4:6]]  # below the threshold
+  rows += [f'unlabelled/{images[6].name},{images[6].stem},,0.9']  # from the file's folder
+  rows += [f'{labelled},{labelled.stem[::-1]},,0.99']  # labelled already
+  rows += [f'{tmp_path / "gone.png"},bcdef,,0.99', f'{images[7]},bcd!f,,0.99']
+  rows += [f'{images[7]},bcdef,,high']
+  readings = tmp_path / 'readings.csv'
+  readings.write_text('file,text,raw_text,confidence\n' + '\n'.join(rows) + '\n')
+  _, base = resolve(config_for(captcha_dir))
+  caplog.set_level(logging.INFO)
+  resolved, splits = resolve(config_for(captcha_dir, pseudo_labels=str(readings)))
+  assert splits['val'] == base['val'] and splits['test'] == base['test']
+  assert splits['train'][: len(base['train'])] == base['train']
+  added = splits['train'][len(base['train']) :]
+  assert [(Path(e.path).name, e.text) for e in added] == [
+    (p.name, p.stem) for p in images[:4] + images[6:7]
+  ]
+  assert '5 of the 11 readings' in caplog.text
+  assert 'readings.csv, line 10: ' in caplog.text and 'gone.png' in caplog.text
+  assert "reading 'bcd!f': '!' is not in the alphabet" in caplog.text
+  assert "line 12: confidence 'high' is not a number" in caplog.text
+  assert resolved.pseudo_labels == str(readings)  # absolute, so a resumed run finds it
+  readings.write_text('file,text\n')
+  with pytest.raises(DataError, match='readings.csv.*no file, text and confidence columns'):
+    resolve(config_for(captcha_dir, pseudo_labels=str(readings)))
+
+
 def test_case_folds_labels(tmp_path):
   for text in ('AbCd', 'xYz1'):
     Image.new('RGB', (100, 40), 'white').save(tmp_path / f'{text}.png')

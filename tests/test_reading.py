@@ -3,6 +3,7 @@ without JAX, and the HTTP service, each against the Predictor."""
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -42,15 +43,14 @@ def messy_folder(tmp_path_factory, captcha_dir):
 def test_predict_reads_the_rest_and_names_each_failure(trained, messy_folder, tmp_path):
   _, workdir, _ = trained
   out_csv, out_jsonl = tmp_path / 'r.csv', tmp_path / 'r.jsonl'
-  done = run(
-    'captcha_jax.predict', f'--workdir={workdir}', str(messy_folder), f'--output={out_csv}'
-  )
+  relative = os.path.relpath(messy_folder, ROOT)  # printed as given, written absolute
+  done = run('captcha_jax.predict', f'--workdir={workdir}', relative, f'--output={out_csv}')
   assert done.returncode == 1, done.stderr[-2000:]
   assert "broken.png' is not a readable image" in done.stderr
   assert '1 of 8 file(s) could not be read' in done.stderr and 'Traceback' not in done.stderr
   lines = done.stdout.splitlines()
   assert len(lines) == 7 and all(line.count('\t') == 2 for line in lines)
-  assert any(line.startswith(f'{messy_folder}/tab\\there.png\t') for line in lines)
+  assert any(line.startswith(f'{relative}/tab\\there.png\t') for line in lines)
   readable = [p for p in sorted(messy_folder.glob('*.png')) if p.name != 'broken.png']
   readings = Predictor.from_workdir(workdir).predict(readable)
   expected = {str(p): r.text for p, r in zip(readable, readings, strict=True)}

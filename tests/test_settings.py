@@ -32,6 +32,8 @@ def test_every_bad_field_is_named_in_one_message():
   config.fixed_label_length = 7
   config.max_label_length = 5
   config.image_width = 8
+  config.data_source = 'tfds'
+  config.pseudo_labels = 'readings.csv'
   with pytest.raises(ConfigError) as raised:
     settings.validate(config)
   message = str(raised.value)
@@ -46,9 +48,10 @@ def test_every_bad_field_is_named_in_one_message():
     "alphabet = 'abca': repeats 'a'",
     'fixed_label_length = 7 exceeds max_label_length = 5',
     'image_width = 8',
+    "pseudo_labels: only with config.data_source = 'folder'",
   ):
     assert f'config.{field}' in message, field
-  assert message.count('config.') == 10
+  assert message.count('config.') == 12
 
 
 @pytest.mark.parametrize(
@@ -60,6 +63,7 @@ def test_every_bad_field_is_named_in_one_message():
     ('model.backbone_strides', ((1, 1),)),
     ('case', 'title'),
     ('ema_decay', 1.0),
+    ('pseudo_min_confidence', 1.5),
   ],
 )
 def test_each_kind_of_bad_value_is_refused(field, value):
