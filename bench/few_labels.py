@@ -2,7 +2,7 @@
 
     python bench/few_labels.py --data_dir ../shared/data/captcha_v2 \
         [--sizes 50,100,200,500,1000] [--styles ledger,ransom] [--skip_ddddocr] \
-        [--flag=--config.augment.max_rotation=8 ...]
+        [--modes scratch,finetune,selftrain] [--flag=--config.augment.max_rotation=8 ...]
 
 For each captcha set and N, trains with only the data folder given (`configs/default.py` from
 scratch, `configs/finetune.py` from the shipped reader; each splits its N images 80/10/10 and
@@ -14,6 +14,11 @@ HELD_OUT_FONTS; 1,000 scored images each). A zero-shot row reads each scored set
 pretrained reader restricted to the set's alphabet (and, where all its texts have one length, to
 that length too), beside ddddocr's (its own environment, see ddddocr_reader.py) as it comes and
 restricted to the alphabet (its API takes no length).
+
+Mode `selftrain` (generated styles, which have unlabelled images to spare): the `finetune` run
+reads UNLABELLED other captchas of the style (`captcha-jax-predict --output`), and
+`configs/finetune.py` trains again from the shipped reader on the N labels and the readings of
+confidence ≥ 0.9 (`config.pseudo_labels`); its wall time counts both runs and the reading.
 """
 
 import argparse
@@ -33,6 +38,8 @@ from captcha_jax.predict import Predictor
 
 SCORED = 1000
 POOL = 1000  # the most labelled images a generated style offers
+UNLABELLED = 4000  # a generated style's images to self-train on, drawn with another seed
+SELFTRAIN_EPOCHS = 8  # on the N labels and a few thousand readings
 Examples = list[data.Example]
 ALPHABET = synthetic.DIGITS + synthetic.LOWERCASE
 LENGTH, WIDTH, HEIGHT = 5, 180, 60  # the generated styles' texts and size
@@ -70,6 +77,41 @@ def generated_set(style: str, cache: Path) -> tuple[Examples, Examples]:
   order = np.random.default_rng(0).permutation(len(paths))
   examples = [data.Example(str(paths[i]), data.label_from_path(paths[i])) for i in order]
   return examples[SCORED:], examples[:SCORED]
+
+
+def unlabelled_set(style: str, cache: Path) -> Path:
+  """A folder of UNLABELLED more captchas of a generated style, none of them scored or labelled."""
+  folder = cache / f'{style}-unlabelled-{UNLABELLED}'
+  if not folder.is_dir():
+    partial = folder.with_suffix('.partial')
+    synthetic.generate(
+      partial,
+      UNLABELLED,
+      alphabet=ALPHABET,
+      length=LENGTH,
+      width=WIDTH,
+      height=HEIGHT,
+      style=style,
+      seed=11,
+    )
+    partial.rename(folder)
+  return folder
+
+
+def self_train(
+  labelled: list[data.Example], unlabelled: Path, teacher: Path, workdir: Path, flags: list[str]
+) -> float:
+  """Reads `unlabelled` with the run `teacher`, then fine-tunes on `labelled` and the confident
+  readings; returns the wall time of both steps."""
+  readings = workdir.with_suffix('.csv')
+  command = [sys.executable, '-m', 'captcha_jax.predict', f'--workdir={teacher}', str(unlabelled)]
+  start = time.time()
+  subprocess.run(
+    [*command, f'--output={readings}', '--cpu_tuning'], check=True, stdout=subprocess.DEVNULL
+  )
+  seconds = time.time() - start
+  extra = [f'--config.pseudo_labels={readings}', f'--config.num_epochs={SELFTRAIN_EPOCHS}']
+  return seconds + train('configs/finetune.py', labelled, workdir, [*extra, *flags])
 
 
 def train(config: str, labelled: list[data.Example], workdir: Path, flags: list[str]) -> float:
@@ -110,7 +152,7 @@ def main():
   parser.add_argument('--data_dir', required=True, help='a real captcha set, named by text')
   parser.add_argument('--sizes', default='50,100,200,500,1000')
   parser.add_argument('--styles', default='ledger,ransom', help='generated held-out styles')
-  parser.add_argument('--modes', default='scratch,finetune')
+  parser.add_argument('--modes', default='scratch,finetune', help='and selftrain')
   parser.add_argument('--workdir', default=None, help='keeps the runs (default: a temp dir)')
   parser.add_argument('--skip_ddddocr', action='store_true')
   parser.add_argument(
@@ -151,7 +193,19 @@ def main():
         continue
       for mode in args.modes.split(','):
         workdir = base / f'{name}-{n}-{mode}'
-        seconds = train(configs[mode], pool[:n], workdir, args.flag)
+        if mode != 'selftrain':
+          seconds = train(configs[mode], pool[:n], workdir, args.flag)
+        elif name == 'captcha_v2':
+          continue  # no unlabelled images of it beyond those scored
+        else:
+          teacher = base / f'{name}-{n}-finetune'
+          done = [r for r in rows if (r['set'], r['n'], r['mode']) == (name, n, 'finetune')]
+          if done:
+            seconds = done[0]['wall_s']
+          else:
+            seconds = train(configs['finetune'], pool[:n], teacher, args.flag)
+          unlabelled = unlabelled_set(name, base / 'sets')
+          seconds += self_train(pool[:n], unlabelled, teacher, workdir, args.flag)
         predictor = Predictor.from_workdir(workdir)
         row = {'set': name, 'n': n, 'mode': mode, 'exact': exact_match(predictor, scored)}
         row['wall_s'] = seconds
@@ -159,7 +213,7 @@ def main():
         print(json.dumps(row), flush=True)
 
   print(f'\nruns in {base}; scored on {SCORED} generated images, or the real val + test')
-  print('| set | labelled | scratch | fine-tuned | fine-tune s | zero-shot | ddddocr |')
+  print('| set | labelled | scratch | fine-tuned (s) | self-trained (s) | zero-shot | ddddocr |')
   print('| --- | --- | --- | --- | --- | --- | --- |')
   for name in sets:
     zero = next(r for r in rows if r['set'] == name and r['mode'] == 'zero-shot')
@@ -180,13 +234,14 @@ def main():
       if not got:
         continue
 
-      def pct(mode, got=got):
-        return f'{100 * got[mode]["exact"]:.1f}%' if mode in got else '—'
+      def pct(mode, got=got, timed=False):
+        if mode not in got:
+          return '—'
+        return f'{100 * got[mode]["exact"]:.1f}%' + (f' ({got[mode]["wall_s"]:.0f})' * timed)
 
-      seconds = got.get('finetune', {}).get('wall_s')
       print(
-        f'| {name} | {n} | {pct("scratch")} | {pct("finetune")} | '
-        f'{seconds and f"{seconds:.0f}" or "—"} | | |'
+        f'| {name} | {n} | {pct("scratch")} | {pct("finetune", timed=True)} | '
+        f'{pct("selftrain", timed=True)} | | |'
       )
   if args.json:
     print(json.dumps(rows))

@@ -204,7 +204,7 @@ def read_readings(path: Path, min_confidence: float) -> tuple[list[Example], int
 
 
 def pseudo_labelled(
-  config: ml_collections.ConfigDict, vocab: Vocab, labelled: Sequence[Example]
+  config: ml_collections.ConfigDict, vocab: Vocab, ctc_steps: int, labelled: Sequence[Example]
 ) -> list[Example]:
   """The readings in config.pseudo_labels confident enough to train on (at least
   config.pseudo_min_confidence), that the model can read and whose images are not labelled
@@ -220,6 +220,8 @@ def pseudo_labelled(
       problems.append(f'{e.path}: reading {text!r}: {unknown!r} is not in the alphabet')
     elif 0 < config.max_label_length < len(text):
       problems.append(f'{e.path}: reading {text!r} is longer than max_label_length')
+    elif ctc.required_steps(vocab.encode(text)) > ctc_steps:
+      problems.append(f'{e.path}: reading {text!r} needs more than the {ctc_steps} CTC steps')
     elif Path(e.path).resolve() not in known:
       kept.append(Example(e.path, text))
   report_problems(problems, repr(str(path)), config.skip_bad_files)
@@ -393,9 +395,9 @@ def resolve(
   report_problems(
     unreadable, 'labels the model cannot read', config.skip_bad_files or auto_alphabet
   )
-  if config.get('pseudo_labels'):
-    splits['train'] += pseudo_labelled(config, vocab, usable)
   steps = output_steps(config.image_height, config.image_width)
+  if config.get('pseudo_labels'):
+    splits['train'] += pseudo_labelled(config, vocab, steps, usable)
   check_label_fit(splits, vocab, steps)
   if config.get('blank_prior') == settings.AUTO_PRIOR and splits['train']:
     mean_length = statistics.mean(len(e.text) for e in splits['train'])
