@@ -4,6 +4,8 @@ into memory, the batch layout and the augmentation.
     examples (folder names or a labels file) → usable ones → split → Dataset per split
         → (sources.py, batches.py) → batches of `BatchSpec`
 
+Confident readings of unlabelled images (config.pseudo_labels) join the train split alone.
+
 The jitted steps get arrays of one shape (`BatchSpec`), so they compile once; images stay uint8
 until the model's own preprocessing runs on the device.
 """

@@ -125,7 +125,10 @@ def check_resumable(
     return
   saved = json.loads(read_config(workdir).to_json())
   current = json.loads(config.to_json_best_effort())
-  changed = [k for k in (*MODEL_KEYS, *SPLIT_KEYS) if saved.get(k) != current.get(k)]
+  # A key a run's config.json lacks came after it (e.g. pseudo_labels): the split digest below
+  # still tells whether the files changed.
+  keys = [k for k in (*MODEL_KEYS, *SPLIT_KEYS) if k in saved]
+  changed = [k for k in keys if saved[k] != current.get(k)]
   split_path = workdir / 'split.json'
   if not changed and split_path.exists():
     saved_split = json.loads(split_path.read_text())

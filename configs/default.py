@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.download_dir = '~/.cache/captcha_jax'
   config.labels_file = ''  # CSV/TSV of `path,text` lines (paths relative to data_dir) instead
   # Readings of unlabelled images of the set (`captcha-jax-predict --output FILE.csv` of a run
-  # trained on the labels) that join the train split: self-training (README, "Few labels").
+  # trained on the labels) that join the train split: self-training (README, "Unlabelled images").
   config.pseudo_labels = ''
   config.pseudo_min_confidence = 0.9  # of the whole reading; lower takes more and wronger ones
   config.data_source = 'folder'  # or 'tfds': the builder in captcha_jax/tfds_builder.py

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,6 +101,27 @@ def test_a_resume_that_would_move_images_between_splits_is_refused(copy_of_run, 
     train.train_and_evaluate(config, workdir)
   saved = json.loads((workdir / 'config.json').read_text())
   assert saved['data_dir'] != str(folder) and saved['split_seed'] == 0  # left as it was
+
+
+@pytest.mark.slow
+def test_a_run_older_than_a_split_setting_resumes_unless_its_split_moved(copy_of_run, tmp_path):
+  """A config.json written before config.pseudo_labels existed: the same data resumes; readings
+  added to its training split are refused."""
+  config, workdir, _ = copy_of_run
+  saved = json.loads((workdir / 'config.json').read_text())
+  for key in ('pseudo_labels', 'pseudo_min_confidence'):
+    del saved[key]
+  (workdir / 'config.json').write_text(json.dumps(saved))
+  config.num_epochs = 4
+  train.train_and_evaluate(config, workdir)
+  image = next(Path(config.data_dir).glob('*.png'))
+  readings = tmp_path / 'readings.csv'
+  shutil.copy(image, tmp_path / image.name)
+  readings.write_text(f'file,text,raw_text,confidence\n{tmp_path / image.name},{image.stem},,1.0\n')
+  (workdir / 'config.json').write_text(json.dumps(saved))
+  config.pseudo_labels = str(readings)
+  with pytest.raises(ConfigError, match=r'different train split \(\d+ → \d+ images\)'):
+    train.train_and_evaluate(config, workdir)
 
 
 @pytest.mark.slow
