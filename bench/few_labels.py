@@ -59,20 +59,7 @@ def generated_set(style: str, cache: Path) -> tuple[Examples, Examples]:
   One folder of POOL + SCORED images whatever sizes are asked for, so runs of different N (and
   separate invocations) are scored on the same images.
   """
-  folder = cache / f'{style}-{POOL + SCORED}'
-  if not folder.is_dir():
-    partial = folder.with_suffix('.partial')  # an interrupted generation is not taken as done
-    synthetic.generate(
-      partial,
-      POOL + SCORED,
-      alphabet=ALPHABET,
-      length=LENGTH,
-      width=WIDTH,
-      height=HEIGHT,
-      style=style,
-      seed=3,
-    )
-    partial.rename(folder)
+  folder = _generated(style, POOL + SCORED, 3, cache / f'{style}-{POOL + SCORED}')
   paths = sorted(folder.glob('*.png'))
   order = np.random.default_rng(0).permutation(len(paths))
   examples = [data.Example(str(paths[i]), data.label_from_path(paths[i])) for i in order]
@@ -81,18 +68,22 @@ def generated_set(style: str, cache: Path) -> tuple[Examples, Examples]:
 
 def unlabelled_set(style: str, cache: Path) -> Path:
   """A folder of UNLABELLED more captchas of a generated style, none of them scored or labelled."""
-  folder = cache / f'{style}-unlabelled-{UNLABELLED}'
+  return _generated(style, UNLABELLED, 11, cache / f'{style}-unlabelled-{UNLABELLED}')
+
+
+def _generated(style: str, count: int, seed: int, folder: Path) -> Path:
+  """`folder`, holding `count` captchas of `style` drawn with `seed`; generated once."""
   if not folder.is_dir():
-    partial = folder.with_suffix('.partial')
+    partial = folder.with_suffix('.partial')  # an interrupted generation is not taken as done
     synthetic.generate(
       partial,
-      UNLABELLED,
+      count,
       alphabet=ALPHABET,
       length=LENGTH,
       width=WIDTH,
       height=HEIGHT,
       style=style,
-      seed=11,
+      seed=seed,
     )
     partial.rename(folder)
   return folder
