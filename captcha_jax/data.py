@@ -211,8 +211,7 @@ def pseudo_labelled(
   """The readings in config.pseudo_labels confident enough to train on (at least
   config.pseudo_min_confidence), that the model can read and whose images are not labelled
   already: they join the train split alone, so validation and test stay the labels' own."""
-  path = Path(os.path.abspath(Path(config.pseudo_labels).expanduser()))
-  config.pseudo_labels = str(path)  # a resumed run reads the same file from any folder
+  path = Path(config.pseudo_labels)
   readings, total, problems = read_readings(path, config.pseudo_min_confidence)
   known = {Path(e.path).resolve() for e in labelled}
   kept = []
@@ -349,6 +348,8 @@ def resolve(
   config = config.copy_and_resolve_references()
   folder = data_folder(config)
   config.data_dir = str(folder)
+  if config.get('pseudo_labels'):  # absolute, so a resumed run reads it from any folder
+    config.pseudo_labels = os.path.abspath(Path(config.pseudo_labels).expanduser())
   examples, problems = find_examples(config, folder)
   usable = []
   for e in examples:
