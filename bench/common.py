@@ -3,27 +3,21 @@
 
 import importlib.util
 import resource
-import sys
 from pathlib import Path
 
 import ml_collections
+
+from captcha_jax import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file, its path relative to the repository's root.
-
-  Config files build on each other (`from configs import default`), as they do when the train
-  command runs from the repository's root; here that root is on the path while one loads.
-  """
+  """`get_config()` of a config file, its path relative to the repository's root."""
   spec = importlib.util.spec_from_file_location('bench_config', ROOT / path)
   module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, str(ROOT))
-  try:
+  with settings.config_file_imports(spec.origin):
     spec.loader.exec_module(module)
-  finally:
-    sys.path.remove(str(ROOT))
   return module.get_config()
 
 

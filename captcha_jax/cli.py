@@ -87,6 +87,8 @@ def train(argv: Sequence[str] | None = None) -> None:
   from absl import flags
   from ml_collections import config_flags
 
+  from captcha_jax import settings
+
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file.', flag_values=fv, lock_config=True
@@ -110,8 +112,12 @@ def train(argv: Sequence[str] | None = None) -> None:
   if '--help' in argv or '-h' in argv:  # before parsing: absl knows no --help of its own here
     print(f'usage: {train.__doc__}\n\n{fv.get_help()}')
     sys.exit(0)
+  given = flags.FlagValues()  # the config file's path alone, to load it beside its siblings
+  flags.DEFINE_string('config', None, '', flag_values=given)
+  given(argv, known_only=True)
   try:
-    fv(argv)
+    with settings.config_file_imports(given.config):
+      fv(argv)
     for name in ('config', 'workdir'):
       if fv[name].value is None:
         raise flags.Error(f'--{name} is required')
@@ -119,6 +125,12 @@ def train(argv: Sequence[str] | None = None) -> None:
     config.keys()  # a config file that failed to load raises only when first used
   except (flags.Error, ValueError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+  except Exception as e:  # the config file's own code: a syntax error, a failed import
+    problem = f'{type(e).__name__}: {e}'
+    if isinstance(e, AttributeError) and e.name == 'get_config':
+      problem = 'it defines no get_config()'
+    print(f'error: config file {given.config}: {problem}', file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
 
   def action():

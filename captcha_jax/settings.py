@@ -1,10 +1,13 @@
 """A run's settings: the whole config checked before any work, and the rules that fill its
 automatic values ('auto' alphabet, lengths, width) from the data."""
 
+import contextlib
 import math
 import statistics
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from numbers import Real
+from pathlib import Path
 
 import ml_collections
 
@@ -33,6 +36,24 @@ WHOLE_POSITIVE = (
 )
 # Narrower images would leave the trunk no width to read; any captcha is far wider.
 MIN_SIDE = 16
+
+
+@contextlib.contextmanager
+def config_file_imports(path: str | None) -> Iterator[None]:
+  """While the config file at `path` loads, the folder above its own leads the import path.
+
+  Config files build on their siblings as the package `configs` (`from configs import default`),
+  so one loads from any working directory, not only from the repository's root.
+  """
+  if path is None:
+    yield
+    return
+  root = str(Path(path).resolve().parent.parent)
+  sys.path.insert(0, root)
+  try:
+    yield
+  finally:
+    sys.path.remove(root)
 
 
 def _int(value) -> bool:

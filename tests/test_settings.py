@@ -122,6 +122,42 @@ def test_commands_report_user_errors_in_one_line(tmp_path, module, args, message
   assert 'Traceback' not in out.stderr
 
 
+@pytest.mark.parametrize(
+  ('code', 'message'),
+  [
+    ('def get_config(:\n', 'SyntaxError: invalid syntax'),
+    ('import no_such_module\n', "ModuleNotFoundError: No module named 'no_such_module'"),
+    ('CONFIG = 1\n', 'it defines no get_config()'),
+  ],
+)
+def test_a_broken_config_file_is_named_in_one_line(tmp_path, code, message):
+  (tmp_path / 'mine.py').write_text(code)
+  out = run('train', f'--config={tmp_path}/mine.py', f'--workdir={tmp_path}/run')
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert f'error: config file {tmp_path}/mine.py: {message}' in out.stderr, out.stderr[-2000:]
+  assert 'Traceback' not in out.stderr
+
+
+def test_a_config_built_on_another_loads_from_any_folder(tmp_path):
+  """configs/tiny.py imports configs/default.py; run from elsewhere, it still finds it (the run
+  then stops at its missing data folder, past the config)."""
+  out = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'captcha_jax.train',
+      f'--config={ROOT}/configs/tiny.py',
+      f'--workdir={tmp_path}/run',
+      f'--config.data_dir={tmp_path}/none',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+  )
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert f"error: Data folder '{tmp_path}/none'" in out.stderr, out.stderr[-2000:]
+
+
 def test_train_help_lists_its_flags():
   out = run('train', '--help')
   assert out.returncode == 0, out.stderr[-2000:]
