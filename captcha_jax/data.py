@@ -363,6 +363,8 @@ def resolve(
   if not usable:
     raise DataError(f'No usable images in {str(folder)!r}: every file was skipped.')
 
+  if config.case == 'keep' and (warning := settings.case_warning([e.text for e in usable])):
+    logging.warning('%s', warning)
   if config.max_label_length == 0:
     config.max_label_length = max(len(e.text) for e in usable)
   if config.image_width == 0:

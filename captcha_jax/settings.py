@@ -160,6 +160,22 @@ def common_length(texts: Sequence[str]) -> int:
   return lengths.pop() if len(lengths) == 1 else 0
 
 
+def case_warning(texts: Sequence[str]) -> str:
+  """For config.case = 'keep': a warning when the labels look typed in either case for a site
+  that ignores case (each label in one case, both cases among them, and fewer labels mixing the
+  two than hold the rarer case), else ''. A mixed-case site's labels mostly mix the cases."""
+  upper = [t for t in texts if t == t.upper() != t.lower()]
+  lower = [t for t in texts if t == t.lower() != t.upper()]
+  mixed = sum(t.lower() != t != t.upper() for t in texts)
+  if not upper or not lower or mixed >= min(len(upper), len(lower)):
+    return ''
+  return (
+    f'{len(upper)} labels are upper-case (like {upper[0]!r}) and {len(lower)} lower-case (like '
+    f'{lower[0]!r}), and {mixed} mix the two: if the site ignores case, set '
+    "config.case='upper' or 'lower' so each letter is one character to learn, not two."
+  )
+
+
 def auto_width(
   sizes: Sequence[tuple[int, int]],
   height: int,

@@ -339,3 +339,14 @@ def test_case_folds_labels(tmp_path):
   ):
     examples, _ = data.find_examples(config_for(tmp_path, case=case), tmp_path)
     assert [e.text for e in examples] == expected
+
+
+def test_labels_typed_in_either_case_are_warned_of(tmp_path, caplog):
+  for text in ('AB12C', 'XY9ZQ', 'ab34d', 'q8r7s'):
+    Image.new('RGB', (100, 40), 'white').save(tmp_path / f'{text}.png')
+  caplog.set_level(logging.WARNING)
+  resolve(config_for(tmp_path, split=(0.5, 0.25, 0.25)))
+  assert "2 labels are upper-case (like 'AB12C') and 2 lower-case" in caplog.text
+  caplog.clear()
+  resolve(config_for(tmp_path, split=(0.5, 0.25, 0.25), case='upper'))
+  assert 'upper-case' not in caplog.text

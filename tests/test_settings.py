@@ -1,6 +1,8 @@
 """Settings are checked whole before any work, and every command turns a user's mistake into one
 `error: …` line and exit status 2, never a traceback."""
 
+import random
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +165,18 @@ def test_train_help_lists_its_flags():
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.startswith('usage: python -m captcha_jax.train --config')
   assert '--workdir:' in out.stdout and '--[no]cpu_tuning:' in out.stdout
+
+
+def test_case_warning_tells_labels_typed_in_either_case_from_a_mixed_case_site():
+  rng = random.Random(0)
+  alphabet = string.digits + string.ascii_letters
+  mixed_site = [''.join(rng.choices(alphabet, k=5)) for _ in range(300)]
+  # One case-blind site's texts, typed half in upper and half in lower case.
+  either_case = [t.upper() if i % 2 else t.lower() for i, t in enumerate(mixed_site)]
+  assert settings.case_warning(mixed_site) == ''
+  assert settings.case_warning([t.upper() for t in mixed_site]) == ''
+  assert settings.case_warning([t.lower() for t in mixed_site]) == ''
+  warning = settings.case_warning(either_case)
+  upper = sum(t == t.upper() != t.lower() for t in either_case)
+  assert warning.startswith(f'{upper} labels are upper-case'), warning
+  assert "config.case='upper' or 'lower'" in warning
