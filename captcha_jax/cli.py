@@ -184,7 +184,9 @@ def evaluate(argv: Sequence[str] | None = None) -> None:
   """python -m captcha_jax.evaluate --workdir DIR [--data_dir IMAGES]"""
   parser = argparse.ArgumentParser(prog='captcha-jax-evaluate', description=evaluate.__doc__)
   parser.add_argument('--workdir', required=True, help='The --workdir of a training run.')
-  parser.add_argument('--data_dir', help='Image folder, if not the one the run was trained on.')
+  parser.add_argument(
+    '--data_dir', help='Another folder of captchas named by their text, scored as one set.'
+  )
   _cpu_tuning_flag(parser)
   args = parser.parse_args(argv)
 

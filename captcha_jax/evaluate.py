@@ -1,9 +1,12 @@
-"""Evaluate a trained run on its train/val/test splits: a report as text and JSON, and pictures.
+"""Evaluate a trained run on its train/val/test splits, or on another folder of labelled
+captchas as one set: a report as text and JSON, and pictures.
 
-    python -m captcha_jax.evaluate --workdir runs/default [--data_dir DIR]
+    python -m captcha_jax.evaluate --workdir runs/default [--data_dir OTHER]
 
 Writes WORKDIR/evaluation.json, evaluation.txt and predictions.png (test images, wrong readings in
-red). Raw readings are greedy CTC; post-processed ones are constrained to config.fixed_label_length.
+red); for another folder, evaluation-OTHER.json, .txt and predictions-OTHER.png beside them, so
+the run's own report stays. Raw readings are greedy CTC; post-processed ones are constrained to
+config.fixed_label_length.
 """
 
 import collections
@@ -36,14 +39,24 @@ def confusions(predictions: Sequence[str], targets: Sequence[str]) -> collection
 
 
 def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int = 10) -> dict:
-  """Per-split metrics of WORKDIR's chosen checkpoint on the split its config defines (on
-  `data_dir` instead of the training folder, when given); writes the report files."""
+  """Metrics of WORKDIR's chosen checkpoint on each split of its data, or on every image of
+  `data_dir`, another folder of captchas named by their text, as one set ('all'); writes the
+  report files."""
   workdir = Path(workdir)
   predictor = Predictor.from_workdir(workdir)
   config = predictor.config.copy_and_resolve_references()
-  if data_dir:
-    config.data_dir = data_dir
-  _, splits = sources.prepare(config, functools.partial(models.output_steps, config.model))
+  output_steps = functools.partial(models.output_steps, config.model)
+  suffix, shown = '', 'test'
+  if data_dir and Path(data_dir).resolve() != Path(config.data_dir).resolve():
+    suffix, shown = f'-{Path(data_dir).resolve().name}', 'all'
+    # None of its images is the run's: one set, labelled by name, no readings added.
+    config.update(
+      data_dir=data_dir, data_source='folder', labels_file='', pseudo_labels='', split=(1, 0, 0)
+    )
+    config, examples = data.resolve(config, output_steps)
+    splits = data.load_in_memory(config, {'all': examples['train']})
+  else:
+    _, splits = sources.prepare(config, output_steps)
   report = {}
   for name, source in splits.items():
     readings, targets, paths = [], [], []
@@ -69,10 +82,11 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int 
         if true != read
       ],
     }
-    if name == 'test':
-      plots.save(plots.predictions_figure(source, raw, targets), workdir / 'predictions.png')
-  run_folder.write_json(workdir / 'evaluation.json', report)
-  run_folder.write_atomic(workdir / 'evaluation.txt', format_report(report))
+    if name == shown:
+      figure = plots.predictions_figure(source, raw, targets)
+      plots.save(figure, workdir / f'predictions{suffix}.png')
+  run_folder.write_json(workdir / f'evaluation{suffix}.json', report)
+  run_folder.write_atomic(workdir / f'evaluation{suffix}.txt', format_report(report))
   return report
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captcha_jax import data, evaluate, export, sources
+from captcha_jax import data, evaluate, export, sources, synthetic
 from captcha_jax.errors import DataError
 from captcha_jax.predict import Predictor
 
@@ -71,6 +71,25 @@ def test_evaluate_report_agrees_with_training_results(trained):
     cwd=ROOT,
   )
   assert out.returncode == 0 and out.stdout.startswith('split'), out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(trained, tmp_path):
+  _, workdir, _ = trained
+  evaluate.evaluate_workdir(workdir)
+  own = (workdir / 'evaluation.json').read_text()
+  other = tmp_path / 'other'
+  synthetic.generate(other, 12, seed=9)
+  report = evaluate.evaluate_workdir(workdir, str(other))
+  assert list(report) == ['all'] and report['all']['images'] == 12
+  paths = sorted(other.glob('*.png'))
+  readings = Predictor.from_workdir(workdir).predict(paths)
+  wrong = {str(p) for p, r in zip(paths, readings, strict=True) if r.raw_text != p.stem}
+  assert {e['file'] for e in report['all']['errors']} == wrong
+  assert report['all']['accuracy'] == pytest.approx(1 - len(wrong) / 12)
+  assert json.loads((workdir / 'evaluation-other.json').read_text()) == report
+  assert (workdir / 'predictions-other.png').is_file()
+  assert (workdir / 'evaluation.json').read_text() == own
 
 
 EXPORT_LOADER = """
