@@ -6,7 +6,7 @@ script by pyproject.toml; `python -m captcha_jax.<module>` runs the same functio
 | command | `python -m` | does |
 | --- | --- | --- |
 | `captcha-jax-train` | `captcha_jax.train` | trains and evaluates a run |
-| `captcha-jax-evaluate` | `captcha_jax.evaluate` | the per-split report of a run |
+| `captcha-jax-evaluate` | `captcha_jax.evaluate` | a run's report, per split or on another folder |
 | `captcha-jax-predict` | `captcha_jax.predict` | reads image files and folders |
 | `captcha-jax-export` | `captcha_jax.export` | writes a run's reader as jax.export or ONNX |
 | `captcha-jax-serve` | `captcha_jax.serve` | an HTTP reading service |
