@@ -39,7 +39,9 @@ def _open(source, name: str) -> Image.Image:
     raise DataError(f'{name}: no such file.') from e
   except IsADirectoryError as e:
     raise DataError(f'{name}: is a folder, not an image.') from e
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+  except UnidentifiedImageError as e:  # its message names the file object: <_io.BytesIO ...>
+    raise DataError(f'{name} is not a readable image (no format Pillow reads).') from e
+  except (OSError, ValueError, SyntaxError, EOFError) as e:
     raise DataError(f'{name} is not a readable image ({e}).') from e
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise DataError(f'{name}: too large to be a captcha ({e}).') from e
@@ -111,5 +113,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
   try:
     with Image.open(path) as opened:
       return opened.height, opened.width
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+  except UnidentifiedImageError as e:
+    raise DataError(f'{str(path)!r} is not a readable image (no format Pillow reads).') from e
+  except (OSError, ValueError, SyntaxError) as e:
     raise DataError(f'{str(path)!r} is not a readable image ({e}).') from e

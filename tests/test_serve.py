@@ -340,12 +340,12 @@ BAD_REQUESTS = {
   'raw body not an image': (
     post(b'GIF89a but not really'),
     400,
-    'The body is not a readable image',
+    'The body is not a readable image (no format Pillow reads).',
   ),
   'file not an image': (
     form([('f', 'good.png', png(1)), ('f', 'bad.png', b'not an image')]),
     400,
-    "'bad.png' is not a readable image",
+    "'bad.png' is not a readable image (no format Pillow reads).",
   ),
   'empty body': (post(b''), 400, 'empty'),
   'empty file': (form([('f', 'blank.png', b'')]), 400, "'blank.png': empty"),
