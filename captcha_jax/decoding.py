@@ -17,7 +17,7 @@ class Reading:
 
   text: str  # `raw_text`, corrected to the fixed label length when the config has one
   raw_text: str  # greedy CTC decoding
-  confidence: float  # probability of the greedy path, 0..1
+  confidence: float  # probability of `text`, summed over every CTC path that reads it, 0..1
 
 
 def restrict(log_probs: np.ndarray, vocab: Vocab, allowed: str) -> np.ndarray:
@@ -34,19 +34,32 @@ def restrict(log_probs: np.ndarray, vocab: Vocab, allowed: str) -> np.ndarray:
   return masked - top - np.log(np.exp(masked - top).sum(-1, keepdims=True))
 
 
-def greedy_decode(log_probs: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
-  """Best-path decoding: argmax per step, repeats collapsed, blanks dropped.
-
-  log_probs: [batch, time, classes]. Returns the class ids of each example and its confidence,
-  the probability of that best path (product of the per-step maxima), [batch] float.
-  """
+def greedy_decode(log_probs: np.ndarray) -> list[list[int]]:
+  """Best-path decoding of log_probs [batch, time, classes]: argmax per step, repeats
+  collapsed, blanks dropped; the class ids of each example."""
   best = log_probs.argmax(-1)
   keep = np.ones(best.shape, bool)
   keep[:, 1:] = best[:, 1:] != best[:, :-1]
   keep &= best != BLANK_ID
-  sequences = [[int(c) for c in path[k]] for path, k in zip(best, keep, strict=True)]
-  confidence = np.exp(log_probs.max(-1).sum(-1))
-  return sequences, confidence
+  return [[int(c) for c in path[k]] for path, k in zip(best, keep, strict=True)]
+
+
+def text_probability(log_probs: np.ndarray, ids: Sequence[int]) -> float:
+  """P(ids | image): the CTC forward sum over every path of log_probs [time, classes] that
+  collapses to `ids`. The best path alone undercounts it: every step's small doubt multiplies
+  in, however sure the text (0.99 a step over 25 steps: 0.78)."""
+  states = np.full(2 * len(ids) + 1, BLANK_ID)  # blank, id, blank, id, ..., blank
+  states[1::2] = ids
+  # A path may skip the blank between two different characters, never between a repeat.
+  skips = np.zeros(len(states), bool)
+  skips[2:] = (states[2:] != BLANK_ID) & (states[2:] != states[:-2])
+  alpha = np.full(len(states), -np.inf)
+  alpha[: min(2, len(states))] = log_probs[0, states[:2]]
+  for step in log_probs[1:]:
+    before = np.concatenate([[-np.inf, -np.inf], alpha])  # before[i + 2] is alpha[i]
+    from_skip = np.where(skips, before[:-2], -np.inf)
+    alpha = np.logaddexp(np.logaddexp(alpha, before[1:-1]), from_skip) + step[states]
+  return float(np.exp(np.logaddexp.reduce(alpha[-2:])))
 
 
 def decode_with_length(log_probs: np.ndarray, length: int) -> list[int] | None:
@@ -117,15 +130,12 @@ def read(
     raise ValueError(f'A text length must be 0 (any) or more, got {target}.')
   if allowed:
     log_probs = restrict(log_probs, vocab, allowed)
-  sequences, confidence = greedy_decode(log_probs)
   readings = []
-  for ids, lp, c in zip(sequences, log_probs, confidence, strict=True):
+  for ids, lp in zip(greedy_decode(log_probs), log_probs, strict=True):
     raw = vocab.decode(ids)
-    text = raw
     if target > 0 and len(ids) != target:
-      fixed = decode_with_length(lp, target)
-      text = vocab.decode(fixed) if fixed is not None else raw
-    readings.append(Reading(text, raw, float(c)))
+      ids = decode_with_length(lp, target) or ids
+    readings.append(Reading(vocab.decode(ids), raw, text_probability(lp, ids)))
   return readings
 
 

@@ -11,7 +11,8 @@ Routes:
                 or multipart/form-data with 1..max_images files, any field names (other fields
                 are ignored) → {"results": [{"file": "a.png", "text": …, "raw_text": …,
                 "confidence": …}, …]} in the order the files were sent.
-                `confidence` is the probability of the greedy CTC path, 0..1 (null if not finite).
+                `confidence` is the probability of `text` (CTC: every path that reads it), 0..1,
+                null if not finite.
   GET /health   {"status": "ok", "height": 50, "width": 200, "alphabet": …, "length": …, limits,
                 counters}
   GET /         a page to drop or choose images and see their readings.

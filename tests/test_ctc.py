@@ -74,14 +74,12 @@ def one_hot_log_probs(path, classes=4, p=0.9):
 def test_greedy_decode_hand_worked():
   paths = [[0, 1, 1, 0, 1, 2, 2], [3, 3, 3, 0, 0, 0, 0], [0] * 7, [1, 0, 1, 0, 1, 1, 2]]
   log_probs = np.stack([one_hot_log_probs(p) for p in paths])
-  sequences, confidence = decoding.greedy_decode(log_probs)
-  assert sequences == [[1, 1, 2], [3], [], [1, 1, 1, 2]]
-  np.testing.assert_allclose(confidence, 0.9**7)
+  assert decoding.greedy_decode(log_probs) == [[1, 1, 2], [3], [], [1, 1, 1, 2]]
 
 
 def test_decode_with_length_agrees_with_greedy_when_length_fits():
   lp = np.log(jax.nn.softmax(np.random.default_rng(0).normal(size=(12, 5)) * 3))
-  [greedy], _ = decoding.greedy_decode(lp[None])
+  [greedy] = decoding.greedy_decode(lp[None])
   assert decoding.decode_with_length(lp, len(greedy)) == greedy
 
 
@@ -89,7 +87,7 @@ def test_decode_with_length_restores_a_merged_repeat():
   # Greedy reads "1 1 1 1" as one symbol; the second-best step at t=2 is a blank.
   lp = one_hot_log_probs([1, 1, 1, 1])
   lp[2] = np.log([0.4, 0.58, 0.01, 0.01])
-  assert decoding.greedy_decode(lp[None])[0] == [[1]]
+  assert decoding.greedy_decode(lp[None]) == [[1]]
   assert decoding.decode_with_length(lp, 2) == [1, 1]
 
 
@@ -114,6 +112,35 @@ def test_decode_with_length_brute_force():
       assert (tuple(got) if got is not None else None) == best
 
 
+def test_text_probability_sums_every_path_that_reads_the_text():
+  rng = np.random.default_rng(2)
+  for _ in range(3):
+    lp = np.log(jax.nn.softmax(rng.normal(size=(5, 3)) * 2))
+    for label in [(), (1,), (2, 2), (1, 2), (2, 1, 2), (1, 1, 1)]:
+      expected = np.exp(-brute_force_nll(lp, label))
+      np.testing.assert_allclose(decoding.text_probability(lp, label), expected, rtol=1e-6)
+  # Each character's second step split between it and the blank: either way it reads 'abc', so
+  # the text is near sure while no single path is (the best: 0.97⁶ · 0.5³ = 0.10).
+  rows = []
+  for c in (1, 2, 3):
+    split = np.full(4, 0.01)
+    split[[0, c]] = 0.5, 0.48
+    rows += [one_hot_log_probs([c], p=0.97)[0], np.log(split), one_hot_log_probs([0], p=0.97)[0]]
+  lp = np.stack(rows)
+  sure = decoding.text_probability(lp, [1, 2, 3])
+  np.testing.assert_allclose(sure, np.exp(-brute_force_nll(lp, [1, 2, 3])), rtol=1e-6)
+  assert sure > 0.8
+
+
+def test_a_corrected_reading_has_the_probability_of_its_own_text():
+  vocab = Vocab('abc')
+  lp = one_hot_log_probs([1, 1, 1, 1])
+  lp[2] = np.log([0.4, 0.58, 0.01, 0.01])
+  [fixed] = decoding.read(lp[None], vocab, fixed_label_length=2)
+  assert (fixed.raw_text, fixed.text) == ('a', 'aa')
+  np.testing.assert_allclose(fixed.confidence, np.exp(-brute_force_nll(lp, [1, 1])))
+
+
 def test_decode_with_length_too_long_for_steps():
   assert decoding.decode_with_length(one_hot_log_probs([1, 1]), 3) is None
 
@@ -125,8 +152,10 @@ def test_restricted_reading_masks_classes_before_the_argmax():
   [free] = decoding.read(lp, vocab)
   [only_ab] = decoding.read(lp, vocab, allowed='ab')
   assert (free.text, only_ab.text) == ('ac', 'ab')
-  # Renormalised over what is left: the path's probability is 0.8/0.9 · 0.25/0.4 · 0.9/0.97.
-  np.testing.assert_allclose(only_ab.confidence, 0.8 / 0.9 * 0.25 / 0.4 * 0.9 / 0.97, rtol=1e-6)
+  # Its confidence is the probability of 'ab' renormalised over what is left.
+  np.testing.assert_allclose(
+    only_ab.confidence, np.exp(-brute_force_nll(decoding.restrict(lp, vocab, 'ab')[0], [1, 2]))
+  )
   with pytest.raises(ValueError, match="'z' cannot be read"):
     decoding.read(lp, vocab, allowed='az')
 
