@@ -114,8 +114,8 @@ def train(argv: Sequence[str] | None = None) -> None:
     sys.exit(0)
   given = flags.FlagValues()  # the config file's path alone, to load it beside its siblings
   flags.DEFINE_string('config', None, '', flag_values=given)
-  given(argv, known_only=True)
   try:
+    given(argv, known_only=True)
     with settings.config_file_imports(given.config):
       fv(argv)
     for name in ('config', 'workdir'):

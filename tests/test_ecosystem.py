@@ -1,6 +1,7 @@
 """TensorBoard scalars, the evaluation report, and the exported model."""
 
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -90,6 +91,13 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(tr
   assert json.loads((workdir / 'evaluation-other.json').read_text()) == report
   assert (workdir / 'predictions-other.png').is_file()
   assert (workdir / 'evaluation.json').read_text() == own
+  # A run from before config.pseudo_labels existed scores another folder all the same.
+  older = tmp_path / 'older'
+  shutil.copytree(workdir, older)
+  saved = json.loads((older / 'config.json').read_text())
+  del saved['pseudo_labels'], saved['pseudo_min_confidence']
+  (older / 'config.json').write_text(json.dumps(saved))
+  assert evaluate.evaluate_workdir(older, str(other)) == report
 
 
 EXPORT_LOADER = """

@@ -108,6 +108,7 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
     ),
     ('train', ['--config=configs/none.py', '--workdir={tmp}/run'], 'error: '),
     ('train', ['--config=configs/tiny.py'], 'error: --workdir is required'),
+    ('train', ['--workdir={tmp}/run', '--config'], 'error: Missing value for flag --config'),
     ('evaluate', ['--workdir={tmp}'], "error: '{tmp}' has no config.json"),
     ('predict', ['--workdir={tmp}', 'x.png'], "error: '{tmp}' has no config.json"),
     ('predict', ['--onnx={tmp}/model.onnx', 'x.png'], 'error: '),
