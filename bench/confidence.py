@@ -12,7 +12,6 @@ self-training), how many readings pass and how many of those are right.
 
 import argparse
 
-import jax
 import numpy as np
 
 from captcha_jax import data, decoding
@@ -42,12 +41,9 @@ def main():
   predictor = Predictor.from_workdir(args.workdir)
   paths = data.find_images(args.data_dir)[0][: args.limit]
   texts, by_text, by_path = [], [], []
-  apply = jax.jit(lambda v, x: jax.nn.log_softmax(predictor.model.apply(v, x, train=False)))
   for start in range(0, len(paths), predictor.batch_size):
     chunk = paths[start : start + predictor.batch_size]
-    log_probs = np.asarray(
-      apply(predictor.variables, np.stack([predictor.decode(p) for p in chunk]))
-    )
+    log_probs = predictor.log_probs(np.stack([predictor.decode(p) for p in chunk]))
     readings = decoding.read(log_probs, predictor.vocab, predictor.config.fixed_label_length)
     texts += [r.text for r in readings]
     by_text += [r.confidence for r in readings]

@@ -132,13 +132,18 @@ class Predictor:
     self, pixels: np.ndarray, allowed: str = '', length: int = 0
   ) -> list[decoding.Reading]:
     """Readings of decoded images [n, height, width, 3] uint8, n ≤ batch_size."""
+    log_probs = self.log_probs(pixels)
+    return decoding.read(log_probs, self.vocab, self.config.fixed_label_length, allowed, length)
+
+  def log_probs(self, pixels: np.ndarray) -> np.ndarray:
+    """The model's per-step log-probabilities [n, steps, classes] of decoded images, n ≤
+    batch_size: padded to a power of two, so a few batch sizes are ever compiled."""
     n = len(pixels)
     size = min(1 << (n - 1).bit_length(), self.batch_size)
     devices = self.mesh.size if size >= MIN_SPLIT else 1
     size = -(-size // devices) * devices
     padded = np.concatenate([pixels, np.repeat(pixels[:1], size - n, 0)])
-    log_probs = np.asarray(self._log_probs(padded, split=devices > 1))[:n]
-    return decoding.read(log_probs, self.vocab, self.config.fixed_label_length, allowed, length)
+    return np.asarray(self._log_probs(padded, split=devices > 1))[:n]
 
   @staticmethod
   def _on(device, x: jax.Array) -> jax.Array:
