@@ -19,9 +19,19 @@ _XLA_CACHE = tempfile.mkdtemp(prefix='captcha_jax_tests_xla_')
 atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _XLA_CACHE)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+# Tests compile far more than they compute: without LLVM's optimisations XLA compiles the tiny
+# models about 3× faster on CPU, which is most of the suite's time (bench/README.md).
+FAST_COMPILE = '--xla_backend_optimization_level=0'
+os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {FAST_COMPILE}'.strip()
 
 from captcha_jax import synthetic, train  # noqa: E402
 from configs import tiny  # noqa: E402
+
+
+def cpu_devices_env(devices: int) -> dict[str, str]:
+  """This process's environment, for a process that splits the CPU into `devices` devices."""
+  flags = f'{os.environ["XLA_FLAGS"]} --xla_force_host_platform_device_count={devices}'
+  return dict(os.environ, XLA_FLAGS=flags)
 
 
 def train_command(workdir, captcha_dir, epochs: int = 3) -> list[str]:

@@ -3,7 +3,6 @@ process with the same 4 devices and global batch; a stop signal to one of them s
 same step, and the rerun resumes."""
 
 import json
-import os
 import re
 import signal
 import socket
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 
 from captcha_jax import checkpoints
-from tests.conftest import train_command
+from tests.conftest import cpu_devices_env, train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -41,7 +40,7 @@ def command(workdir, captcha_dir, epochs, cluster=None):
 
 
 def start(cmd, devices):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = cpu_devices_env(devices)
   return subprocess.Popen(
     cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
   )

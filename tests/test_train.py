@@ -13,6 +13,7 @@ import pytest
 from captcha_jax import data, metrics, sources, train
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
+from tests.conftest import cpu_devices_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,7 +89,7 @@ def test_predictor_reads_like_evaluation(trained):
 
 def run_on_cpu_devices(script: str, devices: int) -> dict:
   """Runs a Python script in a process with `devices` CPU devices; its last line, as JSON."""
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = cpu_devices_env(devices)
   out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
