@@ -2,7 +2,8 @@
 
     python bench/few_labels.py --data_dir ../shared/data/captcha_v2 \
         [--sizes 50,100,200,500,1000] [--styles ledger,ransom] [--skip_ddddocr] \
-        [--modes scratch,finetune,selftrain] [--flag=--config.augment.max_rotation=8 ...]
+        [--modes scratch,finetune,selftrain] [--rounds 1] \
+        [--flag=--config.augment.max_rotation=8 ...]
 
 For each captcha set and N, trains with only the data folder given (`configs/default.py` from
 scratch, `configs/finetune.py` from the shipped reader; each splits its N images 80/10/10 and
@@ -19,6 +20,8 @@ Mode `selftrain` (generated styles, which have unlabelled images to spare): the 
 reads UNLABELLED other captchas of the style (`captcha-jax-predict --output`), and
 `configs/finetune.py` trains again from the shipped reader on the N labels and the readings of
 confidence ≥ 0.9 (`config.pseudo_labels`); its wall time counts both runs and the reading.
+With --rounds R, each self-trained run reads the unlabelled images again for the next (its
+workdir `…-selftrainR`); the row is the last round's, with every round's exact match beside it.
 """
 
 import argparse
@@ -144,6 +147,7 @@ def main():
   parser.add_argument('--sizes', default='50,100,200,500,1000')
   parser.add_argument('--styles', default='ledger,ransom', help='generated held-out styles')
   parser.add_argument('--modes', default='scratch,finetune', help='and selftrain')
+  parser.add_argument('--rounds', type=int, default=1, help='of self-training, each from the last')
   parser.add_argument('--workdir', default=None, help='keeps the runs (default: a temp dir)')
   parser.add_argument('--skip_ddddocr', action='store_true')
   parser.add_argument(
@@ -196,10 +200,18 @@ def main():
           else:
             seconds = train(configs['finetune'], pool[:n], teacher, args.flag)
           unlabelled = unlabelled_set(name, base / 'sets')
-          seconds += self_train(pool[:n], unlabelled, teacher, workdir, args.flag)
+          rounds = []  # each round's student reads the unlabelled images for the next
+          for r in range(1, args.rounds + 1):
+            student = base / f'{name}-{n}-{mode}{r if r > 1 else ""}'
+            seconds += self_train(pool[:n], unlabelled, teacher, student, args.flag)
+            if r < args.rounds:
+              rounds.append(exact_match(Predictor.from_workdir(student), scored))
+            teacher = workdir = student
         predictor = Predictor.from_workdir(workdir)
         row = {'set': name, 'n': n, 'mode': mode, 'exact': exact_match(predictor, scored)}
         row['wall_s'] = seconds
+        if mode == 'selftrain':
+          row['rounds'] = [*rounds, row['exact']]
         rows.append(row)
         print(json.dumps(row), flush=True)
 
