@@ -116,9 +116,11 @@ def test_text_probability_sums_every_path_that_reads_the_text():
   rng = np.random.default_rng(2)
   for _ in range(3):
     lp = np.log(jax.nn.softmax(rng.normal(size=(5, 3)) * 2))
-    for label in [(), (1,), (2, 2), (1, 2), (2, 1, 2), (1, 1, 1)]:
-      expected = np.exp(-brute_force_nll(lp, label))
-      np.testing.assert_allclose(decoding.text_probability(lp, label), expected, rtol=1e-6)
+    labels = [(), (1,), (2, 2), (1, 2), (2, 1, 2), (1, 1, 1)]
+    expected = [np.exp(-brute_force_nll(lp, label)) for label in labels]
+    # One batch of texts of every length: a shorter text's padded states change nothing.
+    got = decoding.text_probability(np.stack([lp] * len(labels)), labels)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
   # Each character's second step split between it and the blank: either way it reads 'abc', so
   # the text is near sure while no single path is (the best: 0.97⁶ · 0.5³ = 0.10).
   rows = []
@@ -127,7 +129,7 @@ def test_text_probability_sums_every_path_that_reads_the_text():
     split[[0, c]] = 0.5, 0.48
     rows += [one_hot_log_probs([c], p=0.97)[0], np.log(split), one_hot_log_probs([0], p=0.97)[0]]
   lp = np.stack(rows)
-  sure = decoding.text_probability(lp, [1, 2, 3])
+  [sure] = decoding.text_probability(lp[None], [[1, 2, 3]])
   np.testing.assert_allclose(sure, np.exp(-brute_force_nll(lp, [1, 2, 3])), rtol=1e-6)
   assert sure > 0.8
 
