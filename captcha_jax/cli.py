@@ -6,6 +6,7 @@ script by pyproject.toml; `python -m captcha_jax.<module>` runs the same functio
 | command | `python -m` | does |
 | --- | --- | --- |
 | `captcha-jax-train` | `captcha_jax.train` | trains and evaluates a run |
+| `captcha-jax-self-train` | `captcha_jax.self_train` | rounds of training on a run's own readings |
 | `captcha-jax-evaluate` | `captcha_jax.evaluate` | a run's report, per split or on another folder |
 | `captcha-jax-predict` | `captcha_jax.predict` | reads image files and folders |
 | `captcha-jax-export` | `captcha_jax.export` | writes a run's reader as jax.export or ONNX |
@@ -177,6 +178,42 @@ def initialize_distributed(
   )
 
 
+# --- self-train ---
+
+
+def self_train(argv: Sequence[str] | None = None) -> None:
+  """python -m captcha_jax.self_train --workdir DIR --unlabelled IMAGES [--rounds 4] [--epochs 2]"""
+  parser = argparse.ArgumentParser(prog='captcha-jax-self-train', description=self_train.__doc__)
+  parser.add_argument('--workdir', required=True, help='A training run on your labelled images.')
+  parser.add_argument(
+    '--unlabelled', nargs='+', required=True, help='Unlabelled images of the site: files, folders.'
+  )
+  parser.add_argument('--rounds', type=int, default=4, help='Each reads for the next; DIR-roundR.')
+  parser.add_argument('--epochs', type=int, default=2, help='Of each round, from the run before.')
+  _cpu_tuning_flag(parser)
+  args = parser.parse_args(argv)
+  if args.rounds < 1 or args.epochs < 1:
+    parser.error('--rounds and --epochs must be 1 or more')
+
+  def action():
+    from captcha_jax import host
+    from captcha_jax import self_train as rounds
+    from captcha_jax import workdir as run_folder
+
+    _quiet_orbax()
+    after_compile = lambda: None  # noqa: E731
+    if args.cpu_tuning:
+      config = run_folder.read_config(Path(args.workdir))
+      host.tune_cpu(config.batch_size, config.eval_batch_size)
+      after_compile = host.release_free_memory
+    last = rounds.run_rounds(
+      args.workdir, args.unlabelled, args.rounds, args.epochs, after_compile=after_compile
+    )
+    print(f'Self-trained: read with --workdir {last}')
+
+  _run(action)
+
+
 # --- evaluate ---
 
 
@@ -243,7 +280,7 @@ def predict(argv: Sequence[str] | None = None) -> None:
     out = open(args.output, 'w', newline='', encoding='utf-8') if args.output else None  # noqa: SIM115
     rows = csv.writer(out) if out and args.output.endswith('.csv') else None
     if rows:
-      rows.writerow(['file', 'text', 'raw_text', 'confidence'])
+      rows.writerow(predicting.READINGS_COLUMNS)
     bar = tqdm(total=len(paths), unit='image', disable=len(paths) <= 32, file=sys.stderr)
     try:
       for path, reading in predicting.read_files(reader, paths, args.allowed, args.length):
@@ -253,12 +290,12 @@ def predict(argv: Sequence[str] | None = None) -> None:
           print(f'error: {reading}', file=sys.stderr)
           continue
         sys.stdout.write(f'{_escape(str(path))}\t{reading.text}\t{reading.confidence:.3f}\n')
-        # Absolute: the file is read from other folders (config.pseudo_labels).
-        file = os.path.abspath(path)
         if rows:
-          rows.writerow([file, reading.text, reading.raw_text, f'{reading.confidence:.6f}'])
+          rows.writerow(predicting.readings_row(path, reading))
         elif out:
-          out.write(json.dumps({'file': file, **vars(reading)}, ensure_ascii=False) + '\n')
+          # Absolute, as in a .csv: the file is read from other folders (config.pseudo_labels).
+          line = {'file': os.path.abspath(path), **vars(reading)}
+          out.write(json.dumps(line, ensure_ascii=False) + '\n')
     finally:
       bar.close()
       if out:

@@ -87,7 +87,8 @@ def label_from_path(path: str | Path) -> str:
 
 def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
   """Image files directly in `folder`, sorted by name so every OS sees one order; and what was
-  passed over there (sub-folders, broken links, other files), one line each."""
+  passed over there (sub-folders, broken links, other files), one line each. DataError when it
+  holds none."""
   folder = Path(folder).expanduser()
   if not folder.is_dir():
     raise DataError(f'Data folder {str(folder)!r} does not exist or is not a folder.')
@@ -102,10 +103,8 @@ def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
     else:
       found.append(path)
   if not found:
-    raise DataError(
-      f'Data folder {str(folder)!r} holds no images ({"/".join(images.IMAGE_EXTENSIONS)}): '
-      'it should hold images named by their text, like 226md.png, or set config.labels_file.'
-    )
+    extensions = '/'.join(images.IMAGE_EXTENSIONS)
+    raise DataError(f'Folder {str(folder)!r} holds no images ({extensions}).')
   return found, passed_over
 
 
@@ -158,7 +157,12 @@ def find_examples(
       raise DataError(f'Labels file {str(labels)!r} does not exist (config.labels_file).')
     examples, problems = read_labels_file(labels, folder)
   else:
-    paths, problems = find_images(folder)
+    try:
+      paths, problems = find_images(folder)
+    except DataError as e:
+      raise DataError(
+        f'{e} It should hold images named by their text, like 226md.png, or set config.labels_file.'
+      ) from None
     examples = []
     for path in paths:
       text = label_from_path(path)

@@ -6,6 +6,7 @@ so a loaded reader reads images exactly as evaluation did.
 
 import functools
 import itertools
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from captcha_jax.vocab import Vocab
 # one, where the hand-off to a second device would cost more than it saves (bench/README.md).
 MIN_SPLIT = 16
 BATCH_SIZE = 32  # images per call of the model
+# A readings file (`captcha-jax-predict --output FILE.csv`), as config.pseudo_labels reads it.
+READINGS_COLUMNS = ('file', 'text', 'raw_text', 'confidence')
 
 
 class Predictor:
@@ -164,6 +167,12 @@ def expand_paths(inputs: Iterable[str]) -> Iterator[Path]:
       yield from data.find_images(path)[0]
     else:
       yield path
+
+
+def readings_row(path: Path, reading: decoding.Reading) -> list[str]:
+  """A reading as a row of a readings file (READINGS_COLUMNS); the path absolute, so the file is
+  read from other folders."""
+  return [os.path.abspath(path), reading.text, reading.raw_text, f'{reading.confidence:.6f}']
 
 
 def read_files(

@@ -162,7 +162,7 @@ def test_missing_and_empty_folders(tmp_path):
   with pytest.raises(DataError, match="'.*nowhere' .*does not exist.*leave it empty to download"):
     resolve(config_for(tmp_path / 'nowhere'))
   (tmp_path / 'notes.txt').write_text('x')
-  with pytest.raises(DataError, match='holds no images'):
+  with pytest.raises(DataError, match='holds no images.*named by their text'):
     resolve(config_for(tmp_path))
 
 

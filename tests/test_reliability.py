@@ -210,6 +210,7 @@ def test_empty_image_folder_for_prediction(tmp_path, trained):
     cwd=ROOT,
   )
   assert out.returncode != 0 and 'holds no images' in out.stderr
+  assert 'labels_file' not in out.stderr  # a hint for training data, not for images to read
   assert 'Traceback' not in out.stderr
 
 

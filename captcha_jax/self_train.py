@@ -1,0 +1,124 @@
+"""Self-training, round after round: a run reads unlabelled captchas of its site, and a new run
+trains from it on its labels and the readings it is sure of.
+
+    python -m captcha_jax.self_train --workdir runs/mine --unlabelled path/to/unlabelled \
+        [--rounds 4] [--epochs 2]
+
+Round r reads the unlabelled images with the run before it (WORKDIR, then WORKDIR-round1, ...)
+into WORKDIR-round{r}/readings.csv, then trains WORKDIR-round{r} from that run for `epochs`
+epochs with WORKDIR's config and the readings as config.pseudo_labels: those of confidence ≥
+config.pseudo_min_confidence join the training split alone, so every round is still chosen and
+scored on the labels. Rerunning the same command skips the rounds that finished and resumes the
+one that did not; a finished round trained otherwise (other epochs) is refused, never reused.
+"""
+
+import csv
+import io
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import ml_collections
+from tqdm import tqdm
+
+from captcha_jax import predict, train
+from captcha_jax import workdir as run_folder
+from captcha_jax.errors import ConfigError, DataError
+
+READINGS = 'readings.csv'
+# Each round starts from a trained reader, which needs only a short warm-up of the learning rate.
+WARMUP_EPOCHS = 0.2
+# What makes a round the one asked for: a finished round with others is not taken as done.
+ROUND_KEYS = ('init_from', 'pseudo_labels', 'num_epochs')
+
+
+def round_dir(workdir: str | Path, round_: int) -> Path:
+  """Where round `round_` (1, 2, ...) of self-training from WORKDIR trains."""
+  workdir = Path(workdir)
+  return workdir.with_name(f'{workdir.name}-round{round_}')
+
+
+def round_config(
+  config: ml_collections.ConfigDict, teacher: Path, readings: Path, epochs: int
+) -> ml_collections.ConfigDict:
+  """The first run's config, trained from `teacher` on the labels and `readings`."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.update(
+    init_from=str(teacher),
+    pseudo_labels=str(readings),
+    num_epochs=epochs,
+    warmup_epochs=WARMUP_EPOCHS,
+  )
+  return config
+
+
+def write_readings(teacher: Path, unlabelled: Sequence[str], out: Path) -> int:
+  """Reads every image of `unlabelled` (files and folders) with the run `teacher` into the
+  readings file `out`, written whole once all are read; returns how many it read. A file that
+  cannot be read is named in a warning and left out."""
+  reader = predict.Predictor.from_workdir(teacher)
+  paths = list(predict.expand_paths(unlabelled))
+  text = io.StringIO()
+  rows = csv.writer(text)
+  rows.writerow(predict.READINGS_COLUMNS)
+  read = 0
+  for path, reading in tqdm(
+    predict.read_files(reader, paths), total=len(paths), unit='image', desc=f'{teacher.name} reads'
+  ):
+    if isinstance(reading, DataError):
+      logging.warning('Not self-trained on: %s', reading)
+      continue
+    rows.writerow(predict.readings_row(path, reading))
+    read += 1
+  if not read:
+    raise DataError(f'None of the {len(paths)} unlabelled image(s) could be read.')
+  out.parent.mkdir(parents=True, exist_ok=True)
+  run_folder.write_atomic(out, text.getvalue())
+  return read
+
+
+def run_rounds(
+  workdir: str | Path,
+  unlabelled: Sequence[str],
+  rounds: int,
+  epochs: int,
+  *,
+  after_compile: Callable[[], object] = lambda: None,
+) -> Path:
+  """Runs `rounds` rounds of self-training from the run WORKDIR (see the module's docstring);
+  returns the last round's workdir."""
+  workdir = Path(workdir).absolute()
+  config = run_folder.read_config(workdir)
+  teacher = workdir
+  for r in range(1, rounds + 1):
+    student = round_dir(workdir, r)
+    readings = student / READINGS
+    wanted = round_config(config, teacher, readings, epochs)
+    if (student / 'results.json').exists():
+      saved = run_folder.read_config(student)
+      if changed := [k for k in ROUND_KEYS if saved.get(k) != wanted[k]]:
+        raise ConfigError(
+          f'{str(student)!r} holds a finished round with another {", ".join(changed)}: move it '
+          'away, or self-train a copy of the first run under another name.'
+        )
+      logging.info('Round %d of %d: %s has finished; next.', r, rounds, student)
+    else:
+      if not readings.exists():
+        count = write_readings(teacher, unlabelled, readings)
+        logging.info('Round %d of %d: %s read %d image(s).', r, rounds, teacher, count)
+      results = train.train_and_evaluate(wanted, student, after_compile=after_compile)
+      logging.info(
+        'Round %d of %d: %s reads %.1f%% of its validation images.',
+        r,
+        rounds,
+        student,
+        100 * results['val']['accuracy'],
+      )
+    teacher = student
+  return teacher
+
+
+if __name__ == '__main__':
+  from captcha_jax import cli
+
+  cli.self_train()

@@ -1,0 +1,82 @@
+"""Self-training round after round: each round reads the unlabelled images with the run before
+it, and trains from that run on the labels and the readings."""
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from captcha_jax import cli, synthetic
+from captcha_jax import self_train as rounds
+from captcha_jax import workdir as run_folder
+from captcha_jax.errors import ConfigError
+from captcha_jax.predict import Predictor
+
+
+def _readings(path) -> dict[str, str]:
+  with open(path, newline='', encoding='utf-8') as f:
+    return {row['file']: row['text'] for row in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_each_round_reads_with_the_run_before_and_trains_from_it(trained, tmp_path, caplog):
+  _, trained_dir, _ = trained
+  first = tmp_path / 'mine'
+  shutil.copytree(trained_dir, first)
+  # Every reading joins, however unsure the tiny run is, so the rounds' splits show them.
+  saved = json.loads((first / 'config.json').read_text())
+  saved['pseudo_min_confidence'] = 0.0
+  (first / 'config.json').write_text(json.dumps(saved))
+  unlabelled = tmp_path / 'unlabelled'
+  images = synthetic.generate(unlabelled, 6, seed=7)
+  (unlabelled / 'broken.png').write_bytes(b'not an image')
+
+  last = rounds.run_rounds(first, [str(unlabelled)], rounds=2, epochs=1)
+
+  one, two = rounds.round_dir(first, 1), rounds.round_dir(first, 2)
+  assert last == two
+  assert 'broken.png' in caplog.text  # named, and left out
+  for teacher, student in ((first, one), (one, two)):
+    expected = Predictor.from_workdir(teacher).predict(images)
+    assert _readings(student / rounds.READINGS) == {
+      str(p.absolute()): r.text for p, r in zip(images, expected, strict=True)
+    }
+    config = run_folder.read_config(student)
+    assert config.init_from == str(teacher)
+    assert config.pseudo_labels == str(student / rounds.READINGS)
+    assert config.num_epochs == 1
+    labelled = json.loads((first / 'split.json').read_text())
+    split = json.loads((student / 'split.json').read_text())
+    assert split['train']['images'] == labelled['train']['images'] + len(images)
+    assert split['val'] == labelled['val'] and split['test'] == labelled['test']
+    assert (student / 'results.json').exists()
+
+  # A rerun trains nothing again.
+  finished = {p: (p / 'results.json').stat().st_mtime_ns for p in (one, two)}
+  assert rounds.run_rounds(first, [str(unlabelled)], rounds=2, epochs=1) == two
+  assert {p: (p / 'results.json').stat().st_mtime_ns for p in (one, two)} == finished
+  with pytest.raises(ConfigError, match=f"'{one}' holds a finished round with another num_epochs"):
+    rounds.run_rounds(first, [str(unlabelled)], rounds=2, epochs=3)
+
+
+def test_self_train_cli_errors_are_one_line(trained, tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_:
+    cli.self_train(['--workdir', str(tmp_path / 'none'), '--unlabelled', str(tmp_path)])
+  assert exit_.value.code == cli.EXIT_USER_ERROR
+  assert 'has no config.json' in capsys.readouterr().err
+  _, trained_dir, _ = trained
+  first = tmp_path / 'mine'
+  shutil.copytree(trained_dir, first)
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  with pytest.raises(SystemExit) as exit_:
+    cli.self_train(['--workdir', str(first), '--unlabelled', str(empty)])
+  assert exit_.value.code == cli.EXIT_USER_ERROR
+  err = capsys.readouterr().err
+  assert f"Folder '{empty}' holds no images" in err and 'Traceback' not in err
+  assert not rounds.round_dir(first, 1).exists()
+  with pytest.raises(SystemExit) as exit_:
+    cli.self_train(['--workdir', str(first), '--unlabelled', str(empty), '--rounds', '0'])
+  assert exit_.value.code == 2
+  assert '--rounds and --epochs must be 1 or more' in capsys.readouterr().err
