@@ -2,7 +2,7 @@
 
     python bench/few_labels.py --data_dir ../shared/data/captcha_v2 \
         [--sizes 50,100,200,500,1000] [--styles ledger,ransom] [--skip_ddddocr] \
-        [--modes scratch,finetune,selftrain] [--rounds 1] \
+        [--modes scratch,finetune,selftrain] [--rounds 1] [--continue_epochs 0] \
         [--flag=--config.augment.max_rotation=8 ...]
 
 For each captcha set and N, trains with only the data folder given (`configs/default.py` from
@@ -22,6 +22,8 @@ reads UNLABELLED other captchas of the style (`captcha-jax-predict --output`), a
 confidence ≥ 0.9 (`config.pseudo_labels`); its wall time counts both runs and the reading.
 With --rounds R, each self-trained run reads the unlabelled images again for the next (its
 workdir `…-selftrainR`); the row is the last round's, with every round's exact match beside it.
+With --continue_epochs E, the rounds are `captcha-jax-self-train`'s instead: each from the run
+before it, E epochs (workdirs `…-finetune-roundR`; --flag does not reach them).
 """
 
 import argparse
@@ -38,6 +40,7 @@ from common import ROOT, load_config
 
 from captcha_jax import data, models, synthetic
 from captcha_jax.predict import Predictor
+from captcha_jax.self_train import round_dir
 
 SCORED = 1000
 POOL = 1000  # the most labelled images a generated style offers
@@ -108,6 +111,20 @@ def self_train(
   return seconds + train('configs/finetune.py', labelled, workdir, [*extra, *flags])
 
 
+def self_train_rounds(teacher: Path, unlabelled: Path, rounds: int, epochs: int) -> float:
+  """`captcha-jax-self-train` from the run `teacher`; returns its wall time."""
+  command = [sys.executable, '-m', 'captcha_jax.self_train', f'--workdir={teacher}']
+  command += [f'--unlabelled={unlabelled}', f'--rounds={rounds}', f'--epochs={epochs}']
+  start = time.time()
+  log = teacher.with_suffix('.rounds.log')
+  with open(log, 'w') as f:
+    if subprocess.run(
+      [*command, '--cpu_tuning'], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT
+    ).returncode:
+      sys.exit(f'self-training from {teacher} failed; see {log}')
+  return time.time() - start
+
+
 def train(config: str, labelled: list[data.Example], workdir: Path, flags: list[str]) -> float:
   """Trains on `labelled` (a folder of links named by their texts); returns the wall time."""
   folder = workdir.with_suffix('.data')
@@ -148,6 +165,9 @@ def main():
   parser.add_argument('--styles', default='ledger,ransom', help='generated held-out styles')
   parser.add_argument('--modes', default='scratch,finetune', help='and selftrain')
   parser.add_argument('--rounds', type=int, default=1, help='of self-training, each from the last')
+  parser.add_argument(
+    '--continue_epochs', type=int, default=0, help='rounds of this many epochs from the run before'
+  )
   parser.add_argument('--workdir', default=None, help='keeps the runs (default: a temp dir)')
   parser.add_argument('--skip_ddddocr', action='store_true')
   parser.add_argument(
@@ -200,18 +220,25 @@ def main():
           else:
             seconds = train(configs['finetune'], pool[:n], teacher, args.flag)
           unlabelled = unlabelled_set(name, base / 'sets')
-          rounds = []  # each round's student reads the unlabelled images for the next
-          for r in range(1, args.rounds + 1):
-            student = base / f'{name}-{n}-{mode}{r if r > 1 else ""}'
-            seconds += self_train(pool[:n], unlabelled, teacher, student, args.flag)
-            if r < args.rounds:
-              rounds.append(exact_match(Predictor.from_workdir(student), scored))
-            teacher = workdir = student
+          # Each round's student reads the unlabelled images for the next.
+          if args.continue_epochs:
+            seconds += self_train_rounds(teacher, unlabelled, args.rounds, args.continue_epochs)
+            students = [round_dir(teacher, r) for r in range(1, args.rounds + 1)]
+          else:
+            students = [
+              base / f'{name}-{n}-{mode}{r if r > 1 else ""}' for r in range(1, args.rounds + 1)
+            ]
+            for student in students:
+              seconds += self_train(pool[:n], unlabelled, teacher, student, args.flag)
+              teacher = student
+          rounds = [exact_match(Predictor.from_workdir(s), scored) for s in students[:-1]]
+          workdir = students[-1]
         predictor = Predictor.from_workdir(workdir)
         row = {'set': name, 'n': n, 'mode': mode, 'exact': exact_match(predictor, scored)}
         row['wall_s'] = seconds
         if mode == 'selftrain':
           row['rounds'] = [*rounds, row['exact']]
+          row['continue_epochs'] = args.continue_epochs
         rows.append(row)
         print(json.dumps(row), flush=True)
 

@@ -188,8 +188,12 @@ def self_train(argv: Sequence[str] | None = None) -> None:
   parser.add_argument(
     '--unlabelled', nargs='+', required=True, help='Unlabelled images of the site: files, folders.'
   )
-  parser.add_argument('--rounds', type=int, default=4, help='Each reads for the next; DIR-roundR.')
-  parser.add_argument('--epochs', type=int, default=2, help='Of each round, from the run before.')
+  parser.add_argument(
+    '--rounds', type=int, default=4, help='Rounds, each trained into DIR-roundR (default 4).'
+  )
+  parser.add_argument(
+    '--epochs', type=int, default=2, help='Epochs of each round, from the run before (default 2).'
+  )
   _cpu_tuning_flag(parser)
   args = parser.parse_args(argv)
   if args.rounds < 1 or args.epochs < 1:
