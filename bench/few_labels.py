@@ -113,15 +113,18 @@ def self_train(
 
 def self_train_rounds(teacher: Path, unlabelled: Path, rounds: int, epochs: int) -> float:
   """`captcha-jax-self-train` from the run `teacher`; returns its wall time."""
-  command = [sys.executable, '-m', 'captcha_jax.self_train', f'--workdir={teacher}']
+  command = [sys.executable, '-m', 'captcha_jax.self_train', f'--workdir={teacher}', '--cpu_tuning']
   command += [f'--unlabelled={unlabelled}', f'--rounds={rounds}', f'--epochs={epochs}']
+  return run_logged(command, teacher.with_suffix('.rounds.log'), f'self-training from {teacher}')
+
+
+def run_logged(command: list[str], log: Path, what: str) -> float:
+  """Runs `command` from the repository's root, its output into `log`; returns the wall time, or
+  exits naming `what` failed."""
   start = time.time()
-  log = teacher.with_suffix('.rounds.log')
   with open(log, 'w') as f:
-    if subprocess.run(
-      [*command, '--cpu_tuning'], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT
-    ).returncode:
-      sys.exit(f'self-training from {teacher} failed; see {log}')
+    if subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
+      sys.exit(f'{what} failed; see {log}')
   return time.time() - start
 
 
@@ -143,12 +146,7 @@ def train(config: str, labelled: list[data.Example], workdir: Path, flags: list[
     '--cpu_tuning',
     *flags,
   ]
-  start = time.time()
-  log = workdir.with_suffix('.log')
-  with open(log, 'w') as f:
-    if subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
-      sys.exit(f'{config} on {folder} failed; see {log}')
-  return time.time() - start
+  return run_logged(command, workdir.with_suffix('.log'), f'{config} on {folder}')
 
 
 def exact_match(

@@ -42,7 +42,7 @@ def round_config(
   config: ml_collections.ConfigDict, teacher: Path, readings: Path, epochs: int
 ) -> ml_collections.ConfigDict:
   """The first run's config, trained from `teacher` on the labels and `readings`."""
-  config = ml_collections.ConfigDict(config.to_dict())
+  config = config.copy_and_resolve_references()
   config.update(
     init_from=str(teacher),
     pseudo_labels=str(readings),
