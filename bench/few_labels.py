@@ -2,7 +2,8 @@
 
     python bench/few_labels.py --data_dir ../shared/data/captcha_v2 \
         [--sizes 50,100,200,500,1000] [--styles ledger,ransom] [--skip_ddddocr] \
-        [--modes scratch,finetune,selftrain] [--rounds 1] [--continue_epochs 0] \
+        [--modes scratch,finetune,selftrain] [--rounds 1] [--unlabelled 4000] \
+        [--from_run [--round_epochs 0]] \
         [--flag=--config.augment.max_rotation=8 ...]
 
 For each captcha set and N, trains with only the data folder given (`configs/default.py` from
@@ -17,13 +18,14 @@ that length too), beside ddddocr's (its own environment, see ddddocr_reader.py) 
 restricted to the alphabet (its API takes no length).
 
 Mode `selftrain` (generated styles, which have unlabelled images to spare): the `finetune` run
-reads UNLABELLED other captchas of the style (`captcha-jax-predict --output`), and
+reads --unlabelled other captchas of the style (`captcha-jax-predict --output`), and
 `configs/finetune.py` trains again from the shipped reader on the N labels and the readings of
 confidence ≥ 0.9 (`config.pseudo_labels`); its wall time counts both runs and the reading.
 With --rounds R, each self-trained run reads the unlabelled images again for the next (its
 workdir `…-selftrainR`); the row is the last round's, with every round's exact match beside it.
-With --continue_epochs E, the rounds are `captcha-jax-self-train`'s instead: each from the run
-before it, E epochs (workdirs `…-finetune-roundR`; --flag does not reach them).
+With --from_run, the rounds are `captcha-jax-self-train`'s instead: each from the run before it,
+--round_epochs epochs (0: as many steps as the fine-tuning run; workdirs `…-finetune-roundR`;
+--flag does not reach them).
 """
 
 import argparse
@@ -44,7 +46,6 @@ from captcha_jax.self_train import round_dir
 
 SCORED = 1000
 POOL = 1000  # the most labelled images a generated style offers
-UNLABELLED = 4000  # a generated style's images to self-train on, drawn with another seed
 SELFTRAIN_EPOCHS = 8  # on the N labels and a few thousand readings
 Examples = list[data.Example]
 ALPHABET = synthetic.DIGITS + synthetic.LOWERCASE
@@ -72,9 +73,9 @@ def generated_set(style: str, cache: Path) -> tuple[Examples, Examples]:
   return examples[SCORED:], examples[:SCORED]
 
 
-def unlabelled_set(style: str, cache: Path) -> Path:
-  """A folder of UNLABELLED more captchas of a generated style, none of them scored or labelled."""
-  return _generated(style, UNLABELLED, 11, cache / f'{style}-unlabelled-{UNLABELLED}')
+def unlabelled_set(style: str, count: int, cache: Path) -> Path:
+  """A folder of `count` more captchas of a generated style, none of them scored or labelled."""
+  return _generated(style, count, 11, cache / f'{style}-unlabelled-{count}')
 
 
 def _generated(style: str, count: int, seed: int, folder: Path) -> Path:
@@ -164,7 +165,11 @@ def main():
   parser.add_argument('--modes', default='scratch,finetune', help='and selftrain')
   parser.add_argument('--rounds', type=int, default=1, help='of self-training, each from the last')
   parser.add_argument(
-    '--continue_epochs', type=int, default=0, help='rounds of this many epochs from the run before'
+    '--unlabelled', type=int, default=4000, help="a generated style's images to self-train on"
+  )
+  parser.add_argument('--from_run', action='store_true', help='rounds from the run before')
+  parser.add_argument(
+    '--round_epochs', type=int, default=0, help='with --from_run (0: as many steps as the run)'
   )
   parser.add_argument('--workdir', default=None, help='keeps the runs (default: a temp dir)')
   parser.add_argument('--skip_ddddocr', action='store_true')
@@ -217,10 +222,10 @@ def main():
             seconds = done[0]['wall_s']
           else:
             seconds = train(configs['finetune'], pool[:n], teacher, args.flag)
-          unlabelled = unlabelled_set(name, base / 'sets')
+          unlabelled = unlabelled_set(name, args.unlabelled, base / 'sets')
           # Each round's student reads the unlabelled images for the next.
-          if args.continue_epochs:
-            seconds += self_train_rounds(teacher, unlabelled, args.rounds, args.continue_epochs)
+          if args.from_run:
+            seconds += self_train_rounds(teacher, unlabelled, args.rounds, args.round_epochs)
             students = [round_dir(teacher, r) for r in range(1, args.rounds + 1)]
           else:
             students = [
@@ -236,7 +241,7 @@ def main():
         row['wall_s'] = seconds
         if mode == 'selftrain':
           row['rounds'] = [*rounds, row['exact']]
-          row['continue_epochs'] = args.continue_epochs
+          row['round_epochs'] = args.round_epochs if args.from_run else None
         rows.append(row)
         print(json.dumps(row), flush=True)
 

@@ -182,7 +182,7 @@ def initialize_distributed(
 
 
 def self_train(argv: Sequence[str] | None = None) -> None:
-  """python -m captcha_jax.self_train --workdir DIR --unlabelled IMAGES [--rounds 4] [--epochs 2]"""
+  """python -m captcha_jax.self_train --workdir DIR --unlabelled IMAGES [--rounds 4] [--epochs E]"""
   parser = argparse.ArgumentParser(prog='captcha-jax-self-train', description=self_train.__doc__)
   parser.add_argument('--workdir', required=True, help='A training run on your labelled images.')
   parser.add_argument(
@@ -192,12 +192,15 @@ def self_train(argv: Sequence[str] | None = None) -> None:
     '--rounds', type=int, default=4, help='Rounds, each trained into DIR-roundR (default 4).'
   )
   parser.add_argument(
-    '--epochs', type=int, default=2, help='Epochs of each round, from the run before (default 2).'
+    '--epochs',
+    type=int,
+    default=0,
+    help='Epochs of each round, from the run before (default: as many steps as DIR trained).',
   )
   _cpu_tuning_flag(parser)
   args = parser.parse_args(argv)
-  if args.rounds < 1 or args.epochs < 1:
-    parser.error('--rounds and --epochs must be 1 or more')
+  if args.rounds < 1 or args.epochs < 0:
+    parser.error('--rounds must be 1 or more, --epochs 0 (as many steps as DIR) or more')
 
   def action():
     from captcha_jax import host

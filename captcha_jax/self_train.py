@@ -2,13 +2,15 @@
 trains from it on its labels and the readings it is sure of.
 
     python -m captcha_jax.self_train --workdir runs/mine --unlabelled path/to/unlabelled \
-        [--rounds 4] [--epochs 2]
+        [--rounds 4] [--epochs E]
 
 Round r reads the unlabelled images with the run before it (WORKDIR, then WORKDIR-round1, ...)
-into WORKDIR-round{r}/readings.csv, then trains WORKDIR-round{r} from that run for `epochs`
-epochs with WORKDIR's config and the readings as config.pseudo_labels: those of confidence ≥
+into WORKDIR-round{r}/readings.csv, then trains WORKDIR-round{r} from that run with WORKDIR's
+config and the readings as config.pseudo_labels: those of confidence ≥
 config.pseudo_min_confidence join the training split alone, so every round is still chosen and
-scored on the labels. Rerunning the same command skips the rounds that finished and resumes the
+scored on the labels. A round trains `epochs` epochs, or by default as many steps as WORKDIR
+did: a few hundred readings make short epochs, and two of them leave the student worse than its
+teacher (bench/README.md). Rerunning the same command skips the rounds that finished and resumes the
 one that did not; a finished round trained otherwise (other epochs) is refused, never reused.
 """
 
@@ -21,7 +23,7 @@ from pathlib import Path
 import ml_collections
 from tqdm import tqdm
 
-from captcha_jax import predict, train
+from captcha_jax import data, predict, train
 from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError, DataError
 
@@ -50,6 +52,23 @@ def round_config(
     warmup_epochs=WARMUP_EPOCHS,
   )
   return config
+
+
+def kept_readings(config: ml_collections.ConfigDict, readings: Path) -> int:
+  """How many of the readings in `readings` are confident enough to train on."""
+  return len(data.read_readings(readings, config.pseudo_min_confidence)[0])
+
+
+def round_epochs(config: ml_collections.ConfigDict, workdir: Path, readings: Path) -> int:
+  """Epochs that give a round on the labels and `readings` as many steps as the run `workdir`
+  (whose config is `config`) trained: its labelled images and these readings, in its batches."""
+  trained = run_folder.read_split(workdir)['train']['images']
+  labelled = trained
+  if config.get('pseudo_labels') and Path(config.pseudo_labels).is_file():
+    labelled -= kept_readings(config, Path(config.pseudo_labels))  # its own readings
+  steps = config.num_epochs * (trained // config.batch_size)
+  per_epoch = max(1, (labelled + kept_readings(config, readings)) // config.batch_size)
+  return max(1, round(steps / per_epoch))
 
 
 def write_readings(teacher: Path, unlabelled: Sequence[str], out: Path) -> int:
@@ -81,19 +100,23 @@ def run_rounds(
   workdir: str | Path,
   unlabelled: Sequence[str],
   rounds: int,
-  epochs: int,
+  epochs: int = 0,
   *,
   after_compile: Callable[[], object] = lambda: None,
 ) -> Path:
-  """Runs `rounds` rounds of self-training from the run WORKDIR (see the module's docstring);
-  returns the last round's workdir."""
+  """Runs `rounds` rounds of self-training from the run WORKDIR (see the module's docstring), each
+  of `epochs` epochs (0: as many steps as WORKDIR trained); returns the last round's workdir."""
   workdir = Path(workdir).absolute()
   config = run_folder.read_config(workdir)
   teacher = workdir
   for r in range(1, rounds + 1):
     student = round_dir(workdir, r)
     readings = student / READINGS
-    wanted = round_config(config, teacher, readings, epochs)
+    if not readings.exists():
+      count = write_readings(teacher, unlabelled, readings)
+      logging.info('Round %d of %d: %s read %d image(s).', r, rounds, teacher, count)
+    length = epochs or round_epochs(config, workdir, readings)
+    wanted = round_config(config, teacher, readings, length)
     if (student / 'results.json').exists():
       saved = run_folder.read_config(student)
       if changed := [k for k in ROUND_KEYS if saved.get(k) != wanted[k]]:
@@ -103,9 +126,7 @@ def run_rounds(
         )
       logging.info('Round %d of %d: %s has finished; next.', r, rounds, student)
     else:
-      if not readings.exists():
-        count = write_readings(teacher, unlabelled, readings)
-        logging.info('Round %d of %d: %s read %d image(s).', r, rounds, teacher, count)
+      logging.info('Round %d of %d: %d epoch(s) from %s.', r, rounds, length, teacher)
       results = train.train_and_evaluate(wanted, student, after_compile=after_compile)
       logging.info(
         'Round %d of %d: %s reads %.1f%% of its validation images.',

@@ -106,6 +106,17 @@ def read_config(workdir: Path) -> ml_collections.ConfigDict:
     raise ConfigError(f'{str(path)!r} is damaged ({e}).') from e
 
 
+def read_split(workdir: Path) -> dict[str, dict]:
+  """WORKDIR's split.json (`split_digest`); ConfigError when it is missing or damaged."""
+  path = workdir / 'split.json'
+  try:
+    return json.loads(path.read_text())
+  except FileNotFoundError as e:
+    raise ConfigError(f'{str(workdir)!r} has no split.json: has its run started?') from e
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ConfigError(f'{str(path)!r} is damaged ({e}).') from e
+
+
 def split_digest(fingerprint: dict[str, list[str]]) -> dict[str, dict]:
   """Per split: how many images, and a hash of their names."""
   return {
@@ -129,9 +140,8 @@ def check_resumable(
   # still tells whether the files changed.
   keys = [k for k in (*MODEL_KEYS, *SPLIT_KEYS) if k in saved]
   changed = [k for k in keys if saved[k] != current.get(k)]
-  split_path = workdir / 'split.json'
-  if not changed and split_path.exists():
-    saved_split = json.loads(split_path.read_text())
+  if not changed and (workdir / 'split.json').exists():
+    saved_split = read_split(workdir)
     now = split_digest(fingerprint)
     changed = [
       f'{name} split ({saved_split[name]["images"]} → {now[name]["images"]} images)'

@@ -5,6 +5,7 @@ import csv
 import json
 import shutil
 
+import ml_collections
 import pytest
 
 from captcha_jax import cli, synthetic
@@ -17,6 +18,42 @@ from captcha_jax.predict import Predictor
 def _readings(path) -> dict[str, str]:
   with open(path, newline='', encoding='utf-8') as f:
     return {row['file']: row['text'] for row in csv.DictReader(f)}
+
+
+def _write_readings(path, confidences):
+  """A readings file of `confidences`, each of an (empty) image file beside it."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, 'w', newline='', encoding='utf-8') as f:
+    rows = csv.writer(f)
+    rows.writerow(['file', 'text', 'raw_text', 'confidence'])
+    for i, confidence in enumerate(confidences):
+      (path.parent / f'{path.stem}{i}.png').touch()
+      rows.writerow([f'{path.stem}{i}.png', 'abc', 'abc', confidence])
+
+
+def _run_of(workdir, train_images, **config):
+  workdir.mkdir()
+  run_folder.write_json(workdir / 'split.json', {'train': {'images': train_images}})
+  return ml_collections.ConfigDict(dict(pseudo_min_confidence=0.9, pseudo_labels='', **config))
+
+
+def test_a_round_trains_as_many_steps_as_the_first_run(tmp_path):
+  # 160 labels, 40 epochs of 16: 400 steps. 280 readings kept of 300: 440 images, 27 steps an
+  # epoch, so 15 epochs (405 steps).
+  config = _run_of(tmp_path / 'mine', 160, num_epochs=40, batch_size=16)
+  readings = tmp_path / 'mine-round1' / 'readings.csv'
+  _write_readings(readings, [0.95] * 280 + [0.5] * 20)
+  assert rounds.round_epochs(config, tmp_path / 'mine', readings) == 15
+  # Thousands of readings: the rounds' epochs are longer than the first run's, and fewer.
+  _write_readings(readings, [0.99] * 3000)
+  assert rounds.round_epochs(config, tmp_path / 'mine', readings) == 2  # 400 / 197
+  # A first run trained on readings of its own: only its labels count towards the rounds'.
+  own = tmp_path / 'own' / 'readings.csv'
+  _write_readings(own, [0.95] * 100)
+  config = _run_of(tmp_path / 'again', 260, num_epochs=10, batch_size=16)
+  config.pseudo_labels = str(own)
+  _write_readings(readings, [0.95] * 40)
+  assert rounds.round_epochs(config, tmp_path / 'again', readings) == 13  # 160 / (200 // 16)
 
 
 @pytest.mark.slow
@@ -79,4 +116,4 @@ def test_self_train_cli_errors_are_one_line(trained, tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_:
     cli.self_train(['--workdir', str(first), '--unlabelled', str(empty), '--rounds', '0'])
   assert exit_.value.code == 2
-  assert '--rounds and --epochs must be 1 or more' in capsys.readouterr().err
+  assert '--rounds must be 1 or more' in capsys.readouterr().err
