@@ -339,12 +339,15 @@ def resolve(
   config: ml_collections.ConfigDict,
   output_steps: Callable[[int, int], int],
   min_width: int = 0,
+  *,
+  one_set: bool = False,
 ) -> tuple[ml_collections.ConfigDict, dict[str, list[Example]]]:
   """The examples of each split, and the config with every automatic setting (data folder,
   alphabet, label lengths, image width) filled in from the data; no image is decoded.
 
   `output_steps(height, width)`: the CTC steps the model emits for that image size;
-  `min_width`: the narrowest width `settings.auto_width` may choose. What was
+  `min_width`: the narrowest width `settings.auto_width` may choose; `one_set`: every image in
+  one split, 'all', for a trained run to be scored on (no split, no readings). What was
   inferred is logged; unusable files are skipped with one warning (or fatal, see
   config.skip_bad_files). A resolved config (a run's config.json) gives back the same config and
   split. Files that later fail to decode leave their split without moving any other file.
@@ -379,7 +382,10 @@ def resolve(
       output_steps,
       min_width,
     )
-  indices = split_indices(len(usable), config.split, config.split_seed)
+  if one_set:
+    names, indices = ('all',), (np.arange(len(usable)),)
+  else:
+    names, indices = SPLITS, split_indices(len(usable), config.split, config.split_seed)
   auto_alphabet = config.alphabet == settings.AUTO
   if auto_alphabet:
     config.alphabet = ''.join(sorted({c for i in indices[0] for c in usable[i].text}))
@@ -388,7 +394,7 @@ def resolve(
     config.fixed_label_length = settings.common_length([e.text for e in usable])
 
   splits, unreadable = {}, []
-  for name, idx in zip(SPLITS, indices, strict=True):
+  for name, idx in zip(names, indices, strict=True):
     splits[name] = []
     for i in idx:
       unknown = vocab.unknown_chars(usable[i].text)
@@ -405,10 +411,10 @@ def resolve(
     unreadable, 'labels the model cannot read', config.skip_bad_files or auto_alphabet
   )
   steps = output_steps(config.image_height, config.image_width)
-  if config.get('pseudo_labels'):
+  if config.get('pseudo_labels') and not one_set:
     splits['train'] += pseudo_labelled(config, vocab, steps, usable)
   check_label_fit(splits, vocab, steps)
-  if config.get('blank_prior') == settings.AUTO_PRIOR and splits['train']:
+  if config.get('blank_prior') == settings.AUTO_PRIOR and splits.get('train'):
     mean_length = statistics.mean(len(e.text) for e in splits['train'])
     config.blank_prior = settings.blank_prior(mean_length, steps)
     logging.info(

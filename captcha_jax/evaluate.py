@@ -49,13 +49,11 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int 
   suffix, shown = '', 'test'
   if data_dir and Path(data_dir).resolve() != Path(config.data_dir).resolve():
     suffix, shown = f'-{Path(data_dir).resolve().name}', 'all'
-    # None of its images is the run's: one set, labelled by name, no readings added.
+    # None of its images is the run's: one set, labelled by name.
     with config.unlocked():  # a run older than some of these settings lacks them
-      config.update(
-        data_dir=data_dir, data_source='folder', labels_file='', pseudo_labels='', split=(1, 0, 0)
-      )
-    config, examples = data.resolve(config, output_steps)
-    splits = data.load_in_memory(config, {'all': examples['train']})
+      config.update(data_dir=data_dir, data_source='folder', labels_file='')
+    config, examples = data.resolve(config, output_steps, one_set=True)
+    splits = data.load_in_memory(config, examples)
   else:
     _, splits = sources.prepare(config, output_steps)
   report = {}

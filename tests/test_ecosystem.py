@@ -1,6 +1,7 @@
 """TensorBoard scalars, the evaluation report, and the exported model."""
 
 import json
+import logging
 import shutil
 import struct
 import subprocess
@@ -75,14 +76,18 @@ def test_evaluate_report_agrees_with_training_results(trained):
 
 
 @pytest.mark.slow
-def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(trained, tmp_path):
+def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
+  trained, tmp_path, caplog
+):
   _, workdir, _ = trained
   evaluate.evaluate_workdir(workdir)
   own = (workdir / 'evaluation.json').read_text()
   other = tmp_path / 'other'
   synthetic.generate(other, 12, seed=9)
-  report = evaluate.evaluate_workdir(workdir, str(other))
+  with caplog.at_level(logging.INFO):
+    report = evaluate.evaluate_workdir(workdir, str(other))
   assert list(report) == ['all'] and report['all']['images'] == 12
+  assert f'Data {other}: all 12;' in caplog.text  # one set, not a train split
   paths = sorted(other.glob('*.png'))
   readings = Predictor.from_workdir(workdir).predict(paths)
   wrong = {str(p) for p, r in zip(paths, readings, strict=True) if r.raw_text != p.stem}
