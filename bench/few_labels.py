@@ -3,7 +3,7 @@
     python bench/few_labels.py --data_dir ../shared/data/captcha_v2 \
         [--sizes 50,100,200,500,1000] [--styles ledger,ransom] [--skip_ddddocr] \
         [--modes scratch,finetune,selftrain] [--rounds 1] [--unlabelled 4000] \
-        [--from_run [--round_epochs 0]] \
+        [--round_epochs 0] [--restart] \
         [--flag=--config.augment.max_rotation=8 ...]
 
 For each captcha set and N, trains with only the data folder given (`configs/default.py` from
@@ -17,15 +17,13 @@ pretrained reader restricted to the set's alphabet (and, where all its texts hav
 that length too), beside ddddocr's (its own environment, see ddddocr_reader.py) as it comes and
 restricted to the alphabet (its API takes no length).
 
-Mode `selftrain` (generated styles, which have unlabelled images to spare): the `finetune` run
-reads --unlabelled other captchas of the style (`captcha-jax-predict --output`), and
-`configs/finetune.py` trains again from the shipped reader on the N labels and the readings of
-confidence ≥ 0.9 (`config.pseudo_labels`); its wall time counts both runs and the reading.
-With --rounds R, each self-trained run reads the unlabelled images again for the next (its
-workdir `…-selftrainR`); the row is the last round's, with every round's exact match beside it.
-With --from_run, the rounds are `captcha-jax-self-train`'s instead: each from the run before it,
---round_epochs epochs (0: as many steps as the fine-tuning run; workdirs `…-finetune-roundR`;
---flag does not reach them).
+Mode `selftrain` (generated styles, which have unlabelled images to spare): --rounds rounds of
+`captcha-jax-self-train` from the `finetune` run, on --unlabelled other captchas of the style:
+each round's run reads them, and the next trains on the N labels and the readings of confidence
+≥ 0.9 (workdirs `…-finetune-roundR`), from the run before or with --restart from the shipped
+reader, for --round_epochs epochs (0: as many steps as the fine-tuning run). The row is the last
+round's, with every round's exact match beside it; its wall time counts the fine-tuning run and
+every round. The rounds train with the fine-tuning run's config, --flag included.
 """
 
 import argparse
@@ -46,7 +44,6 @@ from captcha_jax.self_train import round_dir
 
 SCORED = 1000
 POOL = 1000  # the most labelled images a generated style offers
-SELFTRAIN_EPOCHS = 8  # on the N labels and a few thousand readings
 Examples = list[data.Example]
 ALPHABET = synthetic.DIGITS + synthetic.LOWERCASE
 LENGTH, WIDTH, HEIGHT = 5, 180, 60  # the generated styles' texts and size
@@ -96,26 +93,13 @@ def _generated(style: str, count: int, seed: int, folder: Path) -> Path:
   return folder
 
 
-def self_train(
-  labelled: list[data.Example], unlabelled: Path, teacher: Path, workdir: Path, flags: list[str]
+def self_train_rounds(
+  teacher: Path, unlabelled: Path, rounds: int, epochs: int, restart: bool
 ) -> float:
-  """Reads `unlabelled` with the run `teacher`, then fine-tunes on `labelled` and the confident
-  readings; returns the wall time of both steps."""
-  readings = workdir.with_suffix('.csv')
-  command = [sys.executable, '-m', 'captcha_jax.predict', f'--workdir={teacher}', str(unlabelled)]
-  start = time.time()
-  subprocess.run(
-    [*command, f'--output={readings}', '--cpu_tuning'], check=True, stdout=subprocess.DEVNULL
-  )
-  seconds = time.time() - start
-  extra = [f'--config.pseudo_labels={readings}', f'--config.num_epochs={SELFTRAIN_EPOCHS}']
-  return seconds + train('configs/finetune.py', labelled, workdir, [*extra, *flags])
-
-
-def self_train_rounds(teacher: Path, unlabelled: Path, rounds: int, epochs: int) -> float:
   """`captcha-jax-self-train` from the run `teacher`; returns its wall time."""
   command = [sys.executable, '-m', 'captcha_jax.self_train', f'--workdir={teacher}', '--cpu_tuning']
   command += [f'--unlabelled={unlabelled}', f'--rounds={rounds}', f'--epochs={epochs}']
+  command += ['--restart'] if restart else []
   return run_logged(command, teacher.with_suffix('.rounds.log'), f'self-training from {teacher}')
 
 
@@ -167,9 +151,11 @@ def main():
   parser.add_argument(
     '--unlabelled', type=int, default=4000, help="a generated style's images to self-train on"
   )
-  parser.add_argument('--from_run', action='store_true', help='rounds from the run before')
   parser.add_argument(
-    '--round_epochs', type=int, default=0, help='with --from_run (0: as many steps as the run)'
+    '--round_epochs', type=int, default=0, help='of a self-training round (0: as the first run)'
+  )
+  parser.add_argument(
+    '--restart', action='store_true', help='self-training rounds from the shipped reader'
   )
   parser.add_argument('--workdir', default=None, help='keeps the runs (default: a temp dir)')
   parser.add_argument('--skip_ddddocr', action='store_true')
@@ -223,17 +209,10 @@ def main():
           else:
             seconds = train(configs['finetune'], pool[:n], teacher, args.flag)
           unlabelled = unlabelled_set(name, args.unlabelled, base / 'sets')
-          # Each round's student reads the unlabelled images for the next.
-          if args.from_run:
-            seconds += self_train_rounds(teacher, unlabelled, args.rounds, args.round_epochs)
-            students = [round_dir(teacher, r) for r in range(1, args.rounds + 1)]
-          else:
-            students = [
-              base / f'{name}-{n}-{mode}{r if r > 1 else ""}' for r in range(1, args.rounds + 1)
-            ]
-            for student in students:
-              seconds += self_train(pool[:n], unlabelled, teacher, student, args.flag)
-              teacher = student
+          seconds += self_train_rounds(
+            teacher, unlabelled, args.rounds, args.round_epochs, args.restart
+          )
+          students = [round_dir(teacher, r) for r in range(1, args.rounds + 1)]
           rounds = [exact_match(Predictor.from_workdir(s), scored) for s in students[:-1]]
           workdir = students[-1]
         predictor = Predictor.from_workdir(workdir)
@@ -241,7 +220,7 @@ def main():
         row['wall_s'] = seconds
         if mode == 'selftrain':
           row['rounds'] = [*rounds, row['exact']]
-          row['round_epochs'] = args.round_epochs if args.from_run else None
+          row.update(round_epochs=args.round_epochs, restart=args.restart)
         rows.append(row)
         print(json.dumps(row), flush=True)
 

@@ -2,16 +2,18 @@
 trains from it on its labels and the readings it is sure of.
 
     python -m captcha_jax.self_train --workdir runs/mine --unlabelled path/to/unlabelled \
-        [--rounds 4] [--epochs E]
+        [--rounds 4] [--epochs E] [--restart]
 
 Round r reads the unlabelled images with the run before it (WORKDIR, then WORKDIR-round1, ...)
-into WORKDIR-round{r}/readings.csv, then trains WORKDIR-round{r} from that run with WORKDIR's
-config and the readings as config.pseudo_labels: those of confidence ≥
-config.pseudo_min_confidence join the training split alone, so every round is still chosen and
-scored on the labels. A round trains `epochs` epochs, or by default as many steps as WORKDIR
-did: a few hundred readings make short epochs, and two of them leave the student worse than its
-teacher (bench/README.md). Rerunning the same command skips the rounds that finished and resumes the
-one that did not; a finished round trained otherwise (other epochs) is refused, never reused.
+into WORKDIR-round{r}/readings.csv, then trains WORKDIR-round{r} from that run (with --restart,
+from where WORKDIR started: its config.init_from, e.g. the shipped reader) with WORKDIR's config
+and the readings as config.pseudo_labels: those of confidence ≥ config.pseudo_min_confidence
+join the training split alone, so every round is still chosen and scored on the labels. A round
+trains `epochs` epochs, or by default as many steps as WORKDIR did (with --restart, and at least
+8 epochs): a few hundred readings make short epochs, and two of them leave the student worse than
+its teacher (bench/README.md). Rerunning the same command skips the rounds that finished and
+resumes the one that did not; a finished round trained otherwise (another start or length) is
+refused, never reused.
 """
 
 import csv
@@ -30,6 +32,9 @@ from captcha_jax.errors import ConfigError, DataError
 READINGS = 'readings.csv'
 # Each round starts from a trained reader, which needs only a short warm-up of the learning rate.
 WARMUP_EPOCHS = 0.2
+# A restarted round learns the site again from where the first run started: on a few thousand
+# readings the first run's steps (3 epochs) read 81.5%, 8 epochs 84.5% (bench/README.md).
+RESTART_MIN_EPOCHS = 8
 # What makes a round the one asked for: a finished round with others is not taken as done.
 ROUND_KEYS = ('init_from', 'pseudo_labels', 'num_epochs')
 
@@ -41,16 +46,18 @@ def round_dir(workdir: str | Path, round_: int) -> Path:
 
 
 def round_config(
-  config: ml_collections.ConfigDict, teacher: Path, readings: Path, epochs: int
+  config: ml_collections.ConfigDict,
+  teacher: Path,
+  readings: Path,
+  epochs: int,
+  restart: bool = False,
 ) -> ml_collections.ConfigDict:
-  """The first run's config, trained from `teacher` on the labels and `readings`."""
+  """The first run's config, trained on the labels and `readings` from `teacher` (`restart`:
+  from where the first run started, with its warm-up)."""
   config = config.copy_and_resolve_references()
-  config.update(
-    init_from=str(teacher),
-    pseudo_labels=str(readings),
-    num_epochs=epochs,
-    warmup_epochs=WARMUP_EPOCHS,
-  )
+  config.update(pseudo_labels=str(readings), num_epochs=epochs)
+  if not restart:
+    config.update(init_from=str(teacher), warmup_epochs=WARMUP_EPOCHS)
   return config
 
 
@@ -59,16 +66,19 @@ def kept_readings(config: ml_collections.ConfigDict, readings: Path) -> int:
   return len(data.read_readings(readings, config.pseudo_min_confidence)[0])
 
 
-def round_epochs(config: ml_collections.ConfigDict, workdir: Path, readings: Path) -> int:
+def round_epochs(
+  config: ml_collections.ConfigDict, workdir: Path, readings: Path, restart: bool = False
+) -> int:
   """Epochs that give a round on the labels and `readings` as many steps as the run `workdir`
-  (whose config is `config`) trained: its labelled images and these readings, in its batches."""
+  (whose config is `config`) trained: its labelled images and these readings, in its batches;
+  a `restart`ed round at least RESTART_MIN_EPOCHS."""
   trained = run_folder.read_split(workdir)['train']['images']
   labelled = trained
   if config.get('pseudo_labels') and Path(config.pseudo_labels).is_file():
     labelled -= kept_readings(config, Path(config.pseudo_labels))  # its own readings
   steps = config.num_epochs * (trained // config.batch_size)
   per_epoch = max(1, (labelled + kept_readings(config, readings)) // config.batch_size)
-  return max(1, round(steps / per_epoch))
+  return max(round(steps / per_epoch), RESTART_MIN_EPOCHS if restart else 1)
 
 
 def write_readings(teacher: Path, unlabelled: Sequence[str], out: Path) -> int:
@@ -102,10 +112,12 @@ def run_rounds(
   rounds: int,
   epochs: int = 0,
   *,
+  restart: bool = False,
   after_compile: Callable[[], object] = lambda: None,
 ) -> Path:
   """Runs `rounds` rounds of self-training from the run WORKDIR (see the module's docstring), each
-  of `epochs` epochs (0: as many steps as WORKDIR trained); returns the last round's workdir."""
+  of `epochs` epochs (0: as many steps as WORKDIR trained) from the run before, or with `restart`
+  from where WORKDIR started; returns the last round's workdir."""
   workdir = Path(workdir).absolute()
   config = run_folder.read_config(workdir)
   teacher = workdir
@@ -115,8 +127,8 @@ def run_rounds(
     if not readings.exists():
       count = write_readings(teacher, unlabelled, readings)
       logging.info('Round %d of %d: %s read %d image(s).', r, rounds, teacher, count)
-    length = epochs or round_epochs(config, workdir, readings)
-    wanted = round_config(config, teacher, readings, length)
+    length = epochs or round_epochs(config, workdir, readings, restart)
+    wanted = round_config(config, teacher, readings, length, restart)
     if (student / 'results.json').exists():
       saved = run_folder.read_config(student)
       if changed := [k for k in ROUND_KEYS if saved.get(k) != wanted[k]]:
@@ -126,7 +138,7 @@ def run_rounds(
         )
       logging.info('Round %d of %d: %s has finished; next.', r, rounds, student)
     else:
-      logging.info('Round %d of %d: %d epoch(s) from %s.', r, rounds, length, teacher)
+      logging.info('Round %d of %d: %d epoch(s) from %s.', r, rounds, length, wanted.init_from)
       results = train.train_and_evaluate(wanted, student, after_compile=after_compile)
       logging.info(
         'Round %d of %d: %s reads %.1f%% of its validation images.',

@@ -44,9 +44,12 @@ def test_a_round_trains_as_many_steps_as_the_first_run(tmp_path):
   readings = tmp_path / 'mine-round1' / 'readings.csv'
   _write_readings(readings, [0.95] * 280 + [0.5] * 20)
   assert rounds.round_epochs(config, tmp_path / 'mine', readings) == 15
+  assert rounds.round_epochs(config, tmp_path / 'mine', readings, restart=True) == 15
   # Thousands of readings: the rounds' epochs are longer than the first run's, and fewer.
   _write_readings(readings, [0.99] * 3000)
   assert rounds.round_epochs(config, tmp_path / 'mine', readings) == 2  # 400 / 197
+  # Restarted from the shipped reader, a round needs more than the first run's steps.
+  assert rounds.round_epochs(config, tmp_path / 'mine', readings, restart=True) == 8
   # A first run trained on readings of its own: only its labels count towards the rounds'.
   own = tmp_path / 'own' / 'readings.csv'
   _write_readings(own, [0.95] * 100)
@@ -95,6 +98,33 @@ def test_each_round_reads_with_the_run_before_and_trains_from_it(trained, tmp_pa
   assert {p: (p / 'results.json').stat().st_mtime_ns for p in (one, two)} == finished
   with pytest.raises(ConfigError, match=f"'{one}' holds a finished round with another num_epochs"):
     rounds.run_rounds(first, [str(unlabelled)], rounds=2, epochs=3)
+  with pytest.raises(ConfigError, match=f"'{one}' holds a finished round with another init_from"):
+    rounds.run_rounds(first, [str(unlabelled)], rounds=2, epochs=1, restart=True)
+
+
+@pytest.mark.slow
+def test_restarted_rounds_train_from_where_the_first_run_started(trained, tmp_path):
+  _, trained_dir, _ = trained
+  first = tmp_path / 'mine'
+  shutil.copytree(trained_dir, first)
+  saved = json.loads((first / 'config.json').read_text())
+  # As if the first run had been fine-tuned from `trained_dir`, with a warm-up of its own.
+  saved.update(init_from=str(trained_dir), warmup_epochs=0.5, pseudo_min_confidence=0.0)
+  (first / 'config.json').write_text(json.dumps(saved))
+  unlabelled = tmp_path / 'unlabelled'
+  images = synthetic.generate(unlabelled, 4, seed=8)
+
+  rounds.run_rounds(first, [str(unlabelled)], rounds=2, epochs=1, restart=True)
+
+  one, two = rounds.round_dir(first, 1), rounds.round_dir(first, 2)
+  for teacher, student in ((first, one), (one, two)):
+    expected = Predictor.from_workdir(teacher).predict(images)
+    assert _readings(student / rounds.READINGS) == {
+      str(p.absolute()): r.text for p, r in zip(images, expected, strict=True)
+    }
+    config = run_folder.read_config(student)
+    assert (config.init_from, config.warmup_epochs) == (str(trained_dir), 0.5)
+    assert config.pseudo_labels == str(student / rounds.READINGS)
 
 
 def test_self_train_cli_errors_are_one_line(trained, tmp_path, capsys):
