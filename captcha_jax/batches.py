@@ -129,6 +129,17 @@ def _closing(iterator) -> Iterator:
     iterator.close()  # stops the threads and worker processes when the consumer stops early
 
 
+def epoch_steps(images: int, batch_size: int) -> int:
+  """The steps of one epoch over `images` training images: whole batches only (the remainder is
+  dropped); DataError when there is not one."""
+  if images < batch_size:
+    raise DataError(
+      f'The train split has {images} image(s), fewer than batch_size={batch_size}: '
+      'add images or lower --config.batch_size.'
+    )
+  return images // batch_size
+
+
 def train_batches(
   source: ExampleSource,
   spec: data.BatchSpec,
@@ -148,15 +159,11 @@ def train_batches(
   `workers` threads read, `prefetch` batches ahead of the consumer; `processes` > 0 runs the
   reading in that many worker processes (each with `workers` threads).
   """
-  if len(source) < spec.size:
-    raise DataError(
-      f'The train split has {len(source)} image(s), fewer than batch_size={spec.size}: '
-      'add images or lower --config.batch_size.'
-    )
+  steps = epoch_steps(len(source), spec.size)
   rows = data.local_rows(spec.size, shard)
   order = np.random.default_rng(list(seed)).permutation(len(source))
   read = _TrainBatch(source, spec, vocab, tuple(seed), augment_config, order, rows)
-  batches = range(first_batch, len(source) // spec.size)
+  batches = range(first_batch, steps)
   return _read_ahead(read, batches, workers, prefetch, processes)
 
 

@@ -196,7 +196,7 @@ def self_train(argv: Sequence[str] | None = None) -> None:
     '--epochs',
     type=int,
     default=0,
-    help='Epochs of each round (default: as many steps as DIR trained; with --restart, at '
+    help='Epochs of each round (default: as many steps as DIR trained, and with --restart at '
     'least 8).',
   )
   parser.add_argument(
@@ -313,7 +313,7 @@ def predict(argv: Sequence[str] | None = None) -> None:
         if rows:
           rows.writerow(predicting.readings_row(path, reading))
         elif out:
-          # Absolute, as in a .csv: the file is read from other folders (config.pseudo_labels).
+          # Absolute, as in a .csv: the file may be read from other folders.
           line = {'file': os.path.abspath(path), **vars(reading)}
           out.write(json.dumps(line, ensure_ascii=False) + '\n')
     finally:
@@ -358,7 +358,7 @@ def export(argv: Sequence[str] | None = None) -> None:
   """python -m captcha_jax.export --workdir DIR --out FILE [--format jax|onnx|reader]"""
   parser = argparse.ArgumentParser(prog='captcha-jax-export', description=export.__doc__)
   parser.add_argument('--workdir', required=True, help='The --workdir of a training run.')
-  parser.add_argument('--out', required=True, help='File to write.')
+  parser.add_argument('--out', required=True, help='File to write (a folder with --format reader).')
   parser.add_argument(
     '--format',
     choices=('jax', 'onnx', 'reader'),
@@ -491,7 +491,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
 
 
 def synthetic(argv: Sequence[str] | None = None) -> None:
-  """python -m captcha_jax.synthetic --out DIR [--count 1000] [--length 4-7] [--style varied]"""
+  """python -m captcha_jax.synthetic --out DIR [--count N] [--length 4-7] [--style NAME]"""
   from captcha_jax import synthetic as generating
 
   def length(value: str) -> tuple[int, int]:

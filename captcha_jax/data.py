@@ -64,15 +64,6 @@ class Dataset:
     """Element `index` as ([height, width, 3] uint8, text): a `sources.ExampleSource`."""
     return self.images[index], self.texts[index]
 
-  def subset(self, indices: np.ndarray) -> 'Dataset':
-    return Dataset(
-      images=self.images[indices],
-      labels=self.labels[indices],
-      lengths=self.lengths[indices],
-      texts=tuple(self.texts[i] for i in indices),
-      paths=tuple(self.paths[i] for i in indices),
-    )
-
 
 Splits = dict[str, Dataset]
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from captcha_jax.errors import ConfigError
 from captcha_jax.vocab import BLANK_ID, Vocab
 
 
@@ -20,12 +21,21 @@ class Reading:
   confidence: float  # probability of `text`, summed over every CTC path that reads it, 0..1
 
 
+def check_allowed(allowed: str, alphabet: str) -> None:
+  """Raises ConfigError naming the characters of `allowed` that a model of `alphabet` never
+  reads: restricted to them it could not read any text right."""
+  unknown = ''.join(c for c in dict.fromkeys(allowed) if c not in alphabet)
+  if unknown:
+    raise ConfigError(
+      f'Allowed characters {allowed!r}: {unknown!r} cannot be read, the model knows only '
+      f'{alphabet!r}.'
+    )
+
+
 def restrict(log_probs: np.ndarray, vocab: Vocab, allowed: str) -> np.ndarray:
   """log_probs [..., classes] with every character outside `allowed` (and never the blank)
   masked out before any argmax, renormalised over what is left."""
-  unknown = ''.join(c for c in dict.fromkeys(allowed) if c not in vocab.alphabet)
-  if unknown:
-    raise ValueError(f'{unknown!r} cannot be read: the model knows only {vocab.alphabet!r}.')
+  check_allowed(allowed, vocab.alphabet)
   keep = np.zeros(log_probs.shape[-1], bool)
   keep[BLANK_ID] = True
   keep[vocab.encode(''.join(dict.fromkeys(allowed)))] = True

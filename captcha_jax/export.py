@@ -2,6 +2,9 @@
 
     python -m captcha_jax.export --workdir runs/default --out model.bin
     python -m captcha_jax.export --workdir runs/default --format onnx --out model.onnx
+    python -m captcha_jax.export --workdir runs/default --format reader --out my_reader/
+
+(ONNX: `onnx_export.py`; a reader folder like captcha_jax/pretrained/: `transfer.save_reader`.)
 
 The file: MAGIC, a format version, the header's length, the sha256 of header and payload, a
 JSON header (alphabet, image size, fixed label length), and the serialized `jax.export` of uint8

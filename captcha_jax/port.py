@@ -1,10 +1,9 @@
 """torchvision ResNet-18 weights → the Flax backbone's `params` and `batch_stats`.
 
-    python -m captcha_jax.port --torchvision-weights resnet18-f37072fd.pth --out ported/
+    python -m captcha_jax.port --torchvision_weights resnet18-f37072fd.pth --out ported/
 
 writes the converted backbone as an orbax checkpoint; `config.pretrained` takes that folder or
-the .pth file itself. Reading a .pth needs torch (`pip install 'captcha-jax[torch]'`); nothing
-else does.
+the .pth file itself. Reading a .pth needs torch (README: a CPU build); nothing else does.
 """
 
 import logging

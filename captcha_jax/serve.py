@@ -24,8 +24,9 @@ Every refusal is JSON {"error": message}: 400 for an empty body, a file that is 
 
 Batching: each image becomes an entry on one queue. One task per app takes the first waiting
 entry, then gathers more until it has max_batch or max_wait_ms has passed since the first, and
-hands them to `reader.predict` in a single call on the one model thread. While that call runs,
-new arrivals queue up and make the next batch, so a busy server batches without waiting.
+hands them to `reader.predict` in a single call; up to `workers` calls (default 2) run at once,
+each on its own thread. While they run, new arrivals queue up and make the next batch, so a busy
+server batches without waiting.
 """
 
 import asyncio
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from captcha_jax import images
+from captcha_jax import decoding, images
 from captcha_jax.decoding import Reading
 from captcha_jax.errors import ConfigError, DataError, UserError
 
@@ -321,6 +322,8 @@ def create_app(
 
   if max_body_bytes < 1 or max_images < 1:
     raise ConfigError('max_body_bytes and max_images must be at least 1.')
+  if allowed and (alphabet := _vocab_alphabet(reader)) is not None:
+    decoding.check_allowed(allowed, alphabet)  # not a refusal of every request
   height, width = int(reader.height), int(reader.width)
   # Only a restricted service asks the reader for restriction (the Reader protocol's predict
   # takes images alone).

@@ -9,6 +9,7 @@ Each is deterministic in any process, so a split shards and resumes the same wha
 """
 
 import dataclasses
+import importlib.util
 import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -286,6 +287,11 @@ def prepare(
     data.check_label_fit({'train': longest}, Vocab('x'), steps)
     _resolve_blank_prior(config, steps)
     return config, synthetic_splits(config)
+  if config.data_source == 'tfds' and not importlib.util.find_spec('tensorflow_datasets'):
+    raise ConfigError(
+      "config.data_source='tfds' needs tensorflow-datasets, which is not installed: "
+      "pip install 'captcha-jax[tfds]' (in a clone, pip install -e '.[tfds]')."
+    )
   config, examples = data.resolve(config, output_steps, reader_width(config))
   if config.data_source == 'tfds':
     return config, open_records(config, examples)

@@ -11,7 +11,7 @@
 
     python -m captcha_jax.synthetic --out data/synthetic --count 1000
     python -m captcha_jax.synthetic --out data/varied --count 500 --style varied --length 4-7 \
-        --alphabet 0123456789abcdefghijklmnopqrstuvwxyz --case mixed --labels-file
+        --alphabet 0123456789abcdefghijklmnopqrstuvwxyz --case mixed --labels_file
 """
 
 from __future__ import annotations

@@ -156,6 +156,7 @@ def train_and_evaluate(
         f'batch_size={config.batch_size} and eval_batch_size={config.eval_batch_size} must '
         f'divide by the {devices} devices.'
       )
+    steps_per_epoch = batches.epoch_steps(len(splits['train']), config.batch_size)
     vocab = Vocab(config.alphabet)
     model = models.create_model(
       config.model, vocab.num_classes, axis_name=steps.DATA_AXIS, blank_prior=config.blank_prior
@@ -166,7 +167,6 @@ def train_and_evaluate(
           jnp.zeros((1, config.image_height, config.image_width, 3), jnp.uint8), train=False
         )
       )
-    steps_per_epoch = len(splits['train']) // config.batch_size
     schedule = steps.make_schedule(config, steps_per_epoch)
     mesh = steps.make_mesh()
     state, train_step, eval_step = steps.compile_and_create_state(
@@ -231,7 +231,7 @@ class _Loop:
     self.config, self.mesh, self.splits, self.vocab = config, mesh, splits, vocab
     self.train_step, self.eval_step, self.schedule = train_step, eval_step, schedule
     self.manager, self.writer = manager, writer
-    self.steps_per_epoch = len(splits['train']) // config.batch_size
+    self.steps_per_epoch = batches.epoch_steps(len(splits['train']), config.batch_size)
 
   def run(self, state, step: int, progress: dict, stop: StopSignals, started: float):
     done_epochs, first_batch = divmod(step, self.steps_per_epoch)

@@ -26,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   # trained on the labels) that join the train split: self-training (README, "Unlabelled images").
   config.pseudo_labels = ''
   config.pseudo_min_confidence = 0.9  # of the whole reading; lower takes more and wronger ones
-  config.data_source = 'folder'  # or 'tfds': the builder in captcha_jax/tfds_builder.py
+  # Or 'tfds' (the builder in captcha_jax/tfds_builder.py), or 'synthetic' (configs/pretrain.py).
+  config.data_source = 'folder'
   config.tfds_data_dir = '~/tensorflow_datasets'  # where the tfds source is prepared
   config.case = 'keep'  # 'lower'/'upper': fold labels (and scoring) for sites that ignore case
   config.alphabet = 'auto'  # the characters of the training split's labels; or those to read

@@ -1,5 +1,6 @@
 """TensorBoard scalars, the evaluation report, and the exported model."""
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from captcha_jax import data, evaluate, export, sources, synthetic
-from captcha_jax.errors import DataError
+from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +167,18 @@ def test_export_rejects_other_and_damaged_files(trained, tmp_path):
   (tmp_path / 'old').write_bytes(old)
   with pytest.raises(DataError, match='format 1; this version reads format 2'):
     export.load(tmp_path / 'old')
+
+
+def test_tfds_without_tensorflow_datasets_says_what_to_install(tiny_config, monkeypatch):
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(
+    importlib.util,
+    'find_spec',
+    lambda name: None if name == 'tensorflow_datasets' else find_spec(name),
+  )
+  tiny_config.data_source = 'tfds'
+  with pytest.raises(ConfigError, match=r"pip install 'captcha-jax\[tfds\]'"):
+    sources.prepare(tiny_config, lambda h, w: 1000)
 
 
 def test_tfds_copy_is_prepared_anew_when_the_folder_changes(captcha_dir, copy_of, tmp_path):

@@ -25,7 +25,7 @@ uvicorn = pytest.importorskip('uvicorn')
 from captcha_jax import cli, serve  # noqa: E402
 from captcha_jax import images as images_module  # noqa: E402
 from captcha_jax.decoding import Reading  # noqa: E402
-from captcha_jax.errors import UserError  # noqa: E402
+from captcha_jax.errors import ConfigError, UserError  # noqa: E402
 from captcha_jax.vocab import Vocab  # noqa: E402
 
 HEIGHT, WIDTH = 50, 200
@@ -217,6 +217,8 @@ def test_allowed_and_length_reach_every_model_call_and_health():
     assert service.read(png(7))['text'] == '0123:4'
     _, _, health = service.request('GET', '/health')
     assert (health['alphabet'], health['length']) == ('0123', 4)
+  with pytest.raises(ConfigError, match="'x' cannot be read"):
+    serve.create_app(Restricted(), allowed='01x')
 
 
 def test_the_page_is_html_without_outside_assets(start):

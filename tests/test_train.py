@@ -175,6 +175,12 @@ def test_label_longer_than_ctc_steps_is_refused(tiny_config, tmp_path):
   assert not (tmp_path / 'run' / 'config.json').exists()
 
 
+def test_a_train_split_smaller_than_a_batch_is_refused_before_compiling(tiny_config, tmp_path):
+  tiny_config.batch_size = 64  # 48 training images of the 60
+  with pytest.raises(DataError, match='The train split has 48 image.*fewer than batch_size=64'):
+    train.train_and_evaluate(tiny_config, tmp_path / 'run', after_compile=pytest.fail)
+
+
 def test_collapse_warning():
   assert 'all-blank' in train.collapse_warning(['', '', ''])
   assert 'constant' in train.collapse_warning(['ab', 'ab'])

@@ -154,3 +154,7 @@ def test_predict_reads_the_length_asked_for(tmp_path, capsys):
   with pytest.raises(SystemExit) as done:
     cli.predict(['--pretrained', '--length=-1', str(tmp_path / 'a.png')])
   assert done.value.code == 2 and '--length must be 0' in capsys.readouterr().err
+  with pytest.raises(SystemExit) as done:
+    cli.predict(['--pretrained', '--allowed=09?', str(tmp_path / 'a.png')])
+  err = capsys.readouterr().err
+  assert done.value.code == 2 and "'?' cannot be read" in err and 'Traceback' not in err
