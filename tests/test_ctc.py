@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from captcha_jax import ctc, decoding
+from captcha_jax.errors import ConfigError
 from captcha_jax.vocab import Vocab
 
 
@@ -154,12 +155,28 @@ def test_restricted_reading_masks_classes_before_the_argmax():
   [free] = decoding.read(lp, vocab)
   [only_ab] = decoding.read(lp, vocab, allowed='ab')
   assert (free.text, only_ab.text) == ('ac', 'ab')
-  # Its confidence is the probability of 'ab' renormalised over what is left.
-  np.testing.assert_allclose(
-    only_ab.confidence, np.exp(-brute_force_nll(decoding.restrict(lp, vocab, 'ab')[0], [1, 2]))
-  )
-  with pytest.raises(ValueError, match="'z' cannot be read"):
+  # Its confidence is the probability of 'ab' with 'c' taken away and each step renormalised
+  # (brute_force_nll's softmax renormalises).
+  without_c = np.log(np.where([True, True, True, False], np.exp(lp[0]), 1e-30))
+  np.testing.assert_allclose(only_ab.confidence, np.exp(-brute_force_nll(without_c, [1, 2])))
+  with pytest.raises(ConfigError, match="'z' cannot be read"):
     decoding.read(lp, vocab, allowed='az')
+
+
+def test_a_length_that_cannot_fit_leaves_the_reading_as_read():
+  vocab = Vocab('abc')
+  lp = one_hot_log_probs([1, 0, 2])  # 'ab'; 3 steps hold no 5-character text
+  [reading] = decoding.read(lp[None], vocab, fixed_label_length=5)
+  assert (reading.text, reading.raw_text) == ('ab', 'ab')
+  np.testing.assert_allclose(reading.confidence, np.exp(-brute_force_nll(lp, [1, 2])))
+
+
+def test_a_length_asked_for_wins_over_the_models():
+  vocab = Vocab('abc')
+  lp = one_hot_log_probs([1, 0, 2, 0, 3, 0])  # 'abc'
+  [model] = decoding.read(lp[None], vocab, fixed_label_length=2)
+  [asked] = decoding.read(lp[None], vocab, fixed_label_length=2, length=3)
+  assert (len(model.text), asked.text) == (2, 'abc')
 
 
 def test_fixed_length_correction_applies_only_to_other_lengths():

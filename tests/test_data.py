@@ -267,9 +267,9 @@ def test_variable_lengths_and_a_character_only_test_holds(tmp_path, caplog):
   caplog.set_level(logging.WARNING)
   resolved, splits = resolve(config)
   assert resolved.fixed_label_length == 0 and resolved.max_label_length == 7
-  if 'z' not in resolved.alphabet:  # zzzz.png fell in val or test
-    assert 'zzzz.png' in caplog.text
-    assert all('zzzz' not in e.text for split in splits.values() for e in split)
+  assert 'z' not in resolved.alphabet  # zzzz.png fell in val or test with this split
+  assert 'zzzz.png' in caplog.text
+  assert all('zzzz' not in e.text for split in splits.values() for e in split)
 
 
 def test_labels_file_with_a_header_and_its_problems_named_by_line(captcha_dir, copy_of, caplog):

@@ -15,9 +15,21 @@ from captcha_jax.errors import ConfigError
 from captcha_jax.predict import Predictor
 
 
-def _readings(path) -> dict[str, str]:
+def _readings(path) -> dict[str, tuple[str, str, str]]:
+  """file → (text, raw_text, confidence) of a readings file."""
   with open(path, newline='', encoding='utf-8') as f:
-    return {row['file']: row['text'] for row in csv.DictReader(f)}
+    return {
+      row['file']: (row['text'], row['raw_text'], row['confidence']) for row in csv.DictReader(f)
+    }
+
+
+def _expected(teacher, images) -> dict[str, tuple[str, str, str]]:
+  """What `teacher` reads of `images`, as `_readings` gives it (confidence to 6 places)."""
+  readings = Predictor.from_workdir(teacher).predict(images)
+  return {
+    str(p.absolute()): (r.text, r.raw_text, f'{r.confidence:.6f}')
+    for p, r in zip(images, readings, strict=True)
+  }
 
 
 def _write_readings(path, confidences):
@@ -59,6 +71,50 @@ def test_a_round_trains_as_many_steps_as_the_first_run(tmp_path):
   assert rounds.round_epochs(config, tmp_path / 'again', readings) == 13  # 160 / (200 // 16)
 
 
+@pytest.mark.parametrize('restart', [False, True])
+def test_rounds_chain_their_teachers_and_reuse_readings_already_written(
+  tmp_path, monkeypatch, restart
+):
+  # run_rounds' own logic, with reading and training faked: who reads, and what each round trains.
+  first = tmp_path / 'mine'
+  config = _run_of(first, 160, num_epochs=40, batch_size=16, init_from='pretrained')
+  config.warmup_epochs = 1.0
+  run_folder.write_json(first / 'config.json', config.to_dict())
+  read_by, trained = [], []
+
+  def write_readings(teacher, unlabelled, out):
+    read_by.append(teacher)
+    _write_readings(out, [0.95] * 280 + [0.5] * 20)
+    return 300
+
+  def train_and_evaluate(config, workdir, after_compile):
+    trained.append(config)
+    workdir.mkdir(exist_ok=True)
+    run_folder.write_json(workdir / 'config.json', config.to_dict())
+    run_folder.write_json(workdir / 'results.json', {'val': {'accuracy': 0.5}})
+    return {'val': {'accuracy': 0.5}}
+
+  monkeypatch.setattr(rounds, 'write_readings', write_readings)
+  monkeypatch.setattr(rounds.train, 'train_and_evaluate', train_and_evaluate)
+  one, two = rounds.round_dir(first, 1), rounds.round_dir(first, 2)
+  # Round 1 was stopped once its readings were written: they are trained on, not read again.
+  _write_readings(one / rounds.READINGS, [0.95] * 280 + [0.5] * 20)
+
+  assert rounds.run_rounds(first, ['unlabelled'], rounds=2, restart=restart) == two
+  assert read_by == [one]  # round 2's readings, read by round 1
+  assert [c.pseudo_labels for c in trained] == [
+    str(one / 'readings.csv'),
+    str(two / 'readings.csv'),
+  ]
+  # 400 steps of the first run, in epochs of (160 + 280) // 16 = 27 steps (at least 8 restarted).
+  assert [c.num_epochs for c in trained] == [15, 15]
+  if restart:
+    assert [(c.init_from, c.warmup_epochs) for c in trained] == [('pretrained', 1.0)] * 2
+  else:
+    assert [c.init_from for c in trained] == [str(first), str(one)]
+    assert [c.warmup_epochs for c in trained] == [rounds.WARMUP_EPOCHS] * 2
+
+
 @pytest.mark.slow
 def test_each_round_reads_with_the_run_before_and_trains_from_it(trained, tmp_path, caplog):
   _, trained_dir, _ = trained
@@ -78,10 +134,7 @@ def test_each_round_reads_with_the_run_before_and_trains_from_it(trained, tmp_pa
   assert last == two
   assert 'broken.png' in caplog.text  # named, and left out
   for teacher, student in ((first, one), (one, two)):
-    expected = Predictor.from_workdir(teacher).predict(images)
-    assert _readings(student / rounds.READINGS) == {
-      str(p.absolute()): r.text for p, r in zip(images, expected, strict=True)
-    }
+    assert _readings(student / rounds.READINGS) == _expected(teacher, images)
     config = run_folder.read_config(student)
     assert config.init_from == str(teacher)
     assert config.pseudo_labels == str(student / rounds.READINGS)
@@ -118,10 +171,7 @@ def test_restarted_rounds_train_from_where_the_first_run_started(trained, tmp_pa
 
   one, two = rounds.round_dir(first, 1), rounds.round_dir(first, 2)
   for teacher, student in ((first, one), (one, two)):
-    expected = Predictor.from_workdir(teacher).predict(images)
-    assert _readings(student / rounds.READINGS) == {
-      str(p.absolute()): r.text for p, r in zip(images, expected, strict=True)
-    }
+    assert _readings(student / rounds.READINGS) == _expected(teacher, images)
     config = run_folder.read_config(student)
     assert (config.init_from, config.warmup_epochs) == (str(trained_dir), 0.5)
     assert config.pseudo_labels == str(student / rounds.READINGS)
