@@ -90,9 +90,16 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   assert list(report) == ['all'] and report['all']['images'] == 12
   assert f'Data {other}: all 12;' in caplog.text  # one set, not a train split
   paths = sorted(other.glob('*.png'))
-  readings = Predictor.from_workdir(workdir).predict(paths)
+  readings = Predictor.from_workdir(workdir).predict(paths)  # read file by file, as a user would
   wrong = {str(p) for p, r in zip(paths, readings, strict=True) if r.raw_text != p.stem}
   assert {e['file'] for e in report['all']['errors']} == wrong
+  assert {(e['file'], e['true'], e['read']) for e in report['all']['errors']} == {
+    (str(p), p.stem, r.raw_text) for p, r in zip(paths, readings, strict=True) if str(p) in wrong
+  }
+  counts = evaluate.confusions([r.raw_text for r in readings], [p.stem for p in paths])
+  top = [(c['true'], c['read'], c['count']) for c in report['all']['confusions']]
+  assert all(counts[t, r] == n for t, r, n in top)
+  assert [n for *_, n in top] == sorted(counts.values(), reverse=True)[: len(top)]
   assert report['all']['accuracy'] == pytest.approx(1 - len(wrong) / 12)
   assert json.loads((workdir / 'evaluation-other.json').read_text()) == report
   assert (workdir / 'predictions-other.png').is_file()
