@@ -45,6 +45,11 @@ def _run(action: Callable[[], int | None]) -> None:
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     status = EXIT_USER_ERROR
+  except OSError as e:
+    if e.filename is None:  # not about a path the user gave
+      raise
+    print(f'error: {e.filename}: {e.strerror}', file=sys.stderr)
+    status = EXIT_USER_ERROR
   except Stopped as e:
     print(e, file=sys.stderr)
     status = EXIT_STOPPED
@@ -431,7 +436,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
     default='127.0.0.1',
     help='Address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all).',
   )
-  parser.add_argument('--port', type=int, default=8000)
+  parser.add_argument('--port', type=int, default=8000, help='0 to 65535 (0: any free port).')
   parser.add_argument(
     '--max_batch', type=int, default=serving.DEFAULT_MAX_BATCH, help='Most images per model call.'
   )
@@ -461,6 +466,8 @@ def serve(argv: Sequence[str] | None = None) -> None:
   _cpu_tuning_flag(parser)
   args = parser.parse_args(argv)
   _check_reading_flags(parser, args)
+  if not 0 <= args.port <= 65535:
+    parser.error(f'--port must be 0 to 65535, got {args.port}')
 
   def action():
     from captcha_jax import host

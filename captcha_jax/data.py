@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from captcha_jax import ctc, images, settings
-from captcha_jax.errors import DataError
+from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.vocab import Vocab
 
 # `abcde (1).png` is how browsers and file managers name a second copy of `abcde.png`.
@@ -383,6 +383,14 @@ def resolve(
   vocab = Vocab(config.alphabet)
   if config.fixed_label_length == settings.AUTO_LENGTH:
     config.fixed_label_length = settings.common_length([e.text for e in usable])
+  elif config.fixed_label_length and not one_set:  # readings would be cut or padded to it
+    other = [e.path for e in usable if len(e.text) != config.fixed_label_length]
+    if other:
+      raise ConfigError(
+        f'config.fixed_label_length = {config.fixed_label_length}, but {len(other)} of the '
+        f'{len(usable)} labels have another length (e.g. {other[0]!r}): set it to -1 (from the '
+        'data) or 0 (any length), or correct those labels.'
+      )
 
   splits, unreadable = {}, []
   for name, idx in zip(names, indices, strict=True):

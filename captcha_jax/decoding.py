@@ -148,6 +148,11 @@ def read(
   target = length or fixed_label_length
   if target < 0:
     raise ValueError(f'A text length must be 0 (any) or more, got {target}.')
+  if target > log_probs.shape[-2]:  # not a length it could correct a reading to
+    raise ConfigError(
+      f'A text of {target} characters needs {target} CTC steps or more; this model reads '
+      f'{log_probs.shape[-2]} from an image.'
+    )
   if allowed:
     log_probs = restrict(log_probs, vocab, allowed)
   raw = greedy_decode(log_probs)

@@ -115,5 +115,5 @@ def image_size(path: str | Path) -> tuple[int, int]:
       return opened.height, opened.width
   except UnidentifiedImageError as e:
     raise DataError(f'{str(path)!r} is not a readable image (no format Pillow reads).') from e
-  except (OSError, ValueError, SyntaxError) as e:
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
     raise DataError(f'{str(path)!r} is not a readable image ({e}).') from e

@@ -118,7 +118,10 @@ def read_torch_weights(path: str | Path) -> dict[str, np.ndarray]:
       f'Reading {str(path)!r} needs torch: pip install "captcha-jax[torch]", or convert it '
       'on a machine with torch (python -m captcha_jax.port) and use the output folder.'
     ) from e
-  loaded = torch.load(path, map_location='cpu', weights_only=True)
+  try:
+    loaded = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # torch raises pickle's, zipfile's or its own errors for a bad file
+    raise DataError(f'{str(path)!r} is not a PyTorch weights file ({type(e).__name__}).') from e
   state_dict = loaded.get('state_dict', loaded) if isinstance(loaded, dict) else None
   if not isinstance(state_dict, dict):
     raise DataError(f'{str(path)!r} holds a {type(loaded).__name__}, not a state_dict.')

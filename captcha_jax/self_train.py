@@ -56,8 +56,8 @@ def round_config(
   from where the first run started, with its warm-up)."""
   config = config.copy_and_resolve_references()
   config.update(pseudo_labels=str(readings), num_epochs=epochs)
-  if not restart:
-    config.update(init_from=str(teacher), warmup_epochs=WARMUP_EPOCHS)
+  if not restart:  # the teacher holds the whole model, trunk included
+    config.update(init_from=str(teacher), pretrained='', warmup_epochs=WARMUP_EPOCHS)
   return config
 
 

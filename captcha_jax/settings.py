@@ -84,6 +84,8 @@ def _check(name: str, value) -> str | None:
     return None if ok else f'must be a whole number ≥ 0, or {AUTO_LENGTH} (read from the data)'
   if name in ('learning_rate', 'grad_clip_norm'):
     return None if _number(value) and value > 0 else 'must be a finite number > 0'
+  if name == 'augment.max_scale':  # scales range over 1 ± it: 1 or more would flip the image
+    return None if _number(value) and 0 <= value < 1 else 'must be a number in [0, 1)'
   if name in ('weight_decay', 'warmup_epochs', 'augment.ramp_epochs') or name.startswith(
     'augment.max_'
   ):
@@ -138,6 +140,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   width = flat.get('image_width')
   if _int(width) and 0 < width < MIN_SIDE:
     problems.append(f'config.image_width = {width}: must be 0 (from the data) or ≥ {MIN_SIDE}')
+  if flat.get('init_from') and flat.get('pretrained'):
+    problems.append(
+      'config.init_from and config.pretrained: give one (init_from starts the whole model from a '
+      'reader; pretrained, only its trunk from ImageNet weights, and would overwrite the first)'
+    )
   if flat.get('pseudo_labels') and flat.get('data_source') != 'folder':
     problems.append("config.pseudo_labels: only with config.data_source = 'folder'")
   if problems:

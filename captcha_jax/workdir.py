@@ -101,20 +101,29 @@ def read_config(workdir: Path) -> ml_collections.ConfigDict:
       f'{str(workdir)!r} has no config.json: is it the --workdir of a training run?'
     )
   try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    saved = json.loads(path.read_text())
   except (ValueError, UnicodeDecodeError) as e:
     raise ConfigError(f'{str(path)!r} is damaged ({e}).') from e
+  if not isinstance(saved, dict) or not all(k in saved for k in MODEL_KEYS):
+    raise ConfigError(f'{str(path)!r} is damaged: not the config of a run.')
+  return ml_collections.ConfigDict(saved)
 
 
 def read_split(workdir: Path) -> dict[str, dict]:
   """WORKDIR's split.json (`split_digest`); ConfigError when it is missing or damaged."""
   path = workdir / 'split.json'
   try:
-    return json.loads(path.read_text())
+    split = json.loads(path.read_text())
   except FileNotFoundError as e:
     raise ConfigError(f'{str(workdir)!r} has no split.json: has its run started?') from e
   except (ValueError, UnicodeDecodeError) as e:
     raise ConfigError(f'{str(path)!r} is damaged ({e}).') from e
+  if not isinstance(split, dict) or not all(
+    isinstance(split.get(name), dict) and isinstance(split[name].get('images'), int)
+    for name in ('train', 'val', 'test')
+  ):
+    raise ConfigError(f'{str(path)!r} is damaged: not the split of a run.')
+  return split
 
 
 def split_digest(fingerprint: dict[str, list[str]]) -> dict[str, dict]:

@@ -165,10 +165,11 @@ def test_restricted_reading_masks_classes_before_the_argmax():
 
 def test_a_length_that_cannot_fit_leaves_the_reading_as_read():
   vocab = Vocab('abc')
-  lp = one_hot_log_probs([1, 0, 2])  # 'ab'; 3 steps hold no 5-character text
-  [reading] = decoding.read(lp[None], vocab, fixed_label_length=5)
-  assert (reading.text, reading.raw_text) == ('ab', 'ab')
-  np.testing.assert_allclose(reading.confidence, np.exp(-brute_force_nll(lp, [1, 2])))
+  lp = one_hot_log_probs([1, 0, 1])  # 'aa'
+  [reading] = decoding.read(lp[None], vocab, allowed='a', length=3)  # 'aaa' needs 5 steps
+  assert (reading.text, reading.raw_text) == ('aa', 'aa')
+  with pytest.raises(ConfigError, match='A text of 4 characters needs 4 CTC steps'):
+    decoding.read(lp[None], vocab, length=4)  # no text of 4 in 3 steps
 
 
 def test_a_length_asked_for_wins_over_the_models():

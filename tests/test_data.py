@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from captcha_jax import batches, data, models, sources, synthetic
-from captcha_jax.errors import DataError
+from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.vocab import Vocab
 from configs import tiny
 
@@ -238,6 +238,12 @@ def test_settings_are_read_from_the_data(captcha_dir):
   assert resolved.blank_prior == round(1 - 5 / steps, 4)  # the share of blank CTC steps
   again, same = resolve(resolved)  # a saved config resolves to itself, with the same split
   assert again.to_dict() == resolved.to_dict() and same == splits
+
+
+def test_a_fixed_length_the_labels_do_not_have_is_refused(captcha_dir):
+  config = config_for(captcha_dir, max_label_length=0, fixed_label_length=4)  # labels of 5
+  with pytest.raises(ConfigError, match=r'fixed_label_length = 4, but 60 of the 60 labels .*\.png'):
+    resolve(config)
 
 
 def test_width_keeps_the_aspect_ratio_and_fits_the_longest_label(tmp_path):

@@ -107,6 +107,13 @@ def test_pth_round_trip_and_port_cli(resnet, tmp_path):
     np.testing.assert_allclose(got, torch_stages(resnet, nchw(images), 3)['layer3'], atol=1e-4)
 
 
+def test_a_file_that_is_not_pytorch_weights_is_named(tmp_path):
+  path = tmp_path / 'garbage.pth'
+  path.write_bytes(b'not a pickle at all')
+  with pytest.raises(DataError, match="garbage.pth' is not a PyTorch weights file"):
+    port.load_backbone(path, num_layers=4)
+
+
 def test_missing_weights_file_says_how_to_get_it(tmp_path):
   with pytest.raises(DataError, match='resnet18-f37072fd.pth'):
     port.load_backbone(tmp_path / 'absent.pth', 3)

@@ -44,9 +44,14 @@ def _write_readings(path, confidences):
 
 
 def _run_of(workdir, train_images, **config):
+  """A run's folder as far as the rounds read it: its split.json, and its config (returned)."""
   workdir.mkdir()
-  run_folder.write_json(workdir / 'split.json', {'train': {'images': train_images}})
-  return ml_collections.ConfigDict(dict(pseudo_min_confidence=0.9, pseudo_labels='', **config))
+  split = {name: {'images': n} for name, n in (('train', train_images), ('val', 20), ('test', 20))}
+  run_folder.write_json(workdir / 'split.json', split)
+  model = dict(alphabet='abc', max_label_length=5, image_height=50, image_width=200, model={})
+  return ml_collections.ConfigDict(
+    dict(pseudo_min_confidence=0.9, pseudo_labels='', **model, **config)
+  )
 
 
 def test_a_round_trains_as_many_steps_as_the_first_run(tmp_path):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from captcha_jax import settings
 from captcha_jax.errors import ConfigError
@@ -66,6 +67,7 @@ def test_every_bad_field_is_named_in_one_message():
     ('case', 'title'),
     ('ema_decay', 1.0),
     ('pseudo_min_confidence', 1.5),
+    ('augment.max_scale', 1.0),  # scales down to 0 and below would flip the image
   ],
 )
 def test_each_kind_of_bad_value_is_refused(field, value):
@@ -76,6 +78,13 @@ def test_each_kind_of_bad_value_is_refused(field, value):
     node = node[name]
   node[leaf] = value
   with pytest.raises(ConfigError, match=f'config.{field}'):
+    settings.validate(config)
+
+
+def test_a_reader_and_imagenet_weights_together_are_refused():
+  config = tiny.get_config()
+  config.update(init_from='pretrained', pretrained='resnet18.pth')
+  with pytest.raises(ConfigError, match='config.init_from and config.pretrained: give one'):
     settings.validate(config)
 
 
@@ -116,9 +125,14 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
     ('serve', ['--workdir={tmp}', '--port=0'], "error: '{tmp}' has no config.json"),
     ('synthetic', ['--out={tmp}/s', '--count=5', '--length=0'], 'error: '),
     ('port', ['--torchvision_weights={tmp}/none.pth', '--out={tmp}/p'], 'no such weights file'),
+    ('synthetic', ['--out={tmp}/a_file', '--count=1'], 'error: {tmp}/a_file: File exists'),
+    ('serve', ['--pretrained', '--port=70000'], '--port must be 0 to 65535'),
+    ('predict', ['--pretrained', '--length=99', '{tmp}/a.png'], 'A text of 99 characters needs'),
   ],
 )
 def test_commands_report_user_errors_in_one_line(tmp_path, module, args, message):
+  (tmp_path / 'a_file').write_text('not a folder')
+  Image.new('RGB', (200, 50), 'white').save(tmp_path / 'a.png')
   out = run(module, *(a.format(tmp=tmp_path) for a in args))
   assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
   assert message.format(tmp=tmp_path) in out.stderr, out.stderr[-2000:]

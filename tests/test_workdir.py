@@ -78,6 +78,15 @@ def copy_of_run(trained, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('name', ['config.json', 'split.json'])
+@pytest.mark.parametrize('content', ['[1, 2]', '{}', 'null', '{"train": 3}'])
+def test_a_run_file_of_another_shape_is_named_as_damaged(tmp_path, name, content):
+  (tmp_path / name).write_text(content)
+  read = run_folder.read_config if name == 'config.json' else run_folder.read_split
+  with pytest.raises(ConfigError, match=f"'{tmp_path / name}' is damaged: not the"):
+    read(tmp_path)
+
+
 def test_a_line_cut_by_a_crash_does_not_stop_the_rerun(copy_of_run):
   config, workdir, _ = copy_of_run
   with open(workdir / 'metrics.jsonl', 'a') as f:
