@@ -17,6 +17,7 @@ from pathlib import Path
 
 from captcha_jax import batches, data, decoding, metrics, models, plots, sources
 from captcha_jax import workdir as run_folder
+from captcha_jax.errors import ConfigError
 from captcha_jax.predict import Predictor
 
 MISSING = '∅'
@@ -56,6 +57,7 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int 
     splits = data.load_in_memory(config, examples)
   else:
     _, splits = sources.prepare(config, output_steps)
+    check_same_split(workdir, splits)
   report = {}
   for name, source in splits.items():
     readings, targets, paths = [], [], []
@@ -87,6 +89,17 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int 
   run_folder.write_json(workdir / f'evaluation{suffix}.json', report)
   run_folder.write_atomic(workdir / f'evaluation{suffix}.txt', format_report(report))
   return report
+
+
+def check_same_split(workdir: Path, splits: dict) -> None:
+  """Raises ConfigError when the run's data now splits otherwise than when it trained: its
+  test images would include some it trained on."""
+  if changed := run_folder.split_changes(workdir, data.split_fingerprint(splits)):
+    raise ConfigError(
+      f'The data of {str(workdir)!r} has changed since it trained (its {", ".join(changed)}): '
+      'the splits are not those it trained and was chosen on. Score other images as one set '
+      'with --data_dir.'
+    )
 
 
 def format_report(report: dict) -> str:

@@ -109,6 +109,20 @@ def read_config(workdir: Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(saved)
 
 
+def split_changes(workdir: Path, fingerprint: dict[str, list[str]]) -> list[str]:
+  """How the splits of `fingerprint` differ from WORKDIR's split.json ('train split (752 → 753
+  images)', ...); none for a run older than split.json."""
+  if not (workdir / 'split.json').exists():
+    return []
+  saved, now = read_split(workdir), split_digest(fingerprint)
+  counts = {name: (saved[name]['images'], now[name]['images']) for name in now}
+  return [
+    f'{name} split ({was} → {count} images)' if was != count else f'{name} split (other files)'
+    for name, (was, count) in counts.items()
+    if saved.get(name) != now[name]
+  ]
+
+
 def read_split(workdir: Path) -> dict[str, dict]:
   """WORKDIR's split.json (`split_digest`); ConfigError when it is missing or damaged."""
   path = workdir / 'split.json'
@@ -149,14 +163,7 @@ def check_resumable(
   # still tells whether the files changed.
   keys = [k for k in (*MODEL_KEYS, *SPLIT_KEYS) if k in saved]
   changed = [k for k in keys if saved[k] != current.get(k)]
-  if not changed and (workdir / 'split.json').exists():
-    saved_split = read_split(workdir)
-    now = split_digest(fingerprint)
-    changed = [
-      f'{name} split ({saved_split[name]["images"]} → {now[name]["images"]} images)'
-      for name in now
-      if saved_split.get(name) != now[name]
-    ]
+  changed = changed or split_changes(workdir, fingerprint)
   if changed:
     raise ConfigError(
       f'{str(workdir)!r} holds a run with a different {", ".join(changed)}: its checkpoints '

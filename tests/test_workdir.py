@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captcha_jax import train
+from captcha_jax import evaluate, train
 from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError
 from captcha_jax.predict import Predictor
@@ -77,7 +77,6 @@ def copy_of_run(trained, tmp_path):
   return config.copy_and_resolve_references(), copy, results
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('name', ['config.json', 'split.json'])
 @pytest.mark.parametrize('content', ['[1, 2]', '{}', 'null', '{"train": 3}'])
 def test_a_run_file_of_another_shape_is_named_as_damaged(tmp_path, name, content):
@@ -87,6 +86,7 @@ def test_a_run_file_of_another_shape_is_named_as_damaged(tmp_path, name, content
     read(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_line_cut_by_a_crash_does_not_stop_the_rerun(copy_of_run):
   config, workdir, _ = copy_of_run
   with open(workdir / 'metrics.jsonl', 'a') as f:
@@ -146,6 +146,16 @@ def test_a_changed_folder_is_refused_on_resume(trained, tmp_path, copy_of):
   config.num_epochs = 2
   with pytest.raises(ConfigError, match=r'different \w+ split \(\d+ → \d+ images\)'):
     train.train_and_evaluate(config, workdir)
+
+
+@pytest.mark.slow
+def test_evaluating_a_run_whose_data_changed_is_refused(tiny_config, copy_of, tmp_path):
+  tiny_config.update(data_dir=str(copy_of(Path(tiny_config.data_dir))), num_epochs=1)
+  train.train_and_evaluate(tiny_config, tmp_path / 'run')
+  evaluate.evaluate_workdir(tmp_path / 'run')
+  os.remove(sorted(Path(tiny_config.data_dir).glob('*.png'))[0])
+  with pytest.raises(ConfigError, match=r'has changed since it trained \(its \w+ split \(\d+ → '):
+    evaluate.evaluate_workdir(tmp_path / 'run')
 
 
 @pytest.mark.slow
