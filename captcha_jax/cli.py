@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from captcha_jax.errors import UserError
+from captcha_jax.settings import MIN_SIDE
 
 EXIT_USER_ERROR = 2
 EXIT_STOPPED = 3
@@ -525,6 +526,8 @@ def synthetic(argv: Sequence[str] | None = None) -> None:
     help='Name images by index and write their texts to labels.csv (file,text).',
   )
   args = parser.parse_args(argv)
+  if min(args.width, args.height) < MIN_SIDE or args.count < 1:
+    parser.error(f'--width and --height must be {MIN_SIDE} or more, --count 1 or more')
 
   def action():
     paths = generating.generate(
