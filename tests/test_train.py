@@ -142,10 +142,10 @@ def test_predict_cli(trained, captcha_dir):
   assert path == str(image) and 0 <= float(confidence) <= 1
 
 
-def test_predict_errors_are_clear(tmp_path):
+def test_predict_errors_are_clear(tmp_path, tiny_config):
   with pytest.raises(ConfigError, match='no config.json'):
     Predictor.from_workdir(tmp_path)
-  (tmp_path / 'config.json').write_text('{}')
+  (tmp_path / 'config.json').write_text(tiny_config.to_json())  # a run that saved no checkpoint
   with pytest.raises(ConfigError, match='no checkpoint yet'):
     Predictor.from_workdir(tmp_path)
   out = subprocess.run(
