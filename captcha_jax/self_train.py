@@ -138,7 +138,8 @@ def run_rounds(
         )
       logging.info('Round %d of %d: %s has finished; next.', r, rounds, student)
     else:
-      logging.info('Round %d of %d: %d epoch(s) from %s.', r, rounds, length, wanted.init_from)
+      start = wanted.init_from or 'scratch'  # a --restart of a run trained from scratch
+      logging.info('Round %d of %d: %d epoch(s) from %s.', r, rounds, length, start)
       results = train.train_and_evaluate(wanted, student, after_compile=after_compile)
       logging.info(
         'Round %d of %d: %s reads %.1f%% of its validation images.',
