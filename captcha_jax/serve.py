@@ -465,6 +465,10 @@ def warm_up(reader: Reader, max_batch: int) -> None:
     reader.predict([blank] * size)
 
 
+# uvicorn's exit status when it cannot listen (a taken port, an unknown host), its reason logged.
+UVICORN_STARTUP_FAILURE = 3
+
+
 def serve_reader(
   reader: Reader,
   *,
@@ -483,7 +487,14 @@ def serve_reader(
     logger.info('Warming up the reader')
     for _ in range(limits.get('workers', DEFAULT_WORKERS)):  # each worker's device compiles
       warm_up(reader, limits.get('max_batch', DEFAULT_MAX_BATCH))
-  uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+  try:
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+  except SystemExit as e:
+    if e.code != UVICORN_STARTUP_FAILURE:
+      raise
+    raise ConfigError(
+      f'Could not serve on {host}:{port} (uvicorn logged why above): another --host or --port?'
+    ) from None
 
 
 PAGE = """<!doctype html>

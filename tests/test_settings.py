@@ -127,6 +127,11 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
     ('port', ['--torchvision_weights={tmp}/none.pth', '--out={tmp}/p'], 'no such weights file'),
     ('synthetic', ['--out={tmp}/a_file', '--count=1'], 'error: {tmp}/a_file: File exists'),
     ('serve', ['--pretrained', '--port=70000'], '--port must be 0 to 65535'),
+    (
+      'serve',
+      ['--pretrained', '--host=nowhere.invalid', '--no_warmup'],
+      'error: Could not serve on nowhere.invalid:8000',
+    ),
     ('synthetic', ['--out={tmp}/s', '--width=0'], '--width and --height must be 16 or more'),
     ('predict', ['--pretrained', '--length=99', '{tmp}/a.png'], 'A text of 99 characters needs'),
   ],
