@@ -335,6 +335,23 @@ def test_pseudo_labels_join_the_train_split_alone(captcha_dir, tmp_path, caplog)
     resolve(config_for(captcha_dir, pseudo_labels=str(readings)))
 
 
+def test_readings_are_folded_and_those_the_model_cannot_learn_are_named(
+  captcha_dir, tmp_path, caplog
+):
+  images = synthetic.generate(tmp_path / 'unlabelled', 3, seed=6)
+  readings = tmp_path / 'readings.csv'
+  rows = [f'{images[0]},BCDEF,,0.95', f'{images[1]},bcdefg,,0.95', f'{images[2]},bbbbb,,0.95']
+  readings.write_text('file,text,raw_text,confidence\n' + '\n'.join(rows) + '\n')
+  config = config_for(captcha_dir, pseudo_labels=str(readings), case='lower', max_label_length=5)
+  caplog.set_level(logging.INFO)
+  _, splits = data.resolve(config, lambda height, width: 8)  # 'bbbbb' needs 9 steps
+  added = [e for e in splits['train'] if 'unlabelled' in e.path]
+  assert [(Path(e.path).name, e.text) for e in added] == [(images[0].name, 'bcdef')]
+  assert "reading 'bcdefg' is longer than max_label_length" in caplog.text
+  assert "reading 'bbbbb' needs more than the 8 CTC steps" in caplog.text
+  assert '1 of the 3 readings' in caplog.text
+
+
 def test_case_folds_labels(tmp_path):
   for text in ('AbCd', 'xYz1'):
     Image.new('RGB', (100, 40), 'white').save(tmp_path / f'{text}.png')
