@@ -235,7 +235,10 @@ def test_streaming_reads_only_a_few_batches_ahead(splits):
   source, spec = Recording(records['train']), spec_of(config, 4)
   stream = batches.train_batches(source, spec, VOCAB, (0, 1), workers=2, prefetch=2)
   next(stream)
-  time.sleep(0.2)  # give the reading threads time to run ahead as far as they may
+  deadline, seen = time.monotonic() + 3, -1
+  while len(source.reads) != seen and time.monotonic() < deadline:  # until it stops reading ahead
+    seen = len(source.reads)
+    time.sleep(0.2)
   assert len(source.reads) <= 3 * spec.size < len(source)  # the batch taken and two ahead
   stream.close()
 
