@@ -172,14 +172,14 @@ def test_restarted_rounds_train_from_where_the_first_run_started(trained, tmp_pa
   unlabelled = tmp_path / 'unlabelled'
   images = synthetic.generate(unlabelled, 4, seed=8)
 
-  rounds.run_rounds(first, [str(unlabelled)], rounds=2, epochs=1, restart=True)
+  # One round: the chaining of rounds is run_rounds' own, tested above with training faked.
+  one = rounds.run_rounds(first, [str(unlabelled)], rounds=1, epochs=1, restart=True)
 
-  one, two = rounds.round_dir(first, 1), rounds.round_dir(first, 2)
-  for teacher, student in ((first, one), (one, two)):
-    assert _readings(student / rounds.READINGS) == _expected(teacher, images)
-    config = run_folder.read_config(student)
-    assert (config.init_from, config.warmup_epochs) == (str(trained_dir), 0.5)
-    assert config.pseudo_labels == str(student / rounds.READINGS)
+  assert _readings(one / rounds.READINGS) == _expected(first, images)
+  config = run_folder.read_config(one)
+  assert (config.init_from, config.warmup_epochs) == (str(trained_dir), 0.5)
+  assert config.pseudo_labels == str(one / rounds.READINGS)
+  assert (one / 'results.json').exists()
 
 
 def test_self_train_cli_errors_are_one_line(trained, tmp_path, capsys):
