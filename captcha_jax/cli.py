@@ -59,6 +59,13 @@ def _run(action: Callable[[], int | None]) -> None:
   sys.exit(status)
 
 
+def _check_folder_of(parser: argparse.ArgumentParser, flag: str, path: str) -> None:
+  """Refuses an output whose folder does not exist before any work is done for it."""
+  folder = Path(path).expanduser().absolute().parent
+  if not folder.is_dir():
+    parser.error(f'{flag} {path}: the folder {str(folder)!r} does not exist')
+
+
 def _quiet_orbax() -> None:
   from captcha_jax import checkpoints
 
@@ -289,6 +296,8 @@ def predict(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   if args.output and not args.output.endswith(('.csv', '.jsonl')):
     parser.error('--output must end in .csv or .jsonl')
+  if args.output:
+    _check_folder_of(parser, '--output', args.output)
   _check_reading_flags(parser, args)
 
   def action() -> int:
@@ -376,6 +385,7 @@ def export(argv: Sequence[str] | None = None) -> None:
     '--note', default='', help='For --format reader: how the run was made, kept in reader.json.'
   )
   args = parser.parse_args(argv)
+  _check_folder_of(parser, '--out', args.out)
 
   def action():
     from captcha_jax import workdir as run_folder

@@ -128,6 +128,12 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
     ('synthetic', ['--out={tmp}/a_file', '--count=1'], 'error: {tmp}/a_file: File exists'),
     ('serve', ['--pretrained', '--port=70000'], '--port must be 0 to 65535'),
     (
+      'export',
+      ['--workdir={tmp}', '--out={tmp}/no/m.onnx'],
+      "the folder '{tmp}/no' does not exist",
+    ),
+    ('predict', ['--pretrained', '--output={tmp}/no/r.csv', '{tmp}/a.png'], "'{tmp}/no' does not"),
+    (
       'serve',
       ['--pretrained', '--host=nowhere.invalid', '--no_warmup'],
       'error: Could not serve on nowhere.invalid:8000',
