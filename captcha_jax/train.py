@@ -196,7 +196,9 @@ def train_and_evaluate(
       run_folder.save_run_settings(workdir, config, fingerprint)
     writer = MetricWriter(workdir, resumed_step=step, enabled=main_process)
     elapsed_before = writer.rows[-1]['elapsed_s'] if writer.rows else 0.0
-    loop = _Loop(config, mesh, train_step, eval_step, splits, vocab, schedule, manager, writer)
+    loop = _Loop(
+      config, mesh, train_step, eval_step, splits, vocab, schedule, manager, writer, steps_per_epoch
+    )
     try:
       with StopSignals() as stop:
         state = loop.run(state, step, progress, stop, start_time - elapsed_before)
@@ -227,11 +229,22 @@ def train_and_evaluate(
 class _Loop:
   """The epochs from a resumed step to config.num_epochs: train, validate, checkpoint, log."""
 
-  def __init__(self, config, mesh, train_step, eval_step, splits, vocab, schedule, manager, writer):
+  def __init__(
+    self,
+    config,
+    mesh,
+    train_step,
+    eval_step,
+    splits,
+    vocab,
+    schedule,
+    manager,
+    writer,
+    steps_per_epoch: int,
+  ):
     self.config, self.mesh, self.splits, self.vocab = config, mesh, splits, vocab
     self.train_step, self.eval_step, self.schedule = train_step, eval_step, schedule
-    self.manager, self.writer = manager, writer
-    self.steps_per_epoch = batches.epoch_steps(len(splits['train']), config.batch_size)
+    self.manager, self.writer, self.steps_per_epoch = manager, writer, steps_per_epoch
 
   def run(self, state, step: int, progress: dict, stop: StopSignals, started: float):
     done_epochs, first_batch = divmod(step, self.steps_per_epoch)
