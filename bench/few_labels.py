@@ -11,7 +11,7 @@ scratch, `configs/finetune.py` from the shipped reader; each splits its N images
 reads its chosen checkpoint) and scores the result on a fixed set of other images of the same
 set: exact match, and the wall time of the run (compilation included). Sets: the real captchas
 of --data_dir (the N come from its default training split, scored on its validation and test
-images), and generated styles built from fonts the pre-training never drew (`synthetic.py`'s
+images), and generated styles built from fonts the pre-training never drew (`fonts.py`'s
 HELD_OUT_FONTS; 1,000 scored images each). A zero-shot row reads each scored set with the
 pretrained reader restricted to the set's alphabet (and, where all its texts have one length, to
 that length too), beside ddddocr's (its own environment, see ddddocr_reader.py) as it comes and

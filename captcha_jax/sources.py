@@ -17,7 +17,7 @@ from typing import Protocol
 import ml_collections
 import numpy as np
 
-from captcha_jax import data, images, settings, synthetic
+from captcha_jax import data, fonts, images, settings, synthetic
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.vocab import Vocab
 
@@ -160,7 +160,7 @@ class SyntheticSource:
   height: int
   width: int
   offset: int = 0
-  fonts: tuple[str, ...] = synthetic.PRETRAINING_FONTS  # the pool 'varied' draws from
+  fonts: tuple[str, ...] = fonts.PRETRAINING_FONTS  # the pool 'varied' draws from
 
   def __post_init__(self) -> None:
     if self.seed < 0 or self.offset < 0 or self.size < 1:
@@ -229,12 +229,12 @@ def synthetic_splits(config: ml_collections.ConfigDict) -> Splits:
   """Train from the generator's stream config.synthetic.seed, `train_images` an epoch (each
   epoch new ones); val and test `eval_images` each, from the two seeds after it."""
   s = config.synthetic
-  fonts = synthetic.font_pool(tuple(s.font_dirs))
+  pool = fonts.font_pool(tuple(s.font_dirs))
   logging.info(
     'Drawing from %d fonts: %d bundled, %d found under %s.',
-    len(fonts),
-    len(synthetic.PRETRAINING_FONTS),
-    len(fonts) - len(synthetic.PRETRAINING_FONTS),
+    len(pool),
+    len(fonts.PRETRAINING_FONTS),
+    len(pool) - len(fonts.PRETRAINING_FONTS),
     list(s.font_dirs),
   )
 
@@ -248,7 +248,7 @@ def synthetic_splits(config: ml_collections.ConfigDict) -> Splits:
       style=s.style,
       height=config.image_height,
       width=config.image_width,
-      fonts=fonts,
+      fonts=pool,
     )
 
   return {

@@ -21,22 +21,20 @@ import colorsys
 import csv
 import dataclasses
 import functools
-import importlib.util
 import io
 import math
 import random
-import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from captcha import image as captcha_image
-from fontTools.ttLib import TTFont
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 # A ValueError the commands print as one line (exit status 2) instead of a traceback.
 from captcha_jax.errors import ConfigError
+from captcha_jax.fonts import CAPTCHA_FONT, PRETRAINING_FONTS, font_path
 
 DEFAULT_ALPHABET = '2345678bcdefgmnpwxy'
 DIGITS = '0123456789'
@@ -50,35 +48,6 @@ ENGINES = ('pillow', 'imagecaptcha')
 BACKGROUNDS = ('plain', 'gradient', 'texture', 'grid')
 
 Color = tuple[int, int, int]
-
-CAPTCHA_FONT = str(Path(captcha_image.DATA_DIR) / 'DroidSansMono.ttf')
-
-
-def _matplotlib_fonts() -> dict[str, str]:
-  """Matplotlib's bundled TTFs that draw plain ASCII letters and digits, by name."""
-  spec = importlib.util.find_spec('matplotlib')  # finds the folder without importing matplotlib
-  if spec is None or spec.origin is None:
-    return {}
-  folder = Path(spec.origin).parent / 'mpl-data' / 'fonts' / 'ttf'
-  names = [
-    f'{family}{face}'
-    for family in ('DejaVuSans', 'DejaVuSansMono')
-    for face in ('', '-Bold', '-Oblique', '-BoldOblique')
-  ]
-  names += [f'DejaVuSerif{face}' for face in ('', '-Bold', '-Italic', '-BoldItalic')]
-  names += [f'STIXGeneral{face}' for face in ('', 'Bol', 'Ita', 'BolIta')]
-  # Computer Modern roman, bold, italic, sans and typewriter; cmmi, cmsy and cmex are math symbols.
-  names += ['cmr10', 'cmb10', 'cmti10', 'cmss10', 'cmtt10']
-  paths = {name: folder / f'{name}.ttf' for name in names}
-  return {name: str(path) for name, path in paths.items() if path.is_file()}
-
-
-FONTS: dict[str, str] = {'DroidSansMono': CAPTCHA_FONT, **_matplotlib_fonts()}
-
-
-def _font_path(name: str) -> str:
-  """A bundled font by name, falling back to the captcha package's own font."""
-  return FONTS.get(name, CAPTCHA_FONT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,14 +111,14 @@ class Style:
 
 def named_style(name: str, width: int = 200, height: int = 50) -> Style:
   """One of the fixed looks in `STYLES` (all but 'varied', which `random_style` draws)."""
-  sans, serif = _font_path('DejaVuSans'), _font_path('DejaVuSerif')
+  sans, serif = font_path('DejaVuSans'), font_path('DejaVuSerif')
   looks = {
     # What this module always made: ImageCaptcha, its own font, sizes 70-90% of the height.
     'dataset': dict(engine='imagecaptcha', fonts=(CAPTCHA_FONT,), font_size=(0.7, 0.9)),
     'clean': dict(fonts=(sans,), font_size=(0.7, 0.7), rotation=4, spacing=0.1, fill=0.6),
     # Grey, blurred text with a stroke through it, like the small Kaggle captcha sets.
     'lines': dict(
-      fonts=(serif, _font_path('DejaVuSerif-Bold')),
+      fonts=(serif, font_path('DejaVuSerif-Bold')),
       font_size=(0.6, 0.7),
       ink=((80, 80, 80),),
       paper=(236, 236, 236),
@@ -162,7 +131,7 @@ def named_style(name: str, width: int = 200, height: int = 50) -> Style:
       noise=6,
     ),
     'wavy': dict(
-      fonts=(_font_path('DejaVuSerif-Italic'), _font_path('STIXGeneralBolIta')),
+      fonts=(font_path('DejaVuSerif-Italic'), font_path('STIXGeneralBolIta')),
       font_size=(0.65, 0.8),
       ink=((150, 20, 20), (20, 20, 150), (20, 110, 20)),
       paper=(250, 244, 225),
@@ -175,7 +144,7 @@ def named_style(name: str, width: int = 200, height: int = 50) -> Style:
       warp=0.06,
     ),
     'noisy': dict(
-      fonts=(_font_path('DejaVuSans-Bold'), _font_path('DejaVuSansMono-Bold'), _font_path('cmb10')),
+      fonts=(font_path('DejaVuSans-Bold'), font_path('DejaVuSansMono-Bold'), font_path('cmb10')),
       font_size=(0.55, 0.8),
       ink=((30, 30, 120), (120, 30, 30), (30, 90, 30), (60, 60, 60)),
       paper=(235, 235, 220),
@@ -193,7 +162,7 @@ def named_style(name: str, width: int = 200, height: int = 50) -> Style:
     ),
     # The two held-out looks: fonts the pre-training stream never draws (HELD_OUT_FONTS).
     'ledger': dict(
-      fonts=(_font_path('cmtt10'),),
+      fonts=(font_path('cmtt10'),),
       font_size=(0.6, 0.7),
       ink=((40, 40, 90),),
       paper=(248, 246, 236),
@@ -209,7 +178,7 @@ def named_style(name: str, width: int = 200, height: int = 50) -> Style:
       noise=8,
     ),
     'ransom': dict(
-      fonts=(_font_path('cmr10'), _font_path('cmti10'), _font_path('cmss10'), _font_path('cmb10')),
+      fonts=(font_path('cmr10'), font_path('cmti10'), font_path('cmss10'), font_path('cmb10')),
       font_size=(0.5, 0.85),
       ink=((170, 30, 30), (30, 30, 160), (20, 120, 40), (120, 60, 0), (90, 0, 120)),
       paper=(255, 255, 255),
@@ -640,97 +609,6 @@ COMMON_SIZES = (
   (96, 32),
   (220, 60),
 )
-# Computer Modern never enters the pre-training stream ('varied'): the styles drawn with it
-# ('ledger', 'ransom') are looks a pretrained reader has not seen, to measure fine-tuning on.
-HELD_OUT_FONTS = ('cmr10', 'cmb10', 'cmti10', 'cmss10', 'cmtt10')
-PRETRAINING_FONTS = tuple(path for name, path in FONTS.items() if name not in HELD_OUT_FONTS)
-# Computer Modern under other names (CMU, Latin Modern), kept out of the stream like cm*.
-_COMPUTER_MODERN = re.compile(r'^(cm|lm(roman|sans|mono))', re.IGNORECASE)
-_GLYPH_NAMES = {
-  **{c: c for c in LOWERCASE + UPPERCASE},
-  **dict(zip(DIGITS, 'zero one two three four five six seven eight nine'.split(), strict=True)),
-}
-
-
-def draws_ascii(path: str | Path) -> bool:
-  """Whether a font draws every ASCII letter and digit as itself: its character map sends each to
-  the glyph of that letter's standard name. Symbol and dingbat fonts map the same code points to
-  other glyphs ('alpha', 'a105'), math and display cuts leave them out."""
-  try:
-    cmap = TTFont(path, fontNumber=0, lazy=True)['cmap'].getBestCmap()
-  except Exception:  # fontTools raises many kinds for a file that is not a font
-    return False
-  return all(cmap.get(ord(c)) == name for c, name in _GLYPH_NAMES.items())
-
-
-# Letters whose two cases differ in shape in an ordinary font. A family drawing them alike once
-# scaled to one box (titling, small-caps and unicase cuts) would teach wrong labels: the median
-# overlap over a family's faces is 0.2-0.62 for the ordinary families of the Debian font packages
-# in bench/README.md, 0.7-1.0 for those cuts (and one very heavy display face, 0.72).
-_CASE_PAIRS = 'abdeghnqrt'
-_SAME_CASE_OVERLAP = 0.68
-
-
-def _shape(font: ImageFont.FreeTypeFont, char: str) -> np.ndarray | None:
-  """The character's ink scaled to a 20×20 box, as booleans; None where it draws nothing."""
-  left, top, right, bottom = font.getbbox(char)
-  if right <= left or bottom <= top:
-    return None
-  mask = Image.new('L', (right - left, bottom - top))
-  ImageDraw.Draw(mask).text((-left, -top), char, font=font, fill=255)
-  return np.asarray(mask.resize((20, 20), Image.Resampling.BILINEAR)) > 127
-
-
-def case_overlap(path: str | Path) -> float:
-  """The median over _CASE_PAIRS of how much a lower-case letter's shape overlaps its capital's
-  (intersection over union, each scaled to one box): ~1 for a font with one case."""
-  try:
-    font = ImageFont.truetype(str(path), 48)
-  except OSError:  # FreeType refuses a few files fontTools reads: such a font is left out
-    return 1.0
-  overlaps = []
-  for char in _CASE_PAIRS:
-    lower, upper = _shape(font, char), _shape(font, char.upper())
-    if lower is None or upper is None:
-      return 1.0
-    overlaps.append((lower & upper).sum() / max(1, (lower | upper).sum()))
-  return float(np.median(overlaps))
-
-
-def _family(path: Path) -> str:
-  """The font's family name (typographic family, else family), or its file name."""
-  names = TTFont(path, fontNumber=0, lazy=True)['name']
-  return names.getDebugName(16) or names.getDebugName(1) or path.stem
-
-
-@functools.cache
-def font_pool(folders: tuple[str, ...] = (), per_family: int = 4) -> tuple[str, ...]:
-  """PRETRAINING_FONTS and, after them, fonts found under `folders` (a missing folder adds none):
-  every .ttf/.otf that draws the ASCII letters and digits, is not Computer Modern and is not one
-  of the bundled fonts again, from the families whose faces draw the two cases apart, at most
-  `per_family` faces of each (spread over its faces sorted by name), so that a family of many
-  weights is not drawn more often than one of a single face."""
-  known = {Path(path).stem.lower() for path in FONTS.values()}
-  families: dict[str, dict[str, Path]] = {}
-  for folder in folders:
-    for path in sorted(Path(folder).expanduser().rglob('*')):
-      name = path.stem
-      if (
-        path.suffix.lower() in ('.ttf', '.otf')
-        and name.lower() not in known
-        and not _COMPUTER_MODERN.match(name)
-        and draws_ascii(path)
-      ):
-        families.setdefault(_family(path), {}).setdefault(name, path)
-  extra = []
-  for faces in families.values():
-    if np.median([case_overlap(path) for path in faces.values()]) < _SAME_CASE_OVERLAP:
-      names = sorted(faces)
-      step = max(1, len(names) / per_family)
-      extra += [str(faces[names[int(i * step)]]) for i in range(min(per_family, len(names)))]
-  return PRETRAINING_FONTS + tuple(sorted(extra, key=lambda path: Path(path).stem))
-
-
 # (saturation, value) ranges of the paper and of the ink for each colour scheme, and its odds.
 _SCHEMES = (
   (((0.0, 0.25), (0.82, 1.0)), ((0.0, 1.0), (0.0, 0.5)), 0.65),  # dark text on light paper

@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.synthetic.lengths = (3, 8)
   config.synthetic.style = 'varied'
   config.synthetic.case = 'keep'  # the alphabet holds both cases
-  # Fonts under these folders join the bundled ones (`synthetic.font_pool`; the log says how
+  # Fonts under these folders join the bundled ones (`fonts.font_pool`; the log says how
   # many). The shipped reader's last stretch drew from the Debian fonts in bench/README.md.
   config.synthetic.font_dirs = ('/usr/share/fonts',)
   config.synthetic.train_images = 25_600  # an epoch: new images every epoch

@@ -1,10 +1,8 @@
 """Synthetic captchas: deterministic indexed samples, folder writing, case options, the command."""
 
-import copy
 import csv
 import hashlib
 import secrets
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from captcha import image as captcha_image
-from fontTools.ttLib import TTFont
 from PIL import Image
 
 from captcha_jax import cli, synthetic
@@ -245,47 +242,3 @@ def test_command_line(tmp_path, capsys):
   with pytest.raises(SystemExit) as done:
     cli.synthetic(['--out', str(out), '--length', 'five'])
   assert done.value.code == 2
-
-
-def test_the_pretraining_stream_never_draws_the_held_out_fonts():
-  held_out = {synthetic.FONTS[name] for name in synthetic.HELD_OUT_FONTS if name in synthetic.FONTS}
-  assert held_out  # matplotlib ships Computer Modern
-  for i in range(300):
-    style = synthetic.random_style(np.random.default_rng([7, i]))
-    assert not held_out & set(style.fonts), style.fonts
-  for name in ('ledger', 'ransom'):
-    assert set(synthetic.named_style(name).fonts) <= held_out
-
-
-def _unicase_copy(source: str, target: Path) -> None:
-  """`source` with its lower-case letters drawn as its capitals, as a small-caps or titling cut."""
-  font = TTFont(source)
-  for char in synthetic.LOWERCASE:
-    font['glyf'][char] = copy.deepcopy(font['glyf'][char.upper()])
-    font['hmtx'][char] = font['hmtx'][char.upper()]
-  font.save(target)
-
-
-def test_font_pool_adds_the_fonts_that_draw_letters_and_digits(tmp_path):
-  fonts = Path(synthetic.FONTS['DejaVuSerif']).parent
-  (tmp_path / 'nested').mkdir()
-  shutil.copy(fonts / 'DejaVuSerif.ttf', tmp_path / 'nested' / 'MySerif.ttf')  # joins
-  shutil.copy(fonts / 'DejaVuSans.ttf', tmp_path / 'DejaVuSans.ttf')  # bundled already
-  shutil.copy(fonts / 'cmsy10.ttf', tmp_path / 'Symbols.ttf')  # maps letters to symbols
-  shutil.copy(fonts / 'cmr10.ttf', tmp_path / 'lmroman10-regular.ttf')  # Computer Modern
-  for i in range(1, 7):  # six faces of one family: four of them join
-    shutil.copy(fonts / 'DejaVuSansMono.ttf', tmp_path / f'Mono-{i}.ttf')
-  _unicase_copy(synthetic.FONTS['DejaVuSans'], tmp_path / 'Capitals.ttf')  # one case only
-  (tmp_path / 'broken.ttf').write_bytes(b'not a font')
-  (tmp_path / 'notes.txt').write_text('MySans.ttf')
-  pool = synthetic.font_pool((str(tmp_path), str(tmp_path / 'missing')))
-  added = [tmp_path / f'Mono-{i}.ttf' for i in (1, 2, 4, 5)] + [tmp_path / 'nested' / 'MySerif.ttf']
-  assert pool == (*synthetic.PRETRAINING_FONTS, *map(str, added))
-  assert synthetic.case_overlap(tmp_path / 'Capitals.ttf') > 0.95
-  assert synthetic.case_overlap(synthetic.FONTS['DejaVuSans']) < 0.5
-  assert synthetic.font_pool() == synthetic.PRETRAINING_FONTS
-  styles = [synthetic.random_style(np.random.default_rng([8, i]), fonts=pool) for i in range(300)]
-  drawn = {font for style in styles for font in style.fonts}
-  assert str(tmp_path / 'nested' / 'MySerif.ttf') in drawn
-  image, _ = synthetic.sample(0, 5, fonts=pool[-1:], style='varied', width=96, height=32)
-  assert image.size == (96, 32)
