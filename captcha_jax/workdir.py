@@ -34,6 +34,9 @@ SPLIT_KEYS = (
   'split',
   'split_seed',
 )
+# Entries a resume reads the step counter by: it finds the epoch and the batch from the step and
+# the batch size, and the batch's images from the seed's order.
+STEP_KEYS = ('batch_size', 'seed')
 
 
 def write_atomic(path: Path, content: str | bytes) -> None:
@@ -151,7 +154,8 @@ def split_digest(fingerprint: dict[str, list[str]]) -> dict[str, dict]:
 def check_resumable(
   workdir: Path, config: ml_collections.ConfigDict, fingerprint: dict[str, list[str]]
 ) -> None:
-  """Raises ConfigError when WORKDIR's checkpoints were trained with another model or split.
+  """Raises ConfigError when WORKDIR's checkpoints were trained with another model, split, batch
+  size or seed.
 
   Only checkpoints bind a workdir: a folder whose run failed before saving one takes any config.
   """
@@ -161,7 +165,7 @@ def check_resumable(
   current = json.loads(config.to_json_best_effort())
   # A key a run's config.json lacks came after it (e.g. pseudo_labels): the split digest below
   # still tells whether the files changed.
-  keys = [k for k in (*MODEL_KEYS, *SPLIT_KEYS) if k in saved]
+  keys = [k for k in (*MODEL_KEYS, *SPLIT_KEYS, *STEP_KEYS) if k in saved]
   changed = [k for k in keys if saved[k] != current.get(k)]
   changed = changed or split_changes(workdir, fingerprint)
   if changed:

@@ -278,6 +278,28 @@ def test_variable_lengths_and_a_character_only_test_holds(tmp_path, caplog):
   assert all('zzzz' not in e.text for split in splits.values() for e in split)
 
 
+def test_a_character_only_test_holds_is_not_fatal_again_when_the_run_is_resolved_again(tmp_path):
+  """With skip_bad_files=False the run's config.json (its alphabet now spelled out) resolves to
+  the same split, as evaluation and self-training do; an alphabet given by hand stays strict."""
+  synthetic.generate(tmp_path, 60, alphabet='abcdef', length=(4, 7), seed=3)
+  Image.new('RGB', (200, 50), 'white').save(tmp_path / 'zzzz.png')
+  config = config_for(
+    tmp_path,
+    alphabet='auto',
+    max_label_length=0,
+    fixed_label_length=-1,
+    split=(0.5, 0.25, 0.25),
+    skip_bad_files=False,
+  )
+  resolved, splits = resolve(config)
+  again, splits_again = resolve(resolved)
+  assert again.alphabet == resolved.alphabet == 'abcdef'
+  assert splits_again == splits
+  resolved.alphabet = 'abcdefg'
+  with pytest.raises(DataError, match=r"zzzz.png: 'z' is not in the alphabet \(or training\)"):
+    resolve(resolved)
+
+
 def test_labels_file_with_a_header_and_its_problems_named_by_line(captcha_dir, copy_of, caplog):
   folder = copy_of(captcha_dir)
   names = sorted(p.name for p in folder.glob('*.png'))

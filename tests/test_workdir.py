@@ -86,6 +86,23 @@ def test_a_run_file_of_another_shape_is_named_as_damaged(tmp_path, name, content
     read(tmp_path)
 
 
+@pytest.mark.parametrize(('key', 'value'), [('batch_size', 16), ('seed', 7), ('split_seed', 3)])
+def test_a_resume_that_would_read_its_step_otherwise_is_refused(tmp_path, tiny_config, key, value):
+  """The step counter gives the epoch and batch through the batch size, and the batch's images
+  through the seed: with either changed, step 6 would resume elsewhere in the data."""
+  fingerprint = {'train': ['a.png', 'b.png'], 'val': ['c.png'], 'test': ['d.png']}
+  run_folder.save_run_settings(tmp_path, tiny_config, fingerprint)
+  run_folder.check_resumable(tmp_path, tiny_config, fingerprint)  # no checkpoint binds it yet
+  (tmp_path / 'checkpoints' / '6').mkdir(parents=True)
+  changed = tiny_config.copy_and_resolve_references()
+  changed.num_epochs += 5  # a longer run resumes
+  run_folder.check_resumable(tmp_path, changed, fingerprint)
+  assert tiny_config[key] != value
+  changed[key] = value
+  with pytest.raises(ConfigError, match=f'holds a run with a different {key}: '):
+    run_folder.check_resumable(tmp_path, changed, fingerprint)
+
+
 @pytest.mark.slow
 def test_a_line_cut_by_a_crash_does_not_stop_the_rerun(copy_of_run):
   config, workdir, _ = copy_of_run
