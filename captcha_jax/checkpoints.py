@@ -25,7 +25,11 @@ def selection_score(metrics: dict[str, float]) -> float:
 def checkpoint_manager(workdir: str | Path, keep: int = 2):
   """A manager of WORKDIR/checkpoints keeping the `keep` latest steps and the best one."""
   policy = pp.AnyPreservationPolicy(
-    [pp.LatestN(n=keep), pp.BestN(get_metric_fn=selection_score, n=1)]
+    # A step saved on a stop signal has no metrics: LatestN keeps it while it is among the latest.
+    [
+      pp.LatestN(n=keep),
+      pp.BestN(get_metric_fn=selection_score, n=1, keep_checkpoints_without_metrics=False),
+    ]
   )
   # best_fn also makes orbax write each step's metrics to disk, so `best_step` survives restarts.
   options = ocp.CheckpointManagerOptions(
@@ -143,20 +147,27 @@ def first_intact(
   where: str,
   on_damaged: Callable[[int], object] = lambda step: None,
 ) -> tuple[int, Any]:
-  """(step, restore_fn(step)) for the first of `steps` that restores; each damaged one is named
-  in a warning and handed to `on_damaged`. Raises DataError naming every failure when none
-  restores."""
-  failures = []
+  """(step, restore_fn(step)) for the first of `steps` that restores; each that failed before it
+  is named in a warning and handed to `on_damaged`. Raises DataError naming every failure when
+  none restores, and hands none over: when no step restores, the fault is more likely this
+  program's (another state layout, a failing disk) than every file's, so none is set aside."""
+  failures, failed = [], []
   for step in steps:
     try:
-      return step, restore_fn(step)
+      restored = restore_fn(step)
     except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds for bad files
       failures.append(f'step {step}: {type(e).__name__}: {str(e)[:300]}')
+      failed.append(step)
       logging.warning(
         'Checkpoint %d in %s is damaged, trying another: %s', step, where, failures[-1]
       )
-      on_damaged(step)
-  raise DataError(f'No checkpoint in {where} can be restored:\n  ' + '\n  '.join(failures))
+      continue
+    for damaged in failed:
+      on_damaged(damaged)
+    return step, restored
+  raise DataError(
+    f'No checkpoint in {where} can be restored (none was moved):\n  ' + '\n  '.join(failures)
+  )
 
 
 def set_aside(workdir: str | Path, step: int) -> None:

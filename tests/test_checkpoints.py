@@ -73,6 +73,18 @@ def test_the_newest_step_within_the_best_ones_interval_is_read():
   assert checkpoints.chosen_step({}) is None
 
 
+def test_a_step_saved_on_a_stop_signal_goes_once_it_is_not_among_the_latest(tmp_path):
+  manager = checkpoints.checkpoint_manager(tmp_path, keep=2)
+  saves = [(10, 0.5), (15, None), (20, 0.9), (30, 0.6), (35, None), (40, 0.7), (50, 0.6)]
+  for step, accuracy in saves:
+    checkpoints.save(manager, step, {'w': np.zeros(2)}, {}, accuracy and metrics(accuracy))
+    manager.wait_until_finished()
+    if step == 35:
+      assert manager.all_steps() == [20, 30, 35]  # the stopped step is the latest: kept
+  assert manager.all_steps() == [20, 40, 50]
+  manager.close()
+
+
 def test_best_of_checkpoints_without_metrics_is_the_latest(tmp_path):
   manager = checkpoints.checkpoint_manager(tmp_path)
   assert checkpoints.reading_order(tmp_path) == []
@@ -134,5 +146,8 @@ def test_no_intact_checkpoint_is_a_clear_error(tmp_path):
   save_three(tmp_path, {'w': np.zeros(3)})
   for step in (1, 2, 3):
     damage(tmp_path / 'checkpoints' / str(step))
-  with pytest.raises(DataError, match='No checkpoint in run can be restored:\n  step 3: '):
-    checkpoints.first_intact([3, 2, 1], functools.partial(checkpoints.restore_raw, tmp_path), 'run')
+  aside = []
+  restore = functools.partial(checkpoints.restore_raw, tmp_path)
+  with pytest.raises(DataError, match=r'can be restored \(none was moved\):\n  step 3: '):
+    checkpoints.first_intact([3, 2, 1], restore, 'run', aside.append)
+  assert aside == []  # a rerun finds them all again, not an empty folder to start over in
