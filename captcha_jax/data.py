@@ -377,9 +377,9 @@ def resolve(
     names, indices = ('all',), (np.arange(len(usable)),)
   else:
     names, indices = SPLITS, split_indices(len(usable), config.split, config.split_seed)
-  auto_alphabet = config.alphabet == settings.AUTO
-  if auto_alphabet:
-    config.alphabet = ''.join(sorted({c for i in indices[0] for c in usable[i].text}))
+  trained_chars = ''.join(sorted({c for i in indices[0] for c in usable[i].text}))
+  if config.alphabet == settings.AUTO:
+    config.alphabet = trained_chars
   vocab = Vocab(config.alphabet)
   if config.fixed_label_length == settings.AUTO_LENGTH:
     config.fixed_label_length = settings.common_length([e.text for e in usable])
@@ -405,9 +405,12 @@ def resolve(
         )
       else:
         unreadable.append(f'{usable[i].path}: {unknown!r} is not in the alphabet (or training)')
-  # Characters only val/test hold are the data's doing, not a bad file: never fatal.
+  # Characters only val/test hold are the data's doing, not a bad file: never fatal where the
+  # alphabet is the training split's (as inferred, and as a run's config.json then holds it).
   report_problems(
-    unreadable, 'labels the model cannot read', config.skip_bad_files or auto_alphabet
+    unreadable,
+    'labels the model cannot read',
+    config.skip_bad_files or config.alphabet == trained_chars,
   )
   steps = output_steps(config.image_height, config.image_width)
   if config.get('pseudo_labels') and not one_set:
