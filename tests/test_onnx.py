@@ -17,7 +17,7 @@ from PIL import Image
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
 
-from captcha_jax import decoding, images, models, onnx_export  # noqa: E402
+from captcha_jax import decoding, models, onnx_export  # noqa: E402
 from captcha_jax.errors import ConfigError, DataError  # noqa: E402
 from captcha_jax.onnx_reader import OnnxReader  # noqa: E402
 from captcha_jax.vocab import Vocab  # noqa: E402
@@ -191,9 +191,11 @@ def test_predict_resizes_other_sizes(exported):
   image = Image.fromarray(exported.images[1][0])
   larger = image.resize((2 * config.image_width, 2 * config.image_height), Image.Resampling.NEAREST)
   reader = OnnxReader(exported.path, threads=1)
-  pixels = images.load_image(larger, config.image_height, config.image_width)
+  # The model's size by Pillow's bilinear filter, as training decoded its images.
+  pixels = np.asarray(larger.resize((config.image_width, config.image_height), Image.BILINEAR))
   expected = decoding.read(reader.log_probs(pixels[None]), reader.vocab, reader.fixed_label_length)
   assert reader.predict([larger]) == expected
+  assert reader.predict([image]) != expected  # the same picture, not the same pixels
 
 
 def test_settings_still_to_be_read_from_the_data_are_refused(exported):
