@@ -44,16 +44,13 @@ class Example:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """Decoded images with their labels, all in memory.
+  """Decoded images with their texts, all in memory; batches encode the texts
+  (`batches.train_batches`).
 
   images: [n, height, width, 3] uint8 RGB.
-  labels: [n, max_label_length] int32 class ids, right-padded with the blank (0).
-  lengths: [n] int32 label lengths.
   """
 
   images: np.ndarray
-  labels: np.ndarray
-  lengths: np.ndarray
   texts: tuple[str, ...]
   paths: tuple[str, ...]
 
@@ -274,17 +271,10 @@ def decode(
   return [image for image, _ in results], [problem for _, problem in results if problem]
 
 
-def dataset_from_arrays(
-  pixels: Sequence[np.ndarray], examples: Sequence[Example], vocab: Vocab, max_label_length: int
-) -> Dataset:
+def dataset_from_arrays(pixels: Sequence[np.ndarray], examples: Sequence[Example]) -> Dataset:
   """A Dataset of decoded uint8 images and their (already checked) texts."""
-  labels = np.zeros((len(examples), max_label_length), np.int32)
-  for i, example in enumerate(examples):
-    labels[i, : len(example.text)] = vocab.encode(example.text)
   return Dataset(
     images=np.stack(pixels),
-    labels=labels,
-    lengths=np.array([len(e.text) for e in examples], np.int32),
     texts=tuple(e.text for e in examples),
     paths=tuple(e.path for e in examples),
   )
@@ -438,7 +428,6 @@ def resolve(
 def load_in_memory(config: ml_collections.ConfigDict, examples: dict[str, list[Example]]) -> Splits:
   """Each split decoded into memory at the config's image size; undecodable files are skipped
   with one warning (or fatal, see config.skip_bad_files)."""
-  vocab = Vocab(config.alphabet)
   splits, problems = {}, []
   for name, split in examples.items():
     pixels, undecodable = decode(split, config.image_height, config.image_width)
@@ -446,9 +435,7 @@ def load_in_memory(config: ml_collections.ConfigDict, examples: dict[str, list[E
     kept = [i for i, p in enumerate(pixels) if p is not None]
     if not kept:
       raise DataError(f'No image of the {name} split can be decoded: see the files above.')
-    splits[name] = dataset_from_arrays(
-      [pixels[i] for i in kept], [split[i] for i in kept], vocab, config.max_label_length
-    )
+    splits[name] = dataset_from_arrays([pixels[i] for i in kept], [split[i] for i in kept])
   report_problems(problems, repr(config.data_dir), config.skip_bad_files)
   return splits
 

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from captcha_jax.vocab import BLANK_ID
+
 Strides = tuple[int, int]
 # The statistics torchvision's ImageNet weights were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -240,14 +242,14 @@ class BiGRU(nn.Module):
 
 
 def blank_prior_bias(prior: float):
-  """Head bias initialiser: softmax(bias) gives the blank (class 0) probability `prior` and the
+  """Head bias initialiser: softmax(bias) gives the blank (BLANK_ID) probability `prior` and the
   other classes equal shares of the rest; 0 keeps the zero bias (every class equally likely)."""
 
   def init(key, shape, dtype=jnp.float32):
     bias = jnp.zeros(shape, dtype)
     if prior <= 0:
       return bias
-    return bias.at[0].set(jnp.log(prior * (shape[0] - 1) / (1 - prior)).astype(dtype))
+    return bias.at[BLANK_ID].set(jnp.log(prior * (shape[0] - 1) / (1 - prior)).astype(dtype))
 
   return init
 

@@ -67,7 +67,6 @@ class RecordSource:
     self.height, self.width = height, width
     self.record_index = np.array([where[e.path] for e in kept], np.int64)
     self.paths = tuple(e.path for e in kept)
-    self.texts = tuple(e.text for e in kept)
     self.missing = tuple(e.path for e in examples if e.path not in where)
 
   def __len__(self) -> int:
