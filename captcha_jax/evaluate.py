@@ -12,12 +12,16 @@ config.fixed_label_length.
 import collections
 import difflib
 import functools
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import ml_collections
+import numpy as np
+
 from captcha_jax import batches, data, decoding, metrics, models, plots, sources
 from captcha_jax import workdir as run_folder
-from captcha_jax.errors import ConfigError
+from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
 
 MISSING = '∅'
@@ -41,8 +45,8 @@ def confusions(predictions: Sequence[str], targets: Sequence[str]) -> collection
 
 def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int = 10) -> dict:
   """Metrics of WORKDIR's chosen checkpoint on each split of its data, or on every image of
-  `data_dir`, another folder of captchas named by their text, as one set ('all'); writes the
-  report files."""
+  `data_dir`, another folder of captchas named by their text, as one set ('all', where a label
+  the model cannot read counts as misread); writes the report files."""
   workdir = Path(workdir)
   predictor = Predictor.from_workdir(workdir)
   config = predictor.config.copy_and_resolve_references()
@@ -55,9 +59,11 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int 
       config.update(data_dir=data_dir, data_source='folder', labels_file='')
     config, examples = data.resolve(config, output_steps, one_set=True)
     splits = data.load_in_memory(config, examples)
+    beyond = labels_beyond_the_model(config, examples['all'])
   else:
     _, splits = sources.prepare(config, output_steps)
     check_same_split(workdir, splits)
+    beyond = []
   report = {}
   for name, source in splits.items():
     readings, targets, paths = [], [], []
@@ -69,9 +75,25 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int 
         batch['labels'][real], batch['label_paddings'][real], predictor.vocab
       )
       paths += [source.paths[i] for i in indices[real]]
+    shown_readings = decoding.texts(readings)[0]
+    if name == 'all' and beyond:
+      # Read too, and necessarily wrong: leaving them out would score only what the model can read.
+      readable = [(e, p) for e in beyond if (p := decode_or_none(predictor, e.path)) is not None]
+      for start in range(0, len(readable), predictor.batch_size):
+        chunk = readable[start : start + predictor.batch_size]
+        readings += predictor.read_pixels(np.stack([p for _, p in chunk]))
+      targets += [e.text for e, _ in readable]
+      paths += [e.path for e, _ in readable]
+      logging.warning(
+        'Scoring %d image(s) whose labels the model cannot read (a character not in %r, or '
+        'longer than %d) as misread.',
+        len(readable),
+        config.alphabet,
+        config.max_label_length,
+      )
     raw, fixed = decoding.texts(readings)
     report[name] = {
-      'images': len(source),
+      'images': len(targets),
       **metrics.reading_metrics(raw, fixed, targets),
       'confusions': [
         {'true': t, 'read': r, 'count': n}
@@ -84,11 +106,29 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int 
       ],
     }
     if name == shown:
-      figure = plots.predictions_figure(source, raw, targets)
+      figure = plots.predictions_figure(source, shown_readings, targets[: len(source)])
       plots.save(figure, workdir / f'predictions{suffix}.png')
   run_folder.write_json(workdir / f'evaluation{suffix}.json', report)
   run_folder.write_atomic(workdir / f'evaluation{suffix}.txt', format_report(report))
   return report
+
+
+def labels_beyond_the_model(
+  config: ml_collections.ConfigDict, kept: Sequence[data.Example]
+) -> list[data.Example]:
+  """The images of config.data_dir that `data.resolve` left out for their labels alone: a
+  character the model lacks, or more characters than it reads."""
+  found, _ = data.find_examples(config, Path(config.data_dir))
+  paths = {e.path for e in kept}
+  return [e for e in found if e.path not in paths]
+
+
+def decode_or_none(predictor: Predictor, path: str) -> np.ndarray | None:
+  """The image as the model's input; None where it cannot be decoded (warned of already)."""
+  try:
+    return predictor.decode(path)
+  except DataError:
+    return None
 
 
 def check_same_split(workdir: Path, splits: dict) -> None:

@@ -85,11 +85,18 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   own = (workdir / 'evaluation.json').read_text()
   other = tmp_path / 'other'
   synthetic.generate(other, 12, seed=9)
+  first = sorted(other.glob('*.png'))[0]
+  # Labels the model cannot read are scored, as misread: 'a' is not in its alphabet, and it
+  # reads 5 characters at most. A file that is not an image is left out, with a warning.
+  shutil.copy(first, other / 'aaaaa.png')
+  shutil.copy(first, other / '2345678.png')
+  (other / 'bcdef.png').write_bytes(b'not an image')
   with caplog.at_level(logging.INFO):
     report = evaluate.evaluate_workdir(workdir, str(other))
-  assert list(report) == ['all'] and report['all']['images'] == 12
-  assert f'Data {other}: all 12;' in caplog.text  # one set, not a train split
-  paths = sorted(other.glob('*.png'))
+  assert list(report) == ['all'] and report['all']['images'] == 14
+  assert f'Data {other}: all 13;' in caplog.text  # one set, not a train split
+  assert 'Scoring 2 image(s) whose labels the model cannot read' in caplog.text
+  paths = sorted(p for p in other.glob('*.png') if p.name != 'bcdef.png')
   readings = Predictor.from_workdir(workdir).predict(paths)  # read file by file, as a user would
   wrong = {str(p) for p, r in zip(paths, readings, strict=True) if r.raw_text != p.stem}
   assert {e['file'] for e in report['all']['errors']} == wrong
@@ -100,7 +107,8 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   top = [(c['true'], c['read'], c['count']) for c in report['all']['confusions']]
   assert all(counts[t, r] == n for t, r, n in top)
   assert [n for *_, n in top] == sorted(counts.values(), reverse=True)[: len(top)]
-  assert report['all']['accuracy'] == pytest.approx(1 - len(wrong) / 12)
+  assert report['all']['accuracy'] == pytest.approx(1 - len(wrong) / 14)
+  assert {str(other / 'aaaaa.png'), str(other / '2345678.png')} <= wrong
   assert json.loads((workdir / 'evaluation-other.json').read_text()) == report
   assert (workdir / 'predictions-other.png').is_file()
   assert (workdir / 'evaluation.json').read_text() == own
