@@ -231,6 +231,22 @@ def pseudo_labelled(
 # --- The split. ---
 
 
+def split_by_text(
+  texts: Sequence[str], fractions: Sequence[float], seed: int
+) -> tuple[np.ndarray, ...]:
+  """`split_indices` over the distinct texts, in order of first appearance: every image of one
+  text lands in one split, so a copy (`abc (1).png`) is never tested on beside its original.
+  With every text distinct, the split is `split_indices(len(texts), ...)` itself."""
+  groups: dict[str, list[int]] = {}
+  for i, text in enumerate(texts):
+    groups.setdefault(text, []).append(i)
+  members = list(groups.values())
+  return tuple(
+    np.array([i for g in part for i in members[g]], np.int64)
+    for part in split_indices(len(members), fractions, seed)
+  )
+
+
 def split_indices(n: int, fractions: Sequence[float], seed: int) -> tuple[np.ndarray, ...]:
   """Disjoint train/val/test index arrays covering range(n), from a seeded permutation.
 
@@ -366,7 +382,8 @@ def resolve(
   if one_set:
     names, indices = ('all',), (np.arange(len(usable)),)
   else:
-    names, indices = SPLITS, split_indices(len(usable), config.split, config.split_seed)
+    texts = [e.text for e in usable]
+    names, indices = SPLITS, split_by_text(texts, config.split, config.split_seed)
   trained_chars = ''.join(sorted({c for i in indices[0] for c in usable[i].text}))
   if config.alphabet == settings.AUTO:
     config.alphabet = trained_chars

@@ -3,6 +3,7 @@ batches, and the errors bad input gets."""
 
 import functools
 import logging
+import shutil
 from pathlib import Path
 
 import ml_collections
@@ -80,6 +81,23 @@ def test_split_is_deterministic_disjoint_and_complete():
     np.testing.assert_array_equal(x, y)
   assert not np.array_equal(a[2], c[2])
   assert sorted(np.concatenate(a).tolist()) == list(range(940))
+
+
+def test_copies_of_an_image_land_in_one_split(captcha_dir, copy_of):
+  texts = [f'{i:03d}' for i in range(200)]
+  by_text, plain = (
+    f(x, (0.8, 0.1, 0.1), 4) for f, x in ((data.split_by_text, texts), (data.split_indices, 200))
+  )
+  for a, b in zip(by_text, plain, strict=True):
+    np.testing.assert_array_equal(a, b)  # distinct texts: the plain split
+  folder = copy_of(captcha_dir)
+  for path in sorted(folder.glob('*.png'))[::2]:  # a browser's copy of every other image
+    shutil.copy(path, folder / f'{path.stem} (1).png')
+  _, splits = resolve(config_for(folder, split=(0.6, 0.2, 0.2)))
+  texts_of = {name: {e.text for e in examples} for name, examples in splits.items()}
+  assert sum(len(examples) for examples in splits.values()) == 90
+  assert not texts_of['train'] & (texts_of['val'] | texts_of['test'])
+  assert not texts_of['val'] & texts_of['test']
 
 
 def test_split_too_small_names_the_problem():
