@@ -97,7 +97,8 @@ def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
 
 
 def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]]:
-  """(path, text) rows of a CSV or TSV file, paths relative to `folder`; and its bad lines.
+  """(path, text) rows of a CSV (',' or ';') or TSV file, paths relative to `folder`; and its bad
+  lines.
 
   A first row whose path is not a file is taken as a header. Missing files, empty texts and
   repeated paths are reported with their line numbers; the first row of a repeated path is kept.
@@ -107,16 +108,17 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
   except (OSError, UnicodeDecodeError) as e:
     raise DataError(f'Labels file {str(path)!r} cannot be read ({e}).') from e
   first = content.split('\n', 1)[0]
-  dialect = 'excel-tab' if '\t' in first else 'excel'
+  delimiter = next((d for d in '\t,;' if d in first), ',')  # TSV, CSV, or CSV of a ';' locale
   examples, problems, seen = [], [], {}
-  for number, row in enumerate(csv.reader(content.splitlines(), dialect), 1):
+  rows = csv.reader(content.splitlines(), delimiter=delimiter, skipinitialspace=True)
+  for number, row in enumerate(rows, 1):
     if not row or not any(field.strip() for field in row):
       continue
     where = f'{path}, line {number}'
     if len(row) < 2:
       problems.append(f'{where}: expected a path and a text, got {row!r}')
       continue
-    file, text = row[0].strip(), row[1]
+    file, text = row[0].strip(), row[1].strip()  # no captcha's text starts or ends with a space
     image = folder / file
     if not image.is_file():
       if number == 1:
@@ -130,7 +132,11 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
       seen[file] = number
       examples.append(Example(str(image), text))
   if not examples:
-    raise DataError(f'Labels file {str(path)!r} lists no usable image.')
+    shown = ''.join(f'\n  {problem}' for problem in problems[:5])
+    raise DataError(
+      f'Labels file {str(path)!r} lists no usable image: each line should hold an image path '
+      f'(relative to {str(folder)!r}) and its text.{shown}'
+    )
   return examples, problems
 
 

@@ -337,6 +337,15 @@ def test_labels_file_with_a_header_and_its_problems_named_by_line(captcha_dir, c
   tsv.write_text(''.join(f'{f}\t{t}\n' for f, t in renamed))
   examples, problems = data.find_examples(config_for(folder, labels_file=str(tsv)), folder)
   assert len(examples) == 60 and not problems
+  # A ';' locale's CSV, with spaces after the separators: the texts are the labels themselves.
+  spaced = folder / 'spaced.csv'
+  spaced.write_text('file; text\n' + ''.join(f'{f}; "{t} "\n' for f, t in renamed))
+  examples, problems = data.find_examples(config_for(folder, labels_file=str(spaced)), folder)
+  assert [(Path(e.path).name, e.text) for e in examples] == renamed and not problems
+  wrong = folder / 'wrong.csv'  # paths relative to another folder: every line names its file
+  wrong.write_text('file,text\n' + ''.join(f'images/{f},{t}\n' for f, t in renamed))
+  with pytest.raises(DataError, match=r'lists no usable image(.|\n)*line 2: .*images/img000.png'):
+    data.find_examples(config_for(folder, labels_file=str(wrong)), folder)
 
 
 def test_pseudo_labels_join_the_train_split_alone(captcha_dir, tmp_path, caplog):
