@@ -412,7 +412,7 @@ def export(argv: Sequence[str] | None = None) -> None:
       )
       print(f'Wrote {args.out}/reader.json and reader.msgpack (step {step}, {validation}).')
       return
-    if (args.format or ('onnx' if args.out.endswith('.onnx') else 'jax')) == 'onnx':
+    if (args.format or ('onnx' if args.out.lower().endswith('.onnx') else 'jax')) == 'onnx':
       from captcha_jax import onnx_export
 
       blob = onnx_export.to_onnx(predictor.config, predictor.variables).SerializeToString()

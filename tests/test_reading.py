@@ -92,7 +92,7 @@ print(json.dumps({'texts': [r.text for r in readings], 'log_probs': log_probs.to
 def test_onnx_export_of_a_run_reads_like_the_predictor_without_jax(trained, captcha_dir, tmp_path):
   pytest.importorskip('onnxruntime')
   _, workdir, _ = trained
-  model = tmp_path / 'reader.onnx'
+  model = tmp_path / 'reader.ONNX'  # the format from the extension, in either case
   done = run('captcha_jax.export', f'--workdir={workdir}', f'--out={model}')
   assert done.returncode == 0 and 'Wrote' in done.stdout, done.stderr[-2000:]
   paths = [str(p) for p in data.find_images(captcha_dir)[0][:20]]
