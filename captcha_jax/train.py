@@ -190,8 +190,11 @@ def train_and_evaluate(
         set_aside,
       )
       logging.info(
-        'Resumed from step %d (epoch %d, batch %d).', step, *divmod(step, steps_per_epoch)
-      )
+        'Resumed from step %d (epoch %d, batch %d).',
+        step,
+        step // steps_per_epoch + 1,
+        step % steps_per_epoch,
+      )  # numbered as the stop's message numbers them
     if main_process:
       run_folder.save_run_settings(workdir, config, fingerprint)
     writer = MetricWriter(workdir, resumed_step=step, enabled=main_process)

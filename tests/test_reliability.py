@@ -2,6 +2,7 @@
 and random bytes or shapes fed to the loader and the predictor."""
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -109,7 +110,9 @@ class StopAfter(train.StopSignals):
 
 
 @pytest.mark.slow
-def test_mid_epoch_stop_resumes_at_the_same_batch(tmp_path, tiny_config, trained, monkeypatch):
+def test_mid_epoch_stop_resumes_at_the_same_batch(
+  tmp_path, tiny_config, trained, monkeypatch, caplog
+):
   tiny_config.num_epochs = 3
   workdir = tmp_path / 'run'
   with monkeypatch.context() as m:
@@ -117,7 +120,9 @@ def test_mid_epoch_stop_resumes_at_the_same_batch(tmp_path, tiny_config, trained
     with pytest.raises(train.Stopped, match='Stopped by TEST at epoch 2, batch 3; saved step 9'):
       train.train_and_evaluate(tiny_config, workdir)
   assert [r['epoch'] for r in rows_of(workdir)] == [1]
-  train.train_and_evaluate(tiny_config, workdir)
+  with caplog.at_level(logging.INFO):
+    train.train_and_evaluate(tiny_config, workdir)
+  assert 'Resumed from step 9 (epoch 2, batch 3).' in caplog.text  # where it stopped
   _, reference, _ = trained
   got, want = without_times(rows_of(workdir)), without_times(rows_of(reference))
   assert [r['step'] for r in got] == [6, 12, 18]
