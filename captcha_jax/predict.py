@@ -6,6 +6,7 @@ so a loaded reader reads images exactly as evaluation did.
 
 import functools
 import itertools
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -160,11 +161,17 @@ class Predictor:
 
 
 def expand_paths(inputs: Iterable[str]) -> Iterator[Path]:
-  """Files as given, and the images directly inside any folder given, lazily."""
+  """Files as given, and the images directly inside any folder given, lazily; what a folder
+  holds besides (sub-folders, other files) is named in a warning."""
   for item in inputs:
     path = Path(item)
     if path.is_dir():
-      yield from data.find_images(path)[0]
+      found, passed_over = data.find_images(path)
+      if passed_over:
+        logging.warning(
+          'Passing over %d entries of %s:\n  %s', len(passed_over), path, '\n  '.join(passed_over)
+        )
+      yield from found
     else:
       yield path
 

@@ -19,6 +19,7 @@ refused, never reused.
 import csv
 import io
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -106,6 +107,26 @@ def write_readings(teacher: Path, unlabelled: Sequence[str], out: Path) -> int:
   return read
 
 
+def check_readings_of(readings: Path, unlabelled: Sequence[str]) -> None:
+  """Raises ConfigError when a round's readings, written by an earlier invocation, read images
+  that `unlabelled` no longer gives (another folder): the round would train on those."""
+  with open(readings, newline='', encoding='utf-8') as f:
+    read = {os.path.join(readings.parent, row['file']) for row in csv.DictReader(f)}
+  given = {os.path.abspath(path) for path in predict.expand_paths(unlabelled)}
+  if other := sorted(read - given):
+    raise ConfigError(
+      f'{str(readings)!r} holds readings of {len(other)} image(s) that --unlabelled does not give '
+      f'(e.g. {other[0]!r}): it was read from other images. Move {str(readings.parent)!r} away to '
+      'self-train on these.'
+    )
+  if unread := len(given - read):
+    logging.warning(
+      '%d of the unlabelled images are not in %s (unreadable, or added since it was written).',
+      unread,
+      readings,
+    )
+
+
 def run_rounds(
   workdir: str | Path,
   unlabelled: Sequence[str],
@@ -127,6 +148,8 @@ def run_rounds(
     if not readings.exists():
       count = write_readings(teacher, unlabelled, readings)
       logging.info('Round %d of %d: %s read %d image(s).', r, rounds, teacher, count)
+    else:
+      check_readings_of(readings, unlabelled)
     length = epochs or round_epochs(config, workdir, readings, restart)
     wanted = round_config(config, teacher, readings, length, restart)
     if (student / 'results.json').exists():

@@ -37,6 +37,8 @@ def messy_folder(tmp_path_factory, captcha_dir):
     shutil.copy(path, folder / path.name)
   (folder / 'broken.png').write_bytes(b'not an image')
   shutil.copy(good[0], folder / 'tab\there.png')
+  (folder / 'more').mkdir()  # passed over, and said so
+  shutil.copy(good[0], folder / 'more' / good[0].name)
   return folder
 
 
@@ -48,6 +50,7 @@ def test_predict_reads_the_rest_and_names_each_failure(trained, messy_folder, tm
   assert done.returncode == 1, done.stderr[-2000:]
   assert "broken.png' is not a readable image" in done.stderr
   assert '1 of 8 file(s) could not be read' in done.stderr and 'Traceback' not in done.stderr
+  assert f'Passing over 1 entries of {relative}:\n  {relative}/more: a folder' in done.stderr
   lines = done.stdout.splitlines()
   assert len(lines) == 7 and all(line.count('\t') == 2 for line in lines)
   assert any(line.startswith(f'{relative}/tab\\there.png\t') for line in lines)

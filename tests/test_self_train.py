@@ -105,7 +105,8 @@ def test_rounds_chain_their_teachers_and_reuse_readings_already_written(
   # Round 1 was stopped once its readings were written: they are trained on, not read again.
   _write_readings(one / rounds.READINGS, [0.95] * 280 + [0.5] * 20)
 
-  assert rounds.run_rounds(first, ['unlabelled'], rounds=2, restart=restart) == two
+  unlabelled = [str(one)]  # the images its readings name
+  assert rounds.run_rounds(first, unlabelled, rounds=2, restart=restart) == two
   assert read_by == [one]  # round 2's readings, read by round 1
   assert [c.pseudo_labels for c in trained] == [
     str(one / 'readings.csv'),
@@ -118,6 +119,12 @@ def test_rounds_chain_their_teachers_and_reuse_readings_already_written(
   else:
     assert [c.init_from for c in trained] == [str(first), str(one)]
     assert [c.warmup_epochs for c in trained] == [rounds.WARMUP_EPOCHS] * 2
+  # Run again on other images: the readings written are of the first ones, and are not taken.
+  (tmp_path / 'other').mkdir()
+  (tmp_path / 'other' / 'abc.png').touch()
+  with pytest.raises(ConfigError, match=r'readings of 300 image\(s\) that --unlabelled does not'):
+    rounds.run_rounds(first, [str(tmp_path / 'other')], rounds=2, restart=restart)
+  assert len(trained) == 2
 
 
 @pytest.mark.slow
