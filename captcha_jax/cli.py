@@ -76,13 +76,17 @@ def _reading_flags(parser) -> None:
   """--allowed and --length, restricting every reading (predict, serve)."""
   parser.add_argument('--allowed', default='', help='Read only these characters.')
   parser.add_argument(
-    '--length', type=int, default=0, help='Read texts of this many characters (0: any).'
+    '--length',
+    type=int,
+    default=0,
+    help="Read texts of this many characters (0: the model's fixed length, if it has one; the "
+    'raw_text column keeps the uncorrected reading).',
   )
 
 
 def _check_reading_flags(parser, args) -> None:
   if args.length < 0:
-    parser.error('--length must be 0 (any) or more')
+    parser.error("--length must be 0 (the model's own) or more")
 
 
 def _cpu_tuning_flag(parser) -> None:
