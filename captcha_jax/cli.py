@@ -55,7 +55,12 @@ def _run(action: Callable[[], int | None]) -> None:
     print(e, file=sys.stderr)
     status = EXIT_STOPPED
   except KeyboardInterrupt:
-    status = 130
+    # Ctrl-C outside a training loop's own handling (e.g. while XLA compiles): the interpreter's
+    # teardown raced XLA's threads and segfaulted, so leave at once; there is no work to save.
+    print('Interrupted.', file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
   sys.exit(status)
 
 

@@ -252,3 +252,17 @@ def _predictor(workdir):
   if workdir not in _PREDICTORS:
     _PREDICTORS[workdir] = Predictor.from_workdir(workdir)
   return _PREDICTORS[workdir]
+
+
+def test_ctrl_c_outside_the_training_loop_exits_at_once_with_130():
+  """While XLA compiles, Ctrl-C used to end in a segfault of the interpreter's teardown."""
+  action = (
+    'import jax, jax.numpy as jnp\n'
+    'from captcha_jax import cli\n'
+    'def compiling():\n'
+    '  jax.jit(lambda x: jnp.linalg.svd(x @ x.T)[0]).lower(jnp.ones((64, 64))).compile()\n'
+    '  raise KeyboardInterrupt\n'
+    'cli._run(compiling)\n'
+  )
+  done = subprocess.run([sys.executable, '-c', action], capture_output=True, text=True)
+  assert done.returncode == 130 and done.stderr.strip() == 'Interrupted.', done.stderr[-2000:]
