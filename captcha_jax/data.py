@@ -88,6 +88,8 @@ def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
       passed_over.append(f'{path}: a link to nothing')
     elif path.suffix.lower() not in images.IMAGE_EXTENSIONS:
       passed_over.append(f'{path}: not an image file name ({"/".join(images.IMAGE_EXTENSIONS)})')
+    elif not path.stat().st_size:  # before its name counts towards the inferred settings
+      passed_over.append(f'{path}: an empty file')
     else:
       found.append(path)
   if not found:
@@ -374,6 +376,8 @@ def resolve(
     raise DataError(f'No usable images in {str(folder)!r}: every file was skipped.')
 
   if config.case == 'keep' and (warning := settings.case_warning([e.text for e in usable])):
+    logging.warning('%s', warning)
+  if warning := settings.odd_labels_warning([(e.path, e.text) for e in usable]):
     logging.warning('%s', warning)
   if config.max_label_length == 0:
     config.max_label_length = max(len(e.text) for e in usable)

@@ -1,6 +1,7 @@
 """A run's settings: the whole config checked before any work, and the rules that fill its
 automatic values ('auto' alphabet, lengths, width) from the data."""
 
+import collections
 import contextlib
 import math
 import statistics
@@ -180,6 +181,33 @@ def case_warning(texts: Sequence[str]) -> str:
     f'{len(upper)} labels are upper-case (like {upper[0]!r}) and {len(lower)} lower-case (like '
     f'{lower[0]!r}), and {mixed} mix the two: if the site ignores case, set '
     "config.case='upper' or 'lower' so each letter is one character to learn, not two."
+  )
+
+
+def odd_labels_warning(examples: Sequence[tuple[str, str]]) -> str:
+  """A warning naming the few labels (path, text) unlike the rest, else '': a length that under
+  1% of the labels have, or a character that under 1% of them hold, in a set of a hundred or
+  more. Such a label is more often a stray file's name ('Thumbs_db', '0814_1', 'x - Copy') than a
+  captcha, and it alone sets the longest label, makes the length vary, and adds a character.
+  """
+  if len(examples) < 100:
+    return ''
+  rare = len(examples) / 100
+  lengths = collections.Counter(len(text) for _, text in examples)
+  chars = collections.Counter(c for _, text in examples for c in set(text))
+  odd = [
+    (path, text)
+    for path, text in examples
+    if lengths[len(text)] < rare or any(chars[c] < rare for c in text)
+  ]
+  if not odd:
+    return ''
+  shown = ', '.join(f'{path!r} ({text!r})' for path, text in odd[:5])
+  return (
+    f'{len(odd)} of {len(examples)} labels are unlike the rest, of a length or with a character '
+    f'under 1% of them have: {shown}. If these are not captchas, or their names carry more than '
+    'the text, remove or rename them: they count in the longest label, whether the length '
+    'varies, and the alphabet.'
   )
 
 

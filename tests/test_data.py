@@ -211,6 +211,26 @@ def test_bad_files_are_skipped_with_warnings_naming_each(captcha_dir, copy_of, c
   assert 'gone.png: a link to nothing' in message
 
 
+def test_stray_files_do_not_pass_unnoticed_into_the_inferred_settings(tmp_path, caplog):
+  synthetic.generate(tmp_path, 120, alphabet='0123456789', length=4, width=120, height=40, seed=2)
+  (tmp_path / 'Thumbs_db.png').write_bytes(b'')  # an empty file: left out before it counts
+  Image.new('RGB', (120, 40), 'white').save(tmp_path / '0814_1.png')  # a name with a suffix
+  caplog.set_level(logging.WARNING)
+  config = config_for(tmp_path, alphabet='auto', max_label_length=0, fixed_label_length=-1)
+  resolved, _ = resolve(config)
+  assert 'Thumbs_db.png: an empty file' in caplog.text
+  assert resolved.max_label_length == 6 and resolved.fixed_label_length == 0  # what 0814_1 did
+  assert (
+    f'1 of 121 labels are unlike the rest, of a length or with a character under 1% of them '
+    f"have: '{tmp_path / '0814_1.png'}' ('0814_1')" in caplog.text
+  )
+  caplog.clear()
+  (tmp_path / '0814_1.png').unlink()
+  resolved, _ = resolve(config)
+  assert resolved.max_label_length == resolved.fixed_label_length == 4
+  assert 'unlike the rest' not in caplog.text
+
+
 def test_bad_files_are_fatal_when_asked(captcha_dir, copy_of):
   folder = copy_of(captcha_dir)
   _add_bad_files(folder)
