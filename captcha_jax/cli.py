@@ -294,7 +294,9 @@ def predict(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog='captcha-jax-predict', description=predict.__doc__)
   parser.add_argument('inputs', nargs='+', help='Image files, or folders of images.')
   source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument('--workdir', help='The --workdir of a training run.')
+  source.add_argument(
+    '--workdir', help='The --workdir of a training run, or a folder export --format reader wrote.'
+  )
   source.add_argument('--onnx', help='A model written by captcha-jax-export --format onnx.')
   source.add_argument(
     '--pretrained', action='store_true', help='The general reader shipped with the package.'
@@ -381,7 +383,11 @@ def load_reader(
 def export(argv: Sequence[str] | None = None) -> None:
   """python -m captcha_jax.export --workdir DIR --out FILE [--format jax|onnx|reader]"""
   parser = argparse.ArgumentParser(prog='captcha-jax-export', description=export.__doc__)
-  parser.add_argument('--workdir', required=True, help='The --workdir of a training run.')
+  parser.add_argument(
+    '--workdir',
+    required=True,
+    help='The --workdir of a training run, or a folder export --format reader wrote.',
+  )
   parser.add_argument('--out', required=True, help='File to write (a folder with --format reader).')
   parser.add_argument(
     '--format',
@@ -446,7 +452,10 @@ def serve(argv: Sequence[str] | None = None) -> None:
 
   parser = argparse.ArgumentParser(prog='captcha-jax-serve', description=serve.__doc__)
   source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument('--workdir', help='A training run: serve its chosen checkpoint.')
+  source.add_argument(
+    '--workdir',
+    help='A training run: serve its chosen checkpoint; or a folder export --format reader wrote.',
+  )
   source.add_argument('--onnx', help='An exported ONNX model to serve.')
   source.add_argument(
     '--pretrained', action='store_true', help='The general reader shipped with the package.'

@@ -67,7 +67,11 @@ class Predictor:
   @classmethod
   def from_workdir(cls, workdir: str | Path, step: int | None = None, **kwargs) -> 'Predictor':
     """WORKDIR's saved config and its chosen intact checkpoint (`checkpoints.reading_order`),
-    or `step`."""
+    or `step`; or, for a folder `export --format reader` wrote, that reader."""
+    from captcha_jax import transfer
+
+    if step is None and transfer.is_reader(workdir):
+      return cls(*transfer.load_pretrained(Path(workdir).expanduser()), **kwargs)
     workdir = Path(workdir)
     config = run_folder.read_config(workdir)
     candidates = [step] if step is not None else checkpoints.reading_order(workdir)

@@ -69,17 +69,27 @@ def portable_path(path: str) -> str:
   return path
 
 
+def is_reader(folder: str | Path) -> bool:
+  """Whether `folder` holds a reader `save_reader` wrote (`export --format reader`), not a run."""
+  return (Path(folder).expanduser() / 'reader.msgpack').is_file()
+
+
 def source_config(init_from: str) -> ml_collections.ConfigDict:
   """The config of the reader `config.init_from` names, without reading its weights."""
   if init_from == PRETRAINED:
     return _reader_config(PRETRAINED_DIR)
+  if is_reader(init_from):
+    return _reader_config(Path(init_from).expanduser())
   return run_folder.read_config(Path(init_from).expanduser())
 
 
 def load_source(init_from: str) -> tuple[ml_collections.ConfigDict, dict]:
-  """(config, variables) of `config.init_from`: 'pretrained', or a training run's workdir."""
+  """(config, variables) of `config.init_from`: 'pretrained', a reader's folder, or a training
+  run's workdir."""
   if init_from == PRETRAINED:
     return load_pretrained()
+  if is_reader(init_from):
+    return load_pretrained(Path(init_from).expanduser())
   workdir = Path(init_from).expanduser()
   config = run_folder.read_config(workdir)
   steps = checkpoints.reading_order(workdir)

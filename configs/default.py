@@ -75,7 +75,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout = 0.1
   config.model.dtype = 'float32'  # 'bfloat16' for mixed precision on GPU/TPU
   config.pretrained = ''  # ImageNet backbone: torchvision resnet18 .pth, or a `port` output dir
-  # Start from a captcha reader: 'pretrained' (shipped with the package) or a run's workdir.
+  # Start from a captcha reader: 'pretrained' (shipped with the package), a run's workdir, or a
+  # folder `export --format reader` wrote.
   config.init_from = ''
 
   # Optimisation.

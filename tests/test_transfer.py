@@ -3,6 +3,7 @@ over whole; the shipped pretrained reader loads offline; a tiny fine-tuning run 
 
 import functools
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -93,6 +94,13 @@ def test_a_run_exported_as_a_reader_loads_as_the_shipped_one_does(trained, tmp_p
   assert config.alphabet == run.config.alphabet
   for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(run.variables), strict=True):
     np.testing.assert_array_equal(a, b)
+  # The reader's folder stands for the run wherever a run is read or started from.
+  images = sorted(Path(run.config.data_dir).glob('*.png'))[:4]
+  assert Predictor.from_workdir(out).predict(images) == run.predict(images)
+  assert transfer.source_config(str(out)).alphabet == config.alphabet
+  source_config, source_variables = transfer.load_source(str(out))
+  assert source_config.to_dict() == config.to_dict()
+  assert jax.tree.all(jax.tree.map(np.array_equal, source_variables, variables))
 
 
 def test_a_saved_reader_names_paths_as_they_read_from_here(tiny_config, tmp_path, monkeypatch):
