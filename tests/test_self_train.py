@@ -39,7 +39,7 @@ def _write_readings(path, confidences):
     rows = csv.writer(f)
     rows.writerow(['file', 'text', 'raw_text', 'confidence'])
     for i, confidence in enumerate(confidences):
-      (path.parent / f'{path.stem}{i}.png').touch()
+      (path.parent / f'{path.stem}{i}.png').write_bytes(b'png')  # an empty file is passed over
       rows.writerow([f'{path.stem}{i}.png', 'abc', 'abc', confidence])
 
 
@@ -121,7 +121,7 @@ def test_rounds_chain_their_teachers_and_reuse_readings_already_written(
     assert [c.warmup_epochs for c in trained] == [rounds.WARMUP_EPOCHS] * 2
   # Run again on other images: the readings written are of the first ones, and are not taken.
   (tmp_path / 'other').mkdir()
-  (tmp_path / 'other' / 'abc.png').touch()
+  (tmp_path / 'other' / 'abc.png').write_bytes(b'png')
   with pytest.raises(ConfigError, match=r'readings of 300 image\(s\) that --unlabelled does not'):
     rounds.run_rounds(first, [str(tmp_path / 'other')], rounds=2, restart=restart)
   assert len(trained) == 2
