@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
-import numpy as np
 
-from captcha_jax import batches, data, decoding, metrics, models, plots, sources
+from captcha_jax import batches, data, decoding, metrics, models, plots, predict, sources
 from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
@@ -78,12 +77,16 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int 
     shown_readings = decoding.texts(readings)[0]
     if name == 'all' and beyond:
       # Read too, and necessarily wrong: leaving them out would score only what the model can read.
-      readable = [(e, p) for e in beyond if (p := decode_or_none(predictor, e.path)) is not None]
-      for start in range(0, len(readable), predictor.batch_size):
-        chunk = readable[start : start + predictor.batch_size]
-        readings += predictor.read_pixels(np.stack([p for _, p in chunk]))
-      targets += [e.text for e, _ in readable]
-      paths += [e.path for e, _ in readable]
+      texts = {e.path: e.text for e in beyond}
+      # A file that cannot be decoded was warned of by `load_in_memory` already.
+      readable = [
+        (str(path), reading)
+        for path, reading in predict.read_files(predictor, list(texts))
+        if not isinstance(reading, DataError)
+      ]
+      readings += [reading for _, reading in readable]
+      targets += [texts[path] for path, _ in readable]
+      paths += [path for path, _ in readable]
       logging.warning(
         'Scoring %d image(s) whose labels the model cannot read (a character not in %r, or '
         'longer than %d) as misread.',
@@ -121,14 +124,6 @@ def labels_beyond_the_model(
   found, _ = data.find_examples(config, Path(config.data_dir))
   paths = {e.path for e in kept}
   return [e for e in found if e.path not in paths]
-
-
-def decode_or_none(predictor: Predictor, path: str) -> np.ndarray | None:
-  """The image as the model's input; None where it cannot be decoded (warned of already)."""
-  try:
-    return predictor.decode(path)
-  except DataError:
-    return None
 
 
 def check_same_split(workdir: Path, splits: dict) -> None:

@@ -110,8 +110,7 @@ def write_readings(teacher: Path, unlabelled: Sequence[str], out: Path) -> int:
 def check_readings_of(readings: Path, unlabelled: Sequence[str]) -> None:
   """Raises ConfigError when a round's readings, written by an earlier invocation, read images
   that `unlabelled` no longer gives (another folder): the round would train on those."""
-  with open(readings, newline='', encoding='utf-8') as f:
-    read = {os.path.join(readings.parent, row['file']) for row in csv.DictReader(f)}
+  read = {os.path.abspath(e.path) for e in data.read_readings(readings, 0.0)[0]}
   given = {os.path.abspath(path) for path in predict.expand_paths(unlabelled)}
   if other := sorted(read - given):
     raise ConfigError(
