@@ -487,6 +487,12 @@ def serve(argv: Sequence[str] | None = None) -> None:
     '--max_images', type=int, default=serving.DEFAULT_MAX_IMAGES, help='Most files a request.'
   )
   parser.add_argument(
+    '--max_pixels',
+    type=int,
+    default=serving.DEFAULT_MAX_PIXELS,
+    help='An image declaring more pixels (width × height) is refused before decoding.',
+  )
+  parser.add_argument(
     '--no_warmup',
     dest='warmup',
     action='store_false',
@@ -515,6 +521,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
       max_wait_ms=args.max_wait_ms,
       max_body_bytes=args.max_body_bytes,
       max_images=args.max_images,
+      max_pixels=args.max_pixels,
       workers=args.workers,
       allowed=args.allowed,
       length=args.length,

@@ -195,7 +195,8 @@ def read_readings(path: Path, min_confidence: float) -> tuple[list[Example], int
     except (TypeError, ValueError):
       problems.append(f'{path}, line {number}: confidence {row["confidence"]!r} is not a number')
       continue
-    if confidence < min_confidence or not row['text']:
+    # `not >=`: a nan confidence (a reading the model could not score) is not a confident one
+    if not confidence >= min_confidence or not row['text']:
       continue
     image = path.parent / Path(row['file']).expanduser()
     if image.is_file():

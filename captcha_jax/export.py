@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from captcha_jax import decoding
+from captcha_jax import decoding, images
 from captcha_jax.errors import DataError
 from captcha_jax.vocab import Vocab
 
@@ -35,8 +35,8 @@ def export_predictor(predictor) -> bytes:
   config = predictor.config
   variables = jax.tree.map(jnp.asarray, predictor.variables)
 
-  def infer(images):
-    return jax.nn.log_softmax(predictor.model.apply(variables, images, train=False))
+  def infer(pixels):
+    return jax.nn.log_softmax(predictor.model.apply(variables, pixels, train=False))
 
   (batch,) = jax.export.symbolic_shape('batch')
   spec = jax.ShapeDtypeStruct((batch, config.image_height, config.image_width, 3), jnp.uint8)
@@ -77,14 +77,16 @@ class ExportedReader:
     self.vocab = Vocab(self.meta['alphabet'])
     self.height, self.width = self.meta['image_height'], self.meta['image_width']
 
-  def log_probs(self, images: np.ndarray) -> np.ndarray:
-    return np.asarray(self._exported.call(jnp.asarray(images, jnp.uint8)))
+  def log_probs(self, pixels: np.ndarray) -> np.ndarray:
+    """log-probabilities [batch, time, classes] float32 of uint8 [batch, height, width, 3]."""
+    images.check_batch(pixels, self.height, self.width)
+    return np.asarray(self._exported.call(jnp.asarray(pixels)))
 
   def predict(
-    self, images: np.ndarray, allowed: str = '', length: int = 0
+    self, pixels: np.ndarray, allowed: str = '', length: int = 0
   ) -> list[decoding.Reading]:
     fixed = self.meta['fixed_label_length']
-    return decoding.read(self.log_probs(images), self.vocab, fixed, allowed, length)
+    return decoding.read(self.log_probs(pixels), self.vocab, fixed, allowed, length)
 
 
 def load(path: str | Path) -> ExportedReader:

@@ -15,22 +15,24 @@ from captcha_jax.errors import DataError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.gif', '.bmp', '.webp', '.tif', '.tiff')
 # Far beyond any captcha, far below what would exhaust memory: a file declaring more pixels is
-# refused before its pixels are decoded (a "decompression bomb" is a few hundred bytes).
+# refused before its pixels are decoded (a "decompression bomb" is a few hundred bytes). The
+# service takes a lower limit (serve.DEFAULT_MAX_PIXELS).
 MAX_PIXELS = 1 << 24
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
 
-def _open(source, name: str) -> Image.Image:
-  """The first frame of an encoded image, fully decoded; DataError naming `name` otherwise."""
+def _open(source, name: str, max_pixels: int) -> Image.Image:
+  """The first frame of an encoded image of at most `max_pixels`, fully decoded; DataError naming
+  `name` otherwise."""
   try:
     with warnings.catch_warnings():
       warnings.simplefilter('error', Image.DecompressionBombWarning)
       with Image.open(source) as opened:
-        if opened.width * opened.height > MAX_PIXELS:
+        if opened.width * opened.height > max_pixels:
           raise DataError(
             f'{name}: {opened.width}×{opened.height} pixels is too large for a captcha '
-            f'(more than {MAX_PIXELS:,}); refused before decoding.'
+            f'(more than {max_pixels:,}); refused before decoding.'
           )
         opened.seek(0)  # animated formats: the first frame
         opened.load()
@@ -86,9 +88,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
   return image.convert('RGB')
 
 
-def load_image(source: ImageSource, height: int, width: int, name: str | None = None) -> np.ndarray:
+def load_image(
+  source: ImageSource,
+  height: int,
+  width: int,
+  name: str | None = None,
+  max_pixels: int = MAX_PIXELS,
+) -> np.ndarray:
   """Decodes an image (a path, encoded bytes, a PIL image or a uint8 array) to [height, width, 3]
-  uint8 RGB, resized when its size differs.
+  uint8 RGB, resized when its size differs; an encoded image of more than `max_pixels` is refused
+  before its pixels are decoded.
 
   Raises DataError naming the file (or `name`) when it cannot be decoded.
   """
@@ -99,13 +108,24 @@ def load_image(source: ImageSource, height: int, width: int, name: str | None = 
   elif isinstance(source, bytes | bytearray | memoryview):
     if not len(source):
       raise DataError(f'{name or "the image"}: empty (0 bytes).')
-    image = _open(io.BytesIO(source), name or 'the image')
+    image = _open(io.BytesIO(source), name or 'the image', max_pixels)
   else:
-    image = _open(Path(source), name or repr(str(source)))
+    image = _open(Path(source), name or repr(str(source)), max_pixels)
   image = to_rgb(image)
   if image.size != (width, height):
     image = image.resize((width, height), Image.Resampling.BILINEAR)
   return np.asarray(image, np.uint8)
+
+
+def check_batch(pixels: np.ndarray, height: int, width: int) -> None:
+  """Refuses anything but decoded images uint8 [batch, height, width, 3], a model's input: a
+  float or another size would be read wrong (cast, or compiled for) rather than fail."""
+  expected = (height, width, 3)
+  if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != expected:
+    raise ValueError(
+      f'Expected uint8 images [batch, {height}, {width}, 3], got {pixels.dtype} '
+      f'{list(pixels.shape)}: decode them with captcha_jax.images.load_image.'
+    )
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -67,12 +67,7 @@ class OnnxReader:
 
   def log_probs(self, pixels: np.ndarray) -> np.ndarray:
     """log-probabilities [batch, time, classes] float32 of uint8 [batch, height, width, 3]."""
-    expected = (self.height, self.width, 3)
-    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != expected:
-      raise ValueError(
-        f'Expected uint8 images [batch, {self.height}, {self.width}, 3], got {pixels.dtype} '
-        f'{list(pixels.shape)}: decode them with captcha_jax.images.load_image.'
-      )
+    images.check_batch(pixels, self.height, self.width)
     return self._session.run(None, {self._input.name: pixels})[0]
 
   def decode(self, source: images.ImageSource) -> np.ndarray:

@@ -146,6 +146,7 @@ class Predictor:
   def log_probs(self, pixels: np.ndarray) -> np.ndarray:
     """The model's per-step log-probabilities [n, steps, classes] of decoded images, n ≤
     batch_size: padded to a power of two, so a few batch sizes are ever compiled."""
+    images.check_batch(pixels, self.height, self.width)
     n = len(pixels)
     size = min(1 << (n - 1).bit_length(), self.batch_size)
     devices = self.mesh.size if size >= MIN_SPLIT else 1

@@ -17,10 +17,11 @@ Routes:
                 counters}
   GET /         a page to drop or choose images and see their readings.
 
-Every refusal is JSON {"error": message}: 400 for an empty body, a file that is not an image
-(named) or a malformed form, too many files or fields; 413 for a body over max_body_bytes
-(checked from Content-Length and again while reading); 404/405 for other paths and methods;
-500 when the reader fails (logged; the server goes on); 503 while shutting down.
+Every refusal is JSON {"error": message}: 400 for an empty body, a file that is not an image or
+declares more than max_pixels (named), a malformed form, too many files or fields; 413 for a body
+over max_body_bytes (checked from Content-Length and again while reading); 404/405 for other
+paths and methods; 500 when the reader fails (logged; the server goes on); 503 while shutting
+down.
 
 Batching: each image becomes an entry on one queue. One task per app takes the first waiting
 entry, then gathers more until it has max_batch or max_wait_ms has passed since the first, and
@@ -55,6 +56,9 @@ DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_WAIT_MS = 5.0
 DEFAULT_MAX_BODY_BYTES = 2_000_000
 DEFAULT_MAX_IMAGES = 16
+# An image declaring more pixels is refused before decoding: far beyond any captcha, and a few
+# hundred bytes of PNG can declare 16 Mpx (64 MB decoded), per request thread.
+DEFAULT_MAX_PIXELS = 1 << 21
 DEFAULT_WORKERS = 2
 
 
@@ -254,14 +258,16 @@ def reading_json(reading: Reading) -> dict[str, Any]:
   }
 
 
-def _decode(items: list[tuple[str | None, bytes]], height: int, width: int) -> list[np.ndarray]:
+def _decode(
+  items: list[tuple[str | None, bytes]], height: int, width: int, max_pixels: int
+) -> list[np.ndarray]:
   """uint8 [height, width, 3] pixels of each (name, encoded bytes); RequestError 400 naming the
-  first that is not an image."""
+  first that is not an image or has more than `max_pixels`."""
   pixels = []
   for name, data in items:
     label = repr(name) if name is not None else 'The body'
     try:
-      pixels.append(images.load_image(data, height, width, name=label))
+      pixels.append(images.load_image(data, height, width, label, max_pixels))
     except DataError as e:
       raise RequestError(400, str(e)) from None
     except Exception as e:  # Pillow has more ways to fail than DataError covers: still the file's
@@ -302,6 +308,7 @@ def create_app(
   max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
   max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
   max_images: int = DEFAULT_MAX_IMAGES,
+  max_pixels: int = DEFAULT_MAX_PIXELS,
   workers: int = DEFAULT_WORKERS,
   allowed: str = '',
   length: int = 0,
@@ -320,8 +327,8 @@ def create_app(
   from starlette.formparsers import MultiPartException, MultiPartParser
   from starlette.requests import ClientDisconnect
 
-  if max_body_bytes < 1 or max_images < 1:
-    raise ConfigError('max_body_bytes and max_images must be at least 1.')
+  if max_body_bytes < 1 or max_images < 1 or max_pixels < 1:
+    raise ConfigError('max_body_bytes, max_images and max_pixels must be at least 1.')
   if allowed and (alphabet := _vocab_alphabet(reader)) is not None:
     decoding.check_allowed(allowed, alphabet)  # not a refusal of every request
   height, width = int(reader.height), int(reader.width)
@@ -332,6 +339,8 @@ def create_app(
     if allowed or length
     else reader.predict
   )
+  if length:  # a length the model cannot read (too few CTC steps) is refused now, not per request
+    read([np.full((height, width, 3), 255, np.uint8)])
   batcher = Batcher(read, max_batch, max_wait_ms, workers)
 
   @contextlib.asynccontextmanager
@@ -413,7 +422,7 @@ def create_app(
     content_type = request.headers.get('content-type', '').split(';')[0].strip().lower()
     multipart = content_type == 'multipart/form-data'
     items = await form_files(request, body) if multipart else [(None, body)]
-    pixels = await asyncio.to_thread(_decode, items, height, width)
+    pixels = await asyncio.to_thread(_decode, items, height, width, max_pixels)
     try:
       readings = await batcher.read(pixels)
     except ShuttingDown as e:
@@ -443,6 +452,7 @@ def create_app(
         'max_wait_ms': max_wait_ms,
         'max_body_bytes': max_body_bytes,
         'max_images': max_images,
+        'max_pixels': max_pixels,
         'batches': batcher.batches,
         'images': batcher.images,
       },
@@ -458,11 +468,14 @@ def create_app(
 
 def warm_up(reader: Reader, max_batch: int) -> None:
   """Reads blank images in every batch size a JAX reader compiles for (powers of two up to
-  max_batch, and max_batch), so that no client waits on a compile."""
+  max_batch, and max_batch), once per device of its mesh (a small batch runs on the next device
+  in turn, and each device compiles its own), so that no client waits on a compile."""
   sizes = sorted({min(1 << i, max_batch) for i in range(max_batch.bit_length() + 1)})
+  turns = reader.mesh.size if hasattr(reader, 'mesh') else 1
   blank = np.full((reader.height, reader.width, 3), 255, np.uint8)
   for size in sizes:
-    reader.predict([blank] * size)
+    for _ in range(turns):
+      reader.predict([blank] * size)
 
 
 # uvicorn's exit status when it cannot listen (a taken port, an unknown host), its reason logged.
@@ -485,8 +498,7 @@ def serve_reader(
   app = create_app(reader, **limits)
   if warmup:
     logger.info('Warming up the reader')
-    for _ in range(limits.get('workers', DEFAULT_WORKERS)):  # each worker's device compiles
-      warm_up(reader, limits.get('max_batch', DEFAULT_MAX_BATCH))
+    warm_up(reader, limits.get('max_batch', DEFAULT_MAX_BATCH))
   try:
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
   except SystemExit as e:

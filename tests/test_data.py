@@ -377,6 +377,7 @@ def test_pseudo_labels_join_the_train_split_alone(captcha_dir, tmp_path, caplog)
   labelled = sorted(captcha_dir.glob('*.png'))[0]
   rows = [f'{p},{p.stem},{p.stem},0.95' for p in images[:4]]
   rows += [f'{p},{p.stem},{p.stem},0.5' for p in images[4:6]]  # below the threshold
+  rows += [f'{images[5]},{images[5].stem},,nan']  # a reading the model could not score
   rows += [f'unlabelled/{images[6].name},{images[6].stem},,0.9']  # from the file's folder
   rows += [f'{labelled},{labelled.stem[::-1]},,0.99']  # labelled already
   rows += [f'{tmp_path / "gone.png"},bcdef,,0.99', f'{images[7]},bcd!f,,0.99']
@@ -392,10 +393,10 @@ def test_pseudo_labels_join_the_train_split_alone(captcha_dir, tmp_path, caplog)
   assert [(Path(e.path).name, e.text) for e in added] == [
     (p.name, p.stem) for p in images[:4] + images[6:7]
   ]
-  assert '5 of the 11 readings' in caplog.text
-  assert 'readings.csv, line 10: ' in caplog.text and 'gone.png' in caplog.text
+  assert '5 of the 12 readings' in caplog.text
+  assert 'readings.csv, line 11: ' in caplog.text and 'gone.png' in caplog.text
   assert "reading 'bcd!f': '!' is not in the alphabet" in caplog.text
-  assert "line 12: confidence 'high' is not a number" in caplog.text
+  assert "line 13: confidence 'high' is not a number" in caplog.text
   assert resolved.pseudo_labels == str(readings)  # absolute, so a resumed run finds it
   readings.write_text('file,text\n')
   with pytest.raises(DataError, match='readings.csv.*no file, text and confidence columns'):

@@ -163,6 +163,9 @@ def test_export_runs_without_model_code_and_agrees(trained, captcha_dir, tmp_pat
     atol=1e-5,
   )
   assert reader.meta['alphabet'] == predictor.config.alphabet
+  for read in (reader.log_probs, predictor.log_probs):  # floats would be cast, not refused
+    with pytest.raises(ValueError, match='Expected uint8 images .*, got float32'):
+      read(images.astype(np.float32))
 
 
 def test_export_rejects_other_and_damaged_files(trained, tmp_path):

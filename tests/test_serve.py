@@ -13,6 +13,7 @@ import re
 import socket
 import threading
 import time
+import types
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ from PIL import Image
 pytest.importorskip('fastapi')
 uvicorn = pytest.importorskip('uvicorn')
 
-from captcha_jax import cli, serve  # noqa: E402
+from captcha_jax import cli, decoding, serve  # noqa: E402
 from captcha_jax import images as images_module  # noqa: E402
 from captcha_jax.decoding import Reading  # noqa: E402
 from captcha_jax.errors import ConfigError, UserError  # noqa: E402
@@ -221,6 +222,17 @@ def test_allowed_and_length_reach_every_model_call_and_health():
     serve.create_app(Restricted(), allowed='01x')
 
 
+def test_a_length_longer_than_the_model_reads_is_refused_at_start():
+  class EightSteps(FakeReader):  # decodes 8 CTC steps as the real readers do
+    def predict(self, images, allowed='', length=0):
+      log_probs = np.log(np.full((len(images), 8, self.vocab.num_classes), 0.5))
+      return decoding.read(log_probs, self.vocab, 0, allowed, length)
+
+  serve.create_app(EightSteps(), length=8)
+  with pytest.raises(ConfigError, match='A text of 9 characters needs 9 CTC steps'):
+    serve.create_app(EightSteps(), length=9)
+
+
 def test_the_page_is_html_without_outside_assets(start):
   status, headers, page = start().request('GET', '/')
   assert status == 200 and headers['content-type'].startswith('text/html')
@@ -348,6 +360,11 @@ BAD_REQUESTS = {
     form([('f', 'good.png', png(1)), ('f', 'bad.png', b'not an image')]),
     400,
     "'bad.png' is not a readable image (no format Pillow reads).",
+  ),
+  'image of too many pixels': (
+    form([('f', 'big.png', png(1, (2000, 1100)))]),
+    400,
+    "'big.png': 2000×1100 pixels is too large for a captcha (more than 2,097,152)",
   ),
   'empty body': (post(b''), 400, 'empty'),
   'empty file': (form([('f', 'blank.png', b'')]), 400, "'blank.png': empty"),
@@ -480,6 +497,10 @@ def test_warm_up_reads_each_batch_size_a_jax_reader_compiles():
   reader = FakeReader()
   serve.warm_up(reader, 24)
   assert reader.batch_sizes == [1, 2, 4, 8, 16, 24]
+  reader = FakeReader()
+  reader.mesh = types.SimpleNamespace(size=2)  # two devices, each compiling its own
+  serve.warm_up(reader, 4)
+  assert reader.batch_sizes == [1, 1, 2, 2, 4, 4]
 
 
 def test_the_command_takes_exactly_one_model(capsys):

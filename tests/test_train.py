@@ -100,7 +100,7 @@ SPLIT_SCRIPT = textwrap.dedent(
     import json, sys
     sys.path.insert(0, {root!r})
     import jax, numpy as np
-    from captcha_jax import data
+    from captcha_jax import data, serve
     from captcha_jax.predict import Predictor
     split = Predictor.from_workdir({workdir!r})  # every device
     one = Predictor.from_workdir({workdir!r}, mesh=jax.make_mesh((1,), ('data',)))
@@ -108,7 +108,12 @@ SPLIT_SCRIPT = textwrap.dedent(
     pixels = [split.decode(p) for p in data.find_images({data_dir!r})[0][:40]]
     a, b = split.predict(pixels), one.predict(pixels)  # batches of 32 (split) and 8 (not)
     used = split._log_probs(np.stack(pixels[:33]), split=True).sharding
+    serve.warm_up(split, 8)
+    compiled = split._apply._cache_size()
+    for n in (1, 2, 3, 5, 8) * 3:  # each size on every device in turn
+      split.predict(pixels[:n])
     print(json.dumps({{'devices': [split.mesh.size, len(used.device_set)],
+                      'compiled_after_warm_up': split._apply._cache_size() - compiled,
                       'texts': [[p.raw_text for p in a], [p.raw_text for p in b]],
                       'confidence': [[p.confidence for p in a], [p.confidence for p in b]]}}))
     """
@@ -117,11 +122,13 @@ SPLIT_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_predictor_splits_batches_over_devices(trained, captcha_dir):
-  """Three CPU devices (batches padded to a multiple of 3) read as one device does."""
+  """Three CPU devices (batches padded to a multiple of 3) read as one device does, and the
+  service's warm-up compiles every batch size it can be given on each of them."""
   _, workdir, _ = trained
   script = SPLIT_SCRIPT.format(root=ROOT, data_dir=str(captcha_dir), workdir=str(workdir))
   result = run_on_cpu_devices(script, 3)
   assert result['devices'] == [3, 3]
+  assert result['compiled_after_warm_up'] == 0
   split, one = result['texts']
   assert split == one and len(split) == 40
   np.testing.assert_allclose(*result['confidence'], rtol=1e-4)
