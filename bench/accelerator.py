@@ -25,7 +25,7 @@ PEAK_FLOPS = {
   'NVIDIA H200': {'bfloat16': 989e12, 'float32': 495e12},
   'NVIDIA A100-SXM4-40GB': {'bfloat16': 312e12, 'float32': 156e12},
   'NVIDIA A100-SXM4-80GB': {'bfloat16': 312e12, 'float32': 156e12},
-  'Tesla T4': {'bfloat16': 65e12, 'float32': 8.1e12},
+  'Tesla T4': {'bfloat16': 8.1e12, 'float32': 8.1e12},  # Turing: fp16 tensor cores, no bf16
   'NVIDIA L4': {'bfloat16': 121e12, 'float32': 60e12},
   'TPU v2': {'bfloat16': 46e12, 'float32': 46e12},
   'TPU v3': {'bfloat16': 123e12, 'float32': 123e12},

@@ -105,12 +105,20 @@ def self_train_rounds(
 
 def run_logged(command: list[str], log: Path, what: str) -> float:
   """Runs `command` from the repository's root, its output into `log`; returns the wall time, or
-  exits naming `what` failed."""
+  exits naming `what` failed. The time of a finished command is kept beside its log: a --workdir
+  given again reuses the run and its time, rather than timing a resume that has nothing to do."""
+  timed = log.with_suffix('.wall_s.json')
+  if timed.exists() and (done := json.loads(timed.read_text()))['command'] == command:
+    return done['seconds']
+  if log.exists():
+    print(f'{what}: resuming a run stopped or changed; its time counts from here', flush=True)
   start = time.time()
-  with open(log, 'w') as f:
+  with open(log, 'a') as f:
     if subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
       sys.exit(f'{what} failed; see {log}')
-  return time.time() - start
+  seconds = time.time() - start
+  timed.write_text(json.dumps({'command': command, 'seconds': seconds}))
+  return seconds
 
 
 def train(config: str, labelled: list[data.Example], workdir: Path, flags: list[str]) -> float:

@@ -359,9 +359,10 @@ def resolve(
   split. Files that later fail to decode leave their split without moving any other file.
   """
   config = config.copy_and_resolve_references()
-  folder = data_folder(config)
+  # Absolute (and pseudo_labels), so a resumed or evaluated run finds its data from any folder.
+  folder = Path(os.path.abspath(data_folder(config)))
   config.data_dir = str(folder)
-  if config.get('pseudo_labels'):  # absolute, so a resumed run reads it from any folder
+  if config.get('pseudo_labels'):
     config.pseudo_labels = os.path.abspath(Path(config.pseudo_labels).expanduser())
   examples, problems = find_examples(config, folder)
   usable = []

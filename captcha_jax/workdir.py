@@ -166,6 +166,8 @@ def check_resumable(
   # A key a run's config.json lacks came after it (e.g. pseudo_labels): the split digest below
   # still tells whether the files changed.
   keys = [k for k in (*MODEL_KEYS, *SPLIT_KEYS, *STEP_KEYS) if k in saved]
+  if 'data_dir' in saved:  # runs before data_dir was saved absolute: as seen from here
+    saved['data_dir'] = os.path.abspath(saved['data_dir'])
   changed = [k for k in keys if saved[k] != current.get(k)]
   changed = changed or split_changes(workdir, fingerprint)
   if changed:

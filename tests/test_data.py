@@ -3,6 +3,7 @@ batches, and the errors bad input gets."""
 
 import functools
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -441,3 +442,12 @@ def test_labels_typed_in_either_case_are_warned_of(tmp_path, caplog):
   caplog.clear()
   resolve(config_for(tmp_path, split=(0.5, 0.25, 0.25), case='upper'))
   assert 'upper-case' not in caplog.text
+
+
+def test_a_relative_data_dir_is_saved_absolute(captcha_dir, monkeypatch):
+  """A run resumed or evaluated from another folder finds its data."""
+  monkeypatch.chdir(captcha_dir.parent)
+  resolved, splits = resolve(config_for(captcha_dir.name))
+  assert resolved.data_dir == os.path.abspath(captcha_dir)
+  assert all(Path(e.path).is_absolute() for e in splits['train'])
+  assert (resolved, splits) == resolve(resolved)
