@@ -59,6 +59,12 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
   )
 
 
+def applied_learning_rate(schedule: optax.Schedule, opt_state) -> float:
+  """The learning rate of the optimizer's next update: the schedule at the optimizer's own
+  count, which a skipped (non-finite) step does not advance, unlike TrainState.step."""
+  return float(schedule(optax.tree_utils.tree_get(opt_state, 'ScaleByScheduleState').count))
+
+
 def create_train_state(
   config: ml_collections.ConfigDict, model: nn.Module, tx, rng: jax.Array
 ) -> TrainState:

@@ -272,11 +272,11 @@ class _Loop:
         'step': int(state.step),
         'train_loss': losses[0] / losses[1],
         **{f'val_{k}': v for k, v in val.items()},
-        'learning_rate': float(self.schedule(int(state.step))),
+        'learning_rate': steps.applied_learning_rate(self.schedule, state.opt_state),
         'train_images_per_s': epoch_progress['batches'] * self.config.batch_size / train_s,
         'epoch_s': time.time() - epoch_start,
         'elapsed_s': time.time() - started,
-        'skipped_steps': len(epoch_progress['skipped']),
+        'skipped_steps': epoch_progress['skipped_steps'],
       }
       warning = collapse_warning([r.raw_text for r in readings])
       if warning:
@@ -323,7 +323,8 @@ class _Loop:
     tally = {
       'loss_sum': progress.get('loss_sum', 0.0),
       'loss_count': progress.get('loss_count', 0),
-      'skipped': [],
+      'skipped': [],  # the examples of skipped steps that were not finite
+      'skipped_steps': 0,
       'batches': 0,
       'stopped': False,
     }
@@ -384,6 +385,7 @@ class _Loop:
           f'{", ".join(files)}. Set --config.nan_policy=skip to skip such steps instead.'
         )
       tally['skipped'].extend(files)
+      tally['skipped_steps'] += 1
     return bool(m['stop'])
 
 
