@@ -103,15 +103,18 @@ def test_two_processes_train_like_one_and_a_signal_to_one_stops_both(tmp_path, c
   assert 'epoch 6  step 36' in outputs[0] and 'epoch 6  step' not in outputs[1]  # process 0 prints
   got, want = rows(pair), rows(single)
   assert [r['step'] for r in got] == [6 * e for e in range(1, 7)]
+  # Adam steps a weight by about ±lr whatever its gradient's size, so a gradient near zero whose
+  # sign differs by reduction order moves that weight ~1e-4..1e-3 apart, and the losses drift
+  # apart epoch by epoch: on one AMD EPYC 0, 1e-8, 2e-5, 1e-4 and 1.2e-4 of the val loss by epoch
+  # 6, with 1.3% of the weights over 1e-4 apart. A broken shuffle or sharding shows in epoch 1,
+  # a broken resume in the epochs after it: other batches move the losses as an epoch does (1e-2).
   for g, w in zip(got, want, strict=True):
     for key in CONTINUOUS:
-      assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), key
-  # Adam steps a weight by about ±lr whatever its gradient's size, so a gradient near zero whose
-  # sign differs by reduction order (it does under load) moves that weight ~1e-4..1e-3 apart.
-  # A broken shuffle, sharding or resume shows in the losses above, far beyond these tolerances.
+      rel = 1e-5 if g['epoch'] == 1 else 1e-3
+      assert g[key] == pytest.approx(w[key], rel=rel, abs=1e-6), (g['epoch'], key)
   got_params, want_params = final_params(pair), final_params(single)
   np.testing.assert_allclose(got_params, want_params, atol=1e-3)
-  assert np.mean(np.abs(got_params - want_params) > 1e-4) < 0.01
+  assert np.mean(np.abs(got_params - want_params) > 1e-4) < 0.05
   for split in ('train', 'val', 'test'):
     results = [json.loads((d / 'results.json').read_text())[split] for d in (pair, single)]
-    assert results[0]['loss'] == pytest.approx(results[1]['loss'], rel=1e-4)
+    assert results[0]['loss'] == pytest.approx(results[1]['loss'], rel=1e-3)
