@@ -27,6 +27,7 @@ every round. The rounds train with the fine-tuning run's config, --flag included
 """
 
 import argparse
+import dataclasses
 import functools
 import json
 import subprocess
@@ -45,8 +46,22 @@ from captcha_jax.self_train import round_dir
 SCORED = 1000
 POOL = 1000  # the most labelled images a generated style offers
 Examples = list[data.Example]
-ALPHABET = synthetic.DIGITS + synthetic.LOWERCASE
-LENGTH, WIDTH, HEIGHT = 5, 180, 60  # the generated styles' texts and size
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """The generated styles' texts and size (--alphabet, --length, --size)."""
+
+  alphabet: str = synthetic.DIGITS + synthetic.LOWERCASE
+  length: int = 5
+  width: int = 180
+  height: int = 60
+
+  def folder(self, name: str) -> str:
+    """`name`, tagged with the shape unless it is the default one (its folders keep their names)."""
+    if self == Shape():
+      return name
+    return f'{name}-{len(self.alphabet)}chars-{self.length}-{self.width}x{self.height}'
 
 
 def real_set(data_dir: str) -> tuple[Examples, Examples]:
@@ -57,35 +72,36 @@ def real_set(data_dir: str) -> tuple[Examples, Examples]:
   return splits['train'], splits['val'] + splits['test']
 
 
-def generated_set(style: str, cache: Path) -> tuple[Examples, Examples]:
-  """(labelled pool, scored images) of a generated style: LENGTH characters, WIDTH×HEIGHT.
+def generated_set(style: str, shape: Shape, cache: Path) -> tuple[Examples, Examples]:
+  """(labelled pool, scored images) of a generated style in `shape`.
 
   One folder of POOL + SCORED images whatever sizes are asked for, so runs of different N (and
   separate invocations) are scored on the same images.
   """
-  folder = _generated(style, POOL + SCORED, 3, cache / f'{style}-{POOL + SCORED}')
+  folder = cache / shape.folder(f'{style}-{POOL + SCORED}')
+  _generated(style, shape, POOL + SCORED, 3, folder)
   paths = sorted(folder.glob('*.png'))
   order = np.random.default_rng(0).permutation(len(paths))
   examples = [data.Example(str(paths[i]), data.label_from_path(paths[i])) for i in order]
   return examples[SCORED:], examples[:SCORED]
 
 
-def unlabelled_set(style: str, count: int, cache: Path) -> Path:
+def unlabelled_set(style: str, shape: Shape, count: int, cache: Path) -> Path:
   """A folder of `count` more captchas of a generated style, none of them scored or labelled."""
-  return _generated(style, count, 11, cache / f'{style}-unlabelled-{count}')
+  return _generated(style, shape, count, 11, cache / shape.folder(f'{style}-unlabelled-{count}'))
 
 
-def _generated(style: str, count: int, seed: int, folder: Path) -> Path:
-  """`folder`, holding `count` captchas of `style` drawn with `seed`; generated once."""
+def _generated(style: str, shape: Shape, count: int, seed: int, folder: Path) -> Path:
+  """`folder`, holding `count` captchas of `style` in `shape` drawn with `seed`; generated once."""
   if not folder.is_dir():
     partial = folder.with_suffix('.partial')  # an interrupted generation is not taken as done
     synthetic.generate(
       partial,
       count,
-      alphabet=ALPHABET,
-      length=LENGTH,
-      width=WIDTH,
-      height=HEIGHT,
+      alphabet=shape.alphabet,
+      length=shape.length,
+      width=shape.width,
+      height=shape.height,
       style=style,
       seed=seed,
     )
@@ -154,6 +170,9 @@ def main():
   parser.add_argument('--data_dir', required=True, help='a real captcha set, named by text')
   parser.add_argument('--sizes', default='50,100,200,500,1000')
   parser.add_argument('--styles', default='ledger,ransom', help='generated held-out styles')
+  parser.add_argument('--alphabet', default=Shape.alphabet, help="the generated styles' symbols")
+  parser.add_argument('--length', type=int, default=Shape.length, help='symbols a captcha')
+  parser.add_argument('--size', default=f'{Shape.width}x{Shape.height}', help='WIDTHxHEIGHT')
   parser.add_argument('--modes', default='scratch,finetune', help='and selftrain')
   parser.add_argument('--rounds', type=int, default=1, help='of self-training, each from the last')
   parser.add_argument(
@@ -174,9 +193,12 @@ def main():
   args = parser.parse_args()
   base = Path(args.workdir or tempfile.mkdtemp(prefix='few_labels_')).absolute()
   sizes = [int(n) for n in args.sizes.split(',')]
+  width, height = (int(x) for x in args.size.split('x'))
+  shape = Shape(args.alphabet, args.length, width, height)
   sets = {'captcha_v2': real_set(args.data_dir)}
-  for style in filter(None, args.styles.split(',')):
-    sets[style] = generated_set(style, base / 'sets')
+  styles = {shape.folder(style): style for style in filter(None, args.styles.split(','))}
+  for name, style in styles.items():
+    sets[name] = generated_set(style, shape, base / 'sets')
   configs = {'scratch': 'configs/default.py', 'finetune': 'configs/finetune.py'}
 
   rows = []
@@ -216,7 +238,7 @@ def main():
             seconds = done[0]['wall_s']
           else:
             seconds = train(configs['finetune'], pool[:n], teacher, args.flag)
-          unlabelled = unlabelled_set(name, args.unlabelled, base / 'sets')
+          unlabelled = unlabelled_set(styles[name], shape, args.unlabelled, base / 'sets')
           seconds += self_train_rounds(
             teacher, unlabelled, args.rounds, args.round_epochs, args.restart
           )

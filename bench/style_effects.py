@@ -13,11 +13,12 @@ import argparse
 import dataclasses
 
 import numpy as np
-from few_labels import ALPHABET, HEIGHT, LENGTH, WIDTH
+from few_labels import Shape
 
 from captcha_jax import synthetic
 from captcha_jax.predict import Predictor
 
+SHAPE = Shape()  # the few-labels bench's styles
 # Each effect, and the value that turns it off.
 EFFECTS = {
   'dots': dict(dots=0.0),
@@ -61,17 +62,17 @@ def main():
   args = parser.parse_args()
   reader = Predictor.from_workdir(args.workdir) if args.workdir else Predictor.pretrained()
   texts = synthetic.random_texts(
-    args.count, ALPHABET, (LENGTH, LENGTH), np.random.default_rng(args.seed)
+    args.count, SHAPE.alphabet, (SHAPE.length, SHAPE.length), np.random.default_rng(args.seed)
   )
   print(f'{args.style}, {args.count} images, read by {args.workdir or "the shipped reader"}')
   print('| variant | exact match |')
   print('| --- | --- |')
-  for name, style in variants(synthetic.named_style(args.style, WIDTH, HEIGHT)).items():
+  for name, style in variants(synthetic.named_style(args.style, SHAPE.width, SHAPE.height)).items():
     images = [
       synthetic.render(text, style, np.random.default_rng([args.seed, i]))
       for i, text in enumerate(texts)
     ]
-    readings = reader.predict(images, allowed=ALPHABET)
+    readings = reader.predict(images, allowed=SHAPE.alphabet)
     exact = np.mean([r.text == t for r, t in zip(readings, texts, strict=True)])
     print(f'| {name} | {100 * exact:.1f}% |', flush=True)
 

@@ -20,6 +20,7 @@ status 2, never a traceback; a stopped training exits with status 3 once its che
 
 import argparse
 import csv
+import importlib
 import json
 import logging
 import os
@@ -354,27 +355,40 @@ def predict(argv: Sequence[str] | None = None) -> None:
   _run(action)
 
 
+def _onnx_module(name: str):
+  """captcha_jax.`name`, which needs the `onnx` extra; a UserError naming it when missing."""
+  try:
+    return importlib.import_module(f'captcha_jax.{name}')
+  except ModuleNotFoundError as e:
+    if e.name not in ('onnx', 'onnxruntime'):
+      raise
+    raise UserError(
+      f'{e.name} is not installed: pip install "captcha-jax[onnx]" (or pip install onnx '
+      'onnxruntime).'
+    ) from None
+
+
 def load_reader(
   workdir: str | None = None,
   onnx: str | None = None,
   pretrained: bool = False,
   onnx_threads: int | None = None,
+  batch_size: int | None = None,
 ):
   """A reader (`predict.Predictor` or `onnx_reader.OnnxReader`, on `onnx_threads` threads) of a
-  run, of an ONNX file, or the pretrained one; JAX is imported only for a run or the pretrained
-  reader."""
+  run, of an ONNX file, or the pretrained one, reading at most `batch_size` images a call
+  (default: the readers' own); JAX is imported only for a run or the pretrained reader."""
   if (workdir is not None) + (onnx is not None) + pretrained != 1:
     raise UserError(
       'Give exactly one of --workdir (a training run), --onnx (an exported model) or '
       '--pretrained (the reader shipped with the package).'
     )
+  sized = {'batch_size': batch_size} if batch_size else {}
   if onnx:
-    from captcha_jax.onnx_reader import OnnxReader
-
-    return OnnxReader(onnx, threads=onnx_threads)
+    return _onnx_module('onnx_reader').OnnxReader(onnx, threads=onnx_threads, **sized)
   from captcha_jax.predict import Predictor
 
-  return Predictor.pretrained() if pretrained else Predictor.from_workdir(workdir)
+  return Predictor.pretrained(**sized) if pretrained else Predictor.from_workdir(workdir, **sized)
 
 
 # --- export ---
@@ -401,6 +415,12 @@ def export(argv: Sequence[str] | None = None) -> None:
   )
   args = parser.parse_args(argv)
   _check_folder_of(parser, '--out', args.out)
+  out = Path(args.out)
+  if args.format == 'reader' and ((out / 'config.json').exists() or (out / 'checkpoints').exists()):
+    parser.error(
+      f"--out {args.out} is a training run's folder: the reader would be read there instead of "
+      'its checkpoints. Write it to a folder of its own.'
+    )
 
   def action():
     from captcha_jax import workdir as run_folder
@@ -428,8 +448,7 @@ def export(argv: Sequence[str] | None = None) -> None:
       print(f'Wrote {args.out}/reader.json and reader.msgpack (step {step}, {validation}).')
       return
     if (args.format or ('onnx' if args.out.lower().endswith('.onnx') else 'jax')) == 'onnx':
-      from captcha_jax import onnx_export
-
+      onnx_export = _onnx_module('onnx_export')
       blob = onnx_export.to_onnx(predictor.config, predictor.variables).SerializeToString()
       how = 'read it with captcha_jax.onnx_reader.OnnxReader, or any ONNX runtime'
     else:
@@ -513,7 +532,9 @@ def serve(argv: Sequence[str] | None = None) -> None:
     _quiet_orbax()
     threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
     serving.serve_reader(
-      load_reader(args.workdir, args.onnx, args.pretrained, onnx_threads=threads),
+      load_reader(
+        args.workdir, args.onnx, args.pretrained, onnx_threads=threads, batch_size=args.max_batch
+      ),
       host=args.host,
       port=args.port,
       warmup=args.warmup,

@@ -148,16 +148,21 @@ def read(
   target = length or fixed_label_length
   if target < 0:
     raise ValueError(f'A text length must be 0 (any) or more, got {target}.')
-  if target > log_probs.shape[-2]:  # not a length it could correct a reading to
+  # The fewest steps a text of `target` takes: one a character, and a blank between repeats,
+  # which are all there is with one character allowed.
+  chars = set(allowed or vocab.alphabet)
+  needed = 2 * target - 1 if len(chars) == 1 else target
+  if needed > log_probs.shape[-2]:  # not a length any reading could be corrected to
+    only = f' of only {min(chars)!r}' if needed > target else ''
     raise ConfigError(
-      f'A text of {target} characters needs {target} CTC steps or more; this model reads '
+      f'A text of {target} characters{only} needs {needed} CTC steps or more; this model reads '
       f'{log_probs.shape[-2]} from an image.'
     )
   if allowed:
     log_probs = restrict(log_probs, vocab, allowed)
   raw = greedy_decode(log_probs)
   final = [
-    decode_with_length(lp, target) or ids if 0 < target != len(ids) else ids
+    decode_with_length(lp, target) if 0 < target != len(ids) else ids
     for ids, lp in zip(raw, log_probs, strict=True)
   ]
   confidence = text_probability(log_probs, final)

@@ -139,14 +139,22 @@ class Predictor:
   def read_pixels(
     self, pixels: np.ndarray, allowed: str = '', length: int = 0
   ) -> list[decoding.Reading]:
-    """Readings of decoded images [n, height, width, 3] uint8, n ≤ batch_size."""
+    """Readings of decoded images [n, height, width, 3] uint8."""
     log_probs = self.log_probs(pixels)
     return decoding.read(log_probs, self.vocab, self.config.fixed_label_length, allowed, length)
 
   def log_probs(self, pixels: np.ndarray) -> np.ndarray:
-    """The model's per-step log-probabilities [n, steps, classes] of decoded images, n ≤
-    batch_size: padded to a power of two, so a few batch sizes are ever compiled."""
+    """The model's per-step log-probabilities [n, steps, classes] of decoded images, batch_size
+    at a time, each batch padded to a power of two, so a few batch sizes are ever compiled."""
     images.check_batch(pixels, self.height, self.width)
+    return np.concatenate(
+      [
+        self._batch_log_probs(pixels[i : i + self.batch_size])
+        for i in range(0, len(pixels), self.batch_size)
+      ]
+    )
+
+  def _batch_log_probs(self, pixels: np.ndarray) -> np.ndarray:
     n = len(pixels)
     size = min(1 << (n - 1).bit_length(), self.batch_size)
     devices = self.mesh.size if size >= MIN_SPLIT else 1

@@ -163,11 +163,15 @@ def test_restricted_reading_masks_classes_before_the_argmax():
     decoding.read(lp, vocab, allowed='az')
 
 
-def test_a_length_that_cannot_fit_leaves_the_reading_as_read():
+def test_a_length_that_cannot_fit_is_refused_not_read_otherwise():
   vocab = Vocab('abc')
   lp = one_hot_log_probs([1, 0, 1])  # 'aa'
-  [reading] = decoding.read(lp[None], vocab, allowed='a', length=3)  # 'aaa' needs 5 steps
-  assert (reading.text, reading.raw_text) == ('aa', 'aa')
+  with pytest.raises(ConfigError, match="A text of 3 characters of only 'a' needs 5 CTC steps"):
+    decoding.read(lp[None], vocab, allowed='a', length=3)
+  [reading] = decoding.read(lp[None], vocab, allowed='aaa', length=2)
+  assert reading.text == 'aa'
+  [reading] = decoding.read(lp[None], vocab, allowed='ab', length=3)
+  assert reading.text == 'aba'
   with pytest.raises(ConfigError, match='A text of 4 characters needs 4 CTC steps'):
     decoding.read(lp[None], vocab, length=4)  # no text of 4 in 3 steps
 

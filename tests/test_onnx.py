@@ -17,8 +17,8 @@ from PIL import Image
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
 
-from captcha_jax import decoding, models, onnx_export  # noqa: E402
-from captcha_jax.errors import ConfigError, DataError  # noqa: E402
+from captcha_jax import cli, decoding, models, onnx_export  # noqa: E402
+from captcha_jax.errors import ConfigError, DataError, UserError  # noqa: E402
 from captcha_jax.onnx_reader import OnnxReader  # noqa: E402
 from captcha_jax.vocab import Vocab  # noqa: E402
 from configs import default, tiny  # noqa: E402
@@ -245,6 +245,13 @@ def test_bad_inputs_are_clear_errors(exported, tmp_path):
     reader.predict(list(exported.images[1]), allowed='?')
   with pytest.raises(ValueError, match='uint8 images'):
     reader.log_probs(exported.images[1].astype(np.float32))
+
+
+def test_missing_onnx_packages_are_named_with_the_extra(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # as if not installed
+  monkeypatch.delitem(sys.modules, 'captcha_jax.onnx_reader')
+  with pytest.raises(UserError, match=r'onnxruntime is not installed: .*"captcha-jax\[onnx\]"'):
+    cli.load_reader(onnx='model.onnx')
 
 
 def test_variables_of_another_architecture_are_refused(exported):

@@ -79,6 +79,11 @@ def test_the_shipped_reader_loads_offline_and_reads():
     assert len(fixed.text) == length and set(fixed.text) <= set('0123456789')
     assert fixed.raw_text == digits.raw_text
   assert Predictor.pretrained().predict([image]) == [free]
+  decoded = predictor.decode(image)
+  pixels = np.stack([decoded, decoded[:, ::-1], 255 - decoded])
+  one_by_one = np.concatenate([predictor.log_probs(p[None]) for p in pixels])
+  two_at_a_time = Predictor(config, variables, batch_size=2).log_probs(pixels)  # 2, then 1
+  np.testing.assert_allclose(two_at_a_time, one_by_one, atol=1e-4)
 
 
 def test_a_run_exported_as_a_reader_loads_as_the_shipped_one_does(trained, tmp_path):
@@ -87,6 +92,9 @@ def test_a_run_exported_as_a_reader_loads_as_the_shipped_one_does(trained, tmp_p
   with pytest.raises(SystemExit) as exit_status:
     cli.export([f'--workdir={workdir}', f'--out={out}', '--format=reader', '--note=made here'])
   assert exit_status.value.code == 0
+  with pytest.raises(SystemExit) as exit_status:  # it would hide the run's checkpoints
+    cli.export([f'--workdir={workdir}', f'--out={workdir}', '--format=reader'])
+  assert exit_status.value.code == 2 and not (workdir / 'reader.json').exists()
   config, variables = transfer.load_pretrained(out)
   description = json.loads((out / 'reader.json').read_text())
   assert description['command'] == 'made here' and 0 <= description['validation']['val_cer']
