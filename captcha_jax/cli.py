@@ -315,16 +315,21 @@ def predict(argv: Sequence[str] | None = None) -> None:
   def action() -> int:
     from tqdm import tqdm
 
-    from captcha_jax import host
+    from captcha_jax import decoding, host
     from captcha_jax import predict as predicting
 
     if args.cpu_tuning:
       host.tune_cpu(predicting.BATCH_SIZE)
     _quiet_orbax()
     reader = load_reader(args.workdir, args.onnx, args.pretrained)
+    if args.allowed:
+      decoding.check_allowed(args.allowed, reader.vocab.alphabet)
     paths = list(predicting.expand_paths(args.inputs))
     failed = 0
-    out = open(args.output, 'w', newline='', encoding='utf-8') if args.output else None  # noqa: SIM115
+    # Written beside --output and moved over it once every file is read: a run that fails or is
+    # interrupted leaves the file it would replace as it was, and its readings so far beside it.
+    partial = f'{args.output}.partial'
+    out = open(partial, 'w', newline='', encoding='utf-8') if args.output else None  # noqa: SIM115
     rows = csv.writer(out) if out and args.output.endswith('.csv') else None
     if rows:
       rows.writerow(predicting.READINGS_COLUMNS)
@@ -343,10 +348,16 @@ def predict(argv: Sequence[str] | None = None) -> None:
           # Absolute, as in a .csv: the file may be read from other folders.
           line = {'file': os.path.abspath(path), **vars(reading)}
           out.write(json.dumps(line, ensure_ascii=False) + '\n')
+    except BaseException:
+      if out:
+        print(f'The readings so far are in {partial}; {args.output} is as it was.', file=sys.stderr)
+      raise
     finally:
       bar.close()
       if out:
         out.close()
+    if out:
+      os.replace(partial, args.output)
     if failed:
       print(f'error: {failed} of {len(paths)} file(s) could not be read.', file=sys.stderr)
       return EXIT_SOME_FAILED

@@ -60,6 +60,19 @@ def test_predict_reads_the_rest_and_names_each_failure(trained, messy_folder, tm
   with open(out_csv, newline='') as f:
     rows = list(csv.DictReader(f))
   assert {r['file']: r['text'] for r in rows} == expected
+  before = out_csv.read_bytes()  # a run refused, or failing, leaves the file as it was
+  refused = run(
+    'captcha_jax.predict', f'--workdir={workdir}', relative, f'--output={out_csv}', '--allowed=#'
+  )
+  assert refused.returncode != 0 and "'#' cannot be read" in refused.stderr
+  assert out_csv.read_bytes() == before and 'Traceback' not in refused.stderr
+  failed = run(  # fails at the first batch, the file opened
+    'captcha_jax.predict', f'--workdir={workdir}', relative, f'--output={out_csv}', '--length=99'
+  )
+  assert failed.returncode != 0 and 'needs 99 CTC steps' in failed.stderr
+  assert out_csv.read_bytes() == before and f'{out_csv}.partial; {out_csv} is as it was' in (
+    failed.stderr
+  )
   run('captcha_jax.predict', f'--workdir={workdir}', str(messy_folder), f'--output={out_jsonl}')
   readings = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
   assert {r['file']: r['text'] for r in readings} == expected
