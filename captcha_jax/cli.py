@@ -517,6 +517,12 @@ def serve(argv: Sequence[str] | None = None) -> None:
     '--max_images', type=int, default=serving.DEFAULT_MAX_IMAGES, help='Most files a request.'
   )
   parser.add_argument(
+    '--max_queued',
+    type=int,
+    default=serving.DEFAULT_MAX_QUEUED,
+    help='Images waiting for the model beyond which a request is answered 503 (busy).',
+  )
+  parser.add_argument(
     '--max_pixels',
     type=int,
     default=serving.DEFAULT_MAX_PIXELS,
@@ -554,6 +560,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
       max_body_bytes=args.max_body_bytes,
       max_images=args.max_images,
       max_pixels=args.max_pixels,
+      max_queued=args.max_queued,
       workers=args.workers,
       allowed=args.allowed,
       length=args.length,

@@ -21,7 +21,7 @@ Every refusal is JSON {"error": message}: 400 for an empty body, a file that is 
 declares more than max_pixels (named), a malformed form, too many files or fields; 413 for a body
 over max_body_bytes (checked from Content-Length and again while reading); 404/405 for other
 paths and methods; 500 when the reader fails (logged; the server goes on); 503 while shutting
-down.
+down, and with Retry-After while more than max_queued images wait to be read.
 
 Batching: each image becomes an entry on one queue. One task per app takes the first waiting
 entry, then gathers more until it has max_batch or max_wait_ms has passed since the first, and
@@ -60,6 +60,9 @@ DEFAULT_MAX_IMAGES = 16
 # hundred bytes of PNG can declare 16 Mpx (64 MB decoded), per request thread.
 DEFAULT_MAX_PIXELS = 1 << 21
 DEFAULT_WORKERS = 2
+# Images waiting for the model, beyond which a request is answered 503 at once: an overloaded
+# service answers "busy" rather than letting every client's wait grow without bound.
+DEFAULT_MAX_QUEUED = 512
 
 
 class Reader(Protocol):
@@ -86,6 +89,10 @@ class ShuttingDown(RuntimeError):
   """The batcher stopped before it read these images."""
 
 
+class Busy(RuntimeError):
+  """More images wait for the model than the batcher queues."""
+
+
 @dataclasses.dataclass(eq=False)  # compared by identity: its image is an array
 class _Pending:
   image: np.ndarray
@@ -109,6 +116,7 @@ class Batcher:
     max_batch: int,
     max_wait_ms: float,
     workers: int = 1,
+    max_queued: int = DEFAULT_MAX_QUEUED,
   ):
     if max_batch < 1:
       raise ConfigError(f'max_batch must be at least 1, got {max_batch}.')
@@ -116,6 +124,9 @@ class Batcher:
       raise ConfigError(f'max_wait_ms must not be negative, got {max_wait_ms}.')
     if workers < 1:
       raise ConfigError(f'workers must be at least 1, got {workers}.')
+    if max_queued < 1:
+      raise ConfigError(f'max_queued must be at least 1, got {max_queued}.')
+    self.max_queued = max_queued
     self._predict = predict
     self.workers = workers
     self.max_batch = max_batch
@@ -158,14 +169,19 @@ class Batcher:
       self._executor.shutdown(wait=False, cancel_futures=True)
 
   async def read(self, pixels: Sequence[np.ndarray]) -> list[Reading]:
-    """The readings of uint8 [height, width, 3] images; raises what the reader raised."""
+    """The readings of uint8 [height, width, 3] images; raises what the reader raised, or Busy
+    when they would make more than max_queued images wait."""
     if not self.running or self._queue is None:
       raise ShuttingDown('The server is not reading (starting or shutting down).')
+    if self._queue.qsize() + len(pixels) > self.max_queued:
+      raise Busy(
+        f'The server is busy ({self._queue.qsize()} images waiting to be read): try again soon.'
+      )
     loop = asyncio.get_running_loop()
     pending = [_Pending(image, loop.create_future()) for image in pixels]
     for p in pending:
       self._queue.put_nowait(p)
-    # Cancelling this (a client that left) cancels the futures, and the batcher skips them.
+    # Cancelling this cancels the futures, and the batcher skips them.
     return list(await asyncio.gather(*(p.future for p in pending)))
 
   async def _run(self) -> None:
@@ -309,6 +325,7 @@ def create_app(
   max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
   max_images: int = DEFAULT_MAX_IMAGES,
   max_pixels: int = DEFAULT_MAX_PIXELS,
+  max_queued: int = DEFAULT_MAX_QUEUED,
   workers: int = DEFAULT_WORKERS,
   allowed: str = '',
   length: int = 0,
@@ -341,7 +358,7 @@ def create_app(
   )
   if length:  # a length the model cannot read (too few CTC steps) is refused now, not per request
     read([np.full((height, width, 3), 255, np.uint8)])
-  batcher = Batcher(read, max_batch, max_wait_ms, workers)
+  batcher = Batcher(read, max_batch, max_wait_ms, workers, max_queued)
 
   @contextlib.asynccontextmanager
   async def lifespan(app: FastAPI):
@@ -427,6 +444,8 @@ def create_app(
       readings = await batcher.read(pixels)
     except ShuttingDown as e:
       raise RequestError(503, str(e)) from None
+    except Busy as e:
+      return error(503, str(e), {'Retry-After': '1'})
     except Exception as e:  # logged by the batcher, with its traceback
       return error(500, f'The reader failed ({type(e).__name__}); see the server log.')
     if multipart:
@@ -453,6 +472,7 @@ def create_app(
         'max_body_bytes': max_body_bytes,
         'max_images': max_images,
         'max_pixels': max_pixels,
+        'max_queued': max_queued,
         'batches': batcher.batches,
         'images': batcher.images,
       },

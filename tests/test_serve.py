@@ -269,6 +269,24 @@ def test_concurrent_requests_share_model_calls(start):
   assert (health['batches'], health['images']) == (len(sizes), 16)
 
 
+def test_an_overloaded_service_answers_busy_at_once(start):
+  service = start(FakeReader(delay=0.3), max_batch=1, workers=1, max_queued=2)
+  barrier = threading.Barrier(8)
+
+  def send(level):
+    barrier.wait()
+    return service.request('POST', '/read', png(level), {'Content-Type': 'image/png'})
+
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    answers = list(pool.map(send, range(8)))
+  busy = [(headers, body) for status, headers, body in answers if status == 503]
+  read = [body for status, _, body in answers if status == 200]
+  assert len(busy) + len(read) == 8 and busy and len(read) >= 2  # at least the two queued
+  assert all(h['retry-after'] == '1' and 'busy' in b['error'] for h, b in busy)
+  assert sum(service.reader.batch_sizes) == len(read)
+  service.assert_healthy()
+
+
 def test_batches_are_at_most_max_batch(start):
   service = start(FakeReader(delay=0.05), max_batch=3)
   concurrently(service, list(range(16)))
