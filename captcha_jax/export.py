@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from captcha_jax import decoding, images
+from captcha_jax import images, readers
 from captcha_jax.errors import DataError
 from captcha_jax.vocab import Vocab
 
@@ -55,13 +55,15 @@ def export_predictor(predictor) -> bytes:
   return MAGIC + struct.pack('<HI', VERSION, len(header)) + digest + header + payload
 
 
-class ExportedReader:
-  """An exported model: `predict(images)` → readings of uint8 [b, h, w, 3] images."""
+class ExportedReader(readers.ImageReader):
+  """An exported model: `predict(images)` reads images of any source, as the Predictor does."""
 
-  def __init__(self, blob: bytes, name: str = 'the file'):
+  def __init__(self, blob: bytes, name: str = 'the file', batch_size: int = readers.BATCH_SIZE):
     fixed = len(MAGIC) + struct.calcsize('<HI')
-    if not blob.startswith(MAGIC) or len(blob) < fixed + 32:
+    if not blob.startswith(MAGIC):
       raise DataError(f'{name} is not a captcha_jax export (it does not start with {MAGIC!r}).')
+    if len(blob) < fixed + 32:
+      raise DataError(f'{name} is truncated ({len(blob)} bytes): export the run again.')
     version, size = struct.unpack('<HI', blob[len(MAGIC) : fixed])
     if version != VERSION:
       raise DataError(
@@ -76,17 +78,13 @@ class ExportedReader:
     self._exported = jax.export.deserialize(bytearray(payload))
     self.vocab = Vocab(self.meta['alphabet'])
     self.height, self.width = self.meta['image_height'], self.meta['image_width']
+    self.fixed_label_length = self.meta['fixed_label_length']
+    self.batch_size = batch_size
 
   def log_probs(self, pixels: np.ndarray) -> np.ndarray:
     """log-probabilities [batch, time, classes] float32 of uint8 [batch, height, width, 3]."""
     images.check_batch(pixels, self.height, self.width)
     return np.asarray(self._exported.call(jnp.asarray(pixels)))
-
-  def predict(
-    self, pixels: np.ndarray, allowed: str = '', length: int = 0
-  ) -> list[decoding.Reading]:
-    fixed = self.meta['fixed_label_length']
-    return decoding.read(self.log_probs(pixels), self.vocab, fixed, allowed, length)
 
 
 def load(path: str | Path) -> ExportedReader:

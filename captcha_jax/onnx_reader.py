@@ -3,18 +3,17 @@
     reader = OnnxReader('reader.onnx')
     reader.predict(['226md.png'])[0].text
 
-Images are decoded by `images.load_image` and texts by `decoding.read`, the same code the JAX
-Predictor uses, so both read an image alike. This module must stay importable without jax, flax
+Images are decoded and read by `readers.ImageReader`, the same code the JAX Predictor uses, so
+both read an image alike. This module must stay importable without jax, flax
 or optax: a deployment installs only onnxruntime, numpy and pillow (tests check sys.modules).
 """
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from captcha_jax import decoding, images
+from captcha_jax import images, readers
 from captcha_jax.errors import DataError
 from captcha_jax.vocab import Vocab
 
@@ -22,16 +21,17 @@ from captcha_jax.vocab import Vocab
 FORMAT_VERSION = 1
 META_FORMAT = 'captcha_jax_format'
 META_KEYS = ('alphabet', 'image_height', 'image_width', 'fixed_label_length')
-BATCH_SIZE = 32  # images per onnxruntime call; the graph takes any batch size
 
 
-class OnnxReader:
+class OnnxReader(readers.ImageReader):
   """An exported CRNN with its alphabet and image size; `predict` reads a list of images.
 
   `threads`: onnxruntime's intra-op threads (None: its default, one per physical core).
   """
 
-  def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = BATCH_SIZE):
+  def __init__(
+    self, path: str | Path, threads: int | None = None, batch_size: int = readers.BATCH_SIZE
+  ):
     self.path = Path(path)
     self.batch_size = batch_size
     if not self.path.is_file():
@@ -69,30 +69,3 @@ class OnnxReader:
     """log-probabilities [batch, time, classes] float32 of uint8 [batch, height, width, 3]."""
     images.check_batch(pixels, self.height, self.width)
     return self._session.run(None, {self._input.name: pixels})[0]
-
-  def decode(self, source: images.ImageSource) -> np.ndarray:
-    """One image (a path, bytes, a PIL image or a uint8 array) as this model's input."""
-    return images.load_image(source, self.height, self.width)
-
-  def read_pixels(
-    self, pixels: np.ndarray, allowed: str = '', length: int = 0
-  ) -> list[decoding.Reading]:
-    """Readings of decoded images [n, height, width, 3] uint8."""
-    return decoding.read(
-      self.log_probs(pixels), self.vocab, self.fixed_label_length, allowed, length
-    )
-
-  def predict(
-    self, sources: Sequence, allowed: str = '', length: int = 0
-  ) -> list[decoding.Reading]:
-    """Readings of images given as paths, encoded bytes, PIL images or uint8 arrays, in order.
-
-    Each is decoded and resized to the model's size; `allowed` restricts the readings to those
-    characters (see `decoding.restrict`), `length` > 0 to texts of that length. Raises DataError
-    naming an image that cannot be read.
-    """
-    readings = []
-    for start in range(0, len(sources), self.batch_size):
-      chunk = sources[start : start + self.batch_size]
-      readings += self.read_pixels(np.stack([self.decode(s) for s in chunk]), allowed, length)
-    return readings

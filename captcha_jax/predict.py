@@ -8,7 +8,7 @@ import functools
 import itertools
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import jax
@@ -18,21 +18,21 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from captcha_jax import checkpoints, data, decoding, images, models
+from captcha_jax import checkpoints, data, decoding, images, models, readers
 from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError, DataError
+from captcha_jax.readers import BATCH_SIZE
 from captcha_jax.vocab import Vocab
 
 # Batches of at least this many images are split over the mesh's devices; smaller ones run on
 # one, where the hand-off to a second device would cost more than it saves (bench/README.md).
 MIN_SPLIT = 16
-BATCH_SIZE = 32  # images per call of the model
 # A readings file (`captcha-jax-predict --output FILE.csv`), as config.pseudo_labels reads it.
 READINGS_COLUMNS = ('file', 'text', 'raw_text', 'confidence')
 
 
-class Predictor:
-  """A trained CRNN; `predict` reads a list of images.
+class Predictor(readers.ImageReader):
+  """A trained CRNN; `predict` reads a list of images (`readers.ImageReader`).
 
   Batches of MIN_SPLIT images or more are split over all axes of `mesh` (default: every device
   of this process); smaller ones run on one device, each call on the next in turn, so calls
@@ -50,6 +50,7 @@ class Predictor:
     self.config = config
     self.vocab = Vocab(config.alphabet)
     self.height, self.width = config.image_height, config.image_width
+    self.fixed_label_length = config.fixed_label_length
     self.model = models.create_model(config.model, self.vocab.num_classes)
     self.batch_size = batch_size
     self.step: int | None = None  # the checkpoint's step, when read from a workdir
@@ -116,32 +117,6 @@ class Predictor:
         'The checkpoint does not fit the model of its config (another alphabet or '
         'architecture?): retrain, or load it with the config it was trained with.'
       )
-
-  def decode(self, image: images.ImageSource) -> np.ndarray:
-    """One image (a path, bytes, a PIL image or a uint8 array) as this model's input."""
-    return images.load_image(image, self.height, self.width)
-
-  def predict(
-    self, sources: Sequence[images.ImageSource], allowed: str = '', length: int = 0
-  ) -> list[decoding.Reading]:
-    """Reads images given as paths, bytes, PIL images or uint8 arrays, in order.
-
-    `allowed` restricts the readings to those characters (the others are masked out before the
-    argmax); `length` > 0 to texts of that length (`decoding.read`; by default the model's
-    fixed length, if it has one). Raises DataError naming the first image that cannot be decoded.
-    """
-    readings = []
-    for start in range(0, len(sources), self.batch_size):
-      chunk = np.stack([self.decode(s) for s in sources[start : start + self.batch_size]])
-      readings += self.read_pixels(chunk, allowed, length)
-    return readings
-
-  def read_pixels(
-    self, pixels: np.ndarray, allowed: str = '', length: int = 0
-  ) -> list[decoding.Reading]:
-    """Readings of decoded images [n, height, width, 3] uint8."""
-    log_probs = self.log_probs(pixels)
-    return decoding.read(log_probs, self.vocab, self.config.fixed_label_length, allowed, length)
 
   def log_probs(self, pixels: np.ndarray) -> np.ndarray:
     """The model's per-step log-probabilities [n, steps, classes] of decoded images, batch_size

@@ -163,6 +163,10 @@ def test_export_runs_without_model_code_and_agrees(trained, captcha_dir, tmp_pat
     atol=1e-5,
   )
   assert reader.meta['alphabet'] == predictor.config.alphabet
+  paths = data.find_images(captcha_dir)[0][:5]  # any source, as every reader takes
+  got, want = reader.predict(paths, allowed='bcd'), predictor.predict(paths, allowed='bcd')
+  assert [r.text for r in got] == [r.text for r in want]
+  np.testing.assert_allclose([r.confidence for r in got], [r.confidence for r in want], rtol=1e-4)
   for read in (reader.log_probs, predictor.log_probs):  # floats would be cast, not refused
     with pytest.raises(ValueError, match='Expected uint8 images .*, got float32'):
       read(images.astype(np.float32))
@@ -181,6 +185,9 @@ def test_export_rejects_other_and_damaged_files(trained, tmp_path):
     (tmp_path / name).write_bytes(damaged)
     with pytest.raises(DataError, match='damaged'):
       export.load(tmp_path / name)
+  (tmp_path / 'short').write_bytes(blob[:20])
+  with pytest.raises(DataError, match="'.*short' is truncated"):
+    export.load(tmp_path / 'short')
   old = blob[: len(export.MAGIC)] + struct.pack('<H', 1) + blob[len(export.MAGIC) + 2 :]
   (tmp_path / 'old').write_bytes(old)
   with pytest.raises(DataError, match='format 1; this version reads format 2'):
