@@ -496,38 +496,32 @@ def serve(argv: Sequence[str] | None = None) -> None:
     help='Address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all).',
   )
   parser.add_argument('--port', type=int, default=8000, help='0 to 65535 (0: any free port).')
-  parser.add_argument(
-    '--max_batch', type=int, default=serving.DEFAULT_MAX_BATCH, help='Most images per model call.'
-  )
-  parser.add_argument(
-    '--max_wait_ms',
-    type=float,
-    default=serving.DEFAULT_MAX_WAIT_MS,
-    help='Longest a request waits for others to batch with.',
-  )
-  parser.add_argument(
-    '--workers',
-    type=int,
-    default=serving.DEFAULT_WORKERS,
-    help='Model calls side by side (each ONNX call then gets cores/workers threads).',
-  )
-  parser.add_argument('--max_body_bytes', type=int, default=serving.DEFAULT_MAX_BODY_BYTES)
+  for flag, kind, default, explained in (
+    ('max_batch', int, serving.DEFAULT_MAX_BATCH, 'Most images per model call.'),
+    ('max_wait_ms', float, serving.DEFAULT_MAX_WAIT_MS, 'Longest a request waits for others.'),
+    (
+      'workers',
+      int,
+      serving.DEFAULT_WORKERS,
+      'Model calls side by side (each ONNX call then gets cores/workers threads).',
+    ),
+    ('max_body_bytes', int, serving.DEFAULT_MAX_BODY_BYTES, 'Largest request body.'),
+    ('max_images', int, serving.DEFAULT_MAX_IMAGES, 'Most files a request.'),
+    (
+      'max_queued',
+      int,
+      serving.DEFAULT_MAX_QUEUED,
+      'Images waiting for the model beyond which a request is answered 503 (busy).',
+    ),
+    (
+      'max_pixels',
+      int,
+      serving.DEFAULT_MAX_PIXELS,
+      'An image declaring more pixels (width × height) is refused before decoding.',
+    ),
+  ):
+    parser.add_argument(f'--{flag}', type=kind, default=default, help=explained)
   _reading_flags(parser)
-  parser.add_argument(
-    '--max_images', type=int, default=serving.DEFAULT_MAX_IMAGES, help='Most files a request.'
-  )
-  parser.add_argument(
-    '--max_queued',
-    type=int,
-    default=serving.DEFAULT_MAX_QUEUED,
-    help='Images waiting for the model beyond which a request is answered 503 (busy).',
-  )
-  parser.add_argument(
-    '--max_pixels',
-    type=int,
-    default=serving.DEFAULT_MAX_PIXELS,
-    help='An image declaring more pixels (width × height) is refused before decoding.',
-  )
   parser.add_argument(
     '--no_warmup',
     dest='warmup',
