@@ -277,11 +277,13 @@ def compile_and_create_state(
   schedule: Callable,
   mesh: Mesh,
   after_compile: Callable[[], object] = lambda: None,
+  resuming: bool = False,
 ) -> tuple[TrainState, Callable, Callable]:
   """The initial state, replicated over the mesh, and the compiled train and eval steps.
 
   The state starts from another reader when `config.init_from` names one (`transfer.py`), and
-  has the ImageNet backbone when `config.pretrained` names one. The steps are compiled
+  has the ImageNet backbone when `config.pretrained` names one, unless `resuming`: a checkpoint
+  will replace the state, and those weights need not exist any more. The steps are compiled
   from shapes before the state exists, then `after_compile` runs (the train command passes
   `host.release_free_memory` when asked to tune the CPU: the compiler's freed memory goes back to
   the system before the state and the step's buffers take theirs).
@@ -296,9 +298,9 @@ def compile_and_create_state(
   train, evaluate = compile_steps(config, mesh, jax.eval_shape(create_state))
   after_compile()
   state = create_state()
-  if config.init_from:
+  if config.init_from and not resuming:
     state = start_from_reader(state, config)
-  if config.pretrained:
+  if config.pretrained and not resuming:
     from captcha_jax import port  # torch-free; only needed when starting from ImageNet weights
 
     state = port.load_pretrained_backbone(state, config.pretrained)

@@ -147,6 +147,11 @@ def train_and_evaluate(
   workdir = Path(workdir).absolute()
   main_process = jax.process_index() == 0  # the one that prints and writes files
   with run_folder.lock(workdir, enabled=main_process):
+    resuming = bool(checkpoints.step_numbers(workdir))
+    if resuming and config.get('init_from') and not config.image_width:
+      # The width the run trained at, rather than its init_from's again: that reader may be gone.
+      config = config.copy_and_resolve_references()
+      config.image_width = run_folder.read_config(workdir).image_width
     config, splits = sources.prepare(config, functools.partial(models.output_steps, config.model))
     fingerprint = data.split_fingerprint(splits)
     run_folder.check_resumable(workdir, config, fingerprint)
@@ -170,7 +175,7 @@ def train_and_evaluate(
     schedule = steps.make_schedule(config, steps_per_epoch)
     mesh = steps.make_mesh()
     state, train_step, eval_step = steps.compile_and_create_state(
-      config, model, schedule, mesh, after_compile
+      config, model, schedule, mesh, after_compile, resuming
     )
     if main_process:
       checkpoints.set_aside_unopenable(workdir)

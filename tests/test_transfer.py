@@ -3,6 +3,7 @@ over whole; the shipped pretrained reader loads offline; a tiny fine-tuning run 
 
 import functools
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -11,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from captcha_jax import cli, models, steps, synthetic, train, transfer
+from captcha_jax import checkpoints, cli, models, steps, synthetic, train, transfer
 from captcha_jax.errors import ConfigError
 from captcha_jax.predict import Predictor
 from captcha_jax.vocab import BLANK_ID
@@ -132,8 +133,8 @@ def test_a_saved_reader_names_paths_as_they_read_from_here(tiny_config, tmp_path
 
 @pytest.mark.slow
 def test_fine_tuning_starts_from_a_run_and_trains(trained, tmp_path, captcha_dir, tiny_config):
-  _, source_dir, _ = trained
-  tiny_config.update(init_from=str(source_dir), alphabet='auto', num_epochs=1)
+  source_dir = shutil.copytree(trained[1], tmp_path / 'source')
+  tiny_config.update(init_from=str(source_dir), alphabet='auto', num_epochs=1, image_width=0)
   config, _ = train.sources.prepare(tiny_config, lambda h, w: 1000)
   model = models.create_model(config.model, len(config.alphabet) + 1)
   state = steps.create_train_state(config, model, optax.sgd(0.1), jax.random.PRNGKey(0))
@@ -146,6 +147,10 @@ def test_fine_tuning_starts_from_a_run_and_trains(trained, tmp_path, captcha_dir
   np.testing.assert_array_equal(started.ema_params['head']['bias'], started.params['head']['bias'])
   results = train.train_and_evaluate(tiny_config, tmp_path / 'tuned')
   assert np.isfinite(results['val']['loss'])
+  shutil.rmtree(source_dir)  # a resume reads the checkpoint, not the reader it started from
+  tiny_config.num_epochs = 2
+  train.train_and_evaluate(tiny_config, tmp_path / 'tuned')
+  assert checkpoints.step_numbers(tmp_path / 'tuned')[0] == 2 * results['best_step']
 
 
 def test_fine_tuning_reads_a_narrow_set_at_its_readers_width(trained, tmp_path, tiny_config):
