@@ -496,7 +496,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
     help='Address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all).',
   )
   parser.add_argument('--port', type=int, default=8000, help='0 to 65535 (0: any free port).')
-  for flag, kind, default, explained in (
+  limits = (  # create_app's keywords, each a flag
     ('max_batch', int, serving.DEFAULT_MAX_BATCH, 'Most images per model call.'),
     ('max_wait_ms', float, serving.DEFAULT_MAX_WAIT_MS, 'Longest a request waits for others.'),
     (
@@ -519,7 +519,8 @@ def serve(argv: Sequence[str] | None = None) -> None:
       serving.DEFAULT_MAX_PIXELS,
       'An image declaring more pixels (width × height) is refused before decoding.',
     ),
-  ):
+  )
+  for flag, kind, default, explained in limits:
     parser.add_argument(f'--{flag}', type=kind, default=default, help=explained)
   _reading_flags(parser)
   parser.add_argument(
@@ -549,13 +550,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
       host=args.host,
       port=args.port,
       warmup=args.warmup,
-      max_batch=args.max_batch,
-      max_wait_ms=args.max_wait_ms,
-      max_body_bytes=args.max_body_bytes,
-      max_images=args.max_images,
-      max_pixels=args.max_pixels,
-      max_queued=args.max_queued,
-      workers=args.workers,
+      **{flag: getattr(args, flag) for flag, *_ in limits},
       allowed=args.allowed,
       length=args.length,
     )
