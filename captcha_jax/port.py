@@ -23,6 +23,7 @@ HOW_TO_GET = (
   '(torchvision.models.resnet18(weights="IMAGENET1K_V1") saves them as '
   '~/.cache/torch/hub/checkpoints/resnet18-f37072fd.pth) or download ' + WEIGHTS_URL + '.'
 )
+METADATA = '_METADATA'  # the file orbax writes in every checkpoint folder
 _BN = {'weight': 'scale', 'bias': 'bias'}
 _BN_STATS = {'running_mean': 'mean', 'running_var': 'var'}
 
@@ -128,21 +129,49 @@ def read_torch_weights(path: str | Path) -> dict[str, np.ndarray]:
   return {k: _to_numpy(v) for k, v in state_dict.items()}
 
 
+def is_ported(path: Path) -> bool:
+  """Whether `path` is a folder `save_backbone` wrote (an orbax checkpoint)."""
+  return (path / METADATA).is_file()
+
+
 def save_backbone(params: dict, batch_stats: dict, out_dir: str | Path) -> Path:
-  """Writes {'params', 'batch_stats'} as an orbax checkpoint; returns its absolute path."""
+  """Writes {'params', 'batch_stats'} as an orbax checkpoint; returns its absolute path.
+
+  Orbax replaces the whole folder, so only an empty one or an earlier port's is written over."""
   import orbax.checkpoint as ocp
 
   out = Path(out_dir).absolute()
+  if out.exists() and not is_ported(out) and (not out.is_dir() or any(out.iterdir())):
+    raise ConfigError(
+      f'{str(out_dir)!r} exists and is not an earlier port: writing there would delete it. '
+      'Give a new folder.'
+    )
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(out, {'params': params, 'batch_stats': batch_stats}, force=True)
   return out
 
 
+def check_backbone_path(path: str | Path) -> None:
+  """Raises ConfigError unless config.pretrained = path names a file or a port's folder."""
+  where = Path(path).expanduser()
+  if where.is_file() or is_ported(where):
+    return
+  if where.is_dir():
+    inside = [p for p in sorted(where.iterdir()) if is_ported(p)]
+    hint = f': did you mean {str(inside[0])!r}?' if inside else '.'
+    problem = f'is a folder, but not one `python -m captcha_jax.port` wrote{hint}'
+  else:
+    problem = f'no such file or folder. {HOW_TO_GET}'
+  raise ConfigError(f'config.pretrained = {str(path)!r} {problem}')
+
+
 def load_backbone(path: str | Path, num_layers: int) -> tuple[dict, dict]:
   """(params, batch_stats) for a backbone through layer`num_layers`, from a .pth or port folder."""
-  path = Path(path)
+  path = Path(path).expanduser()
   if path.is_dir():
     import orbax.checkpoint as ocp
+
+    check_backbone_path(path)
 
     with ocp.StandardCheckpointer() as checkpointer:
       restored = checkpointer.restore(path.absolute())

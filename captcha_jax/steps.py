@@ -288,6 +288,10 @@ def compile_and_create_state(
   `host.release_free_memory` when asked to tune the CPU: the compiler's freed memory goes back to
   the system before the state and the step's buffers take theirs).
   """
+  if config.pretrained and not resuming:  # a wrong path named before minutes of compiling
+    from captcha_jax import port  # torch-free; only needed when starting from ImageNet weights
+
+    port.check_backbone_path(config.pretrained)
   create_state = functools.partial(
     create_train_state,
     config,
@@ -301,7 +305,5 @@ def compile_and_create_state(
   if config.init_from and not resuming:
     state = start_from_reader(state, config)
   if config.pretrained and not resuming:
-    from captcha_jax import port  # torch-free; only needed when starting from ImageNet weights
-
     state = port.load_pretrained_backbone(state, config.pretrained)
   return jax.device_put(state, NamedSharding(mesh, P())), train, evaluate

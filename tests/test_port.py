@@ -36,7 +36,7 @@ def resnet():
   torch.manual_seed(0)
   model = torchvision.models.resnet18(weights=None)
   randomize_batchnorm(model)
-  return model
+  return model.eval()  # each test reads it as it is, whichever test ran before
 
 
 def torch_stages(model, images, layers=4):
@@ -105,6 +105,28 @@ def test_pth_round_trip_and_port_cli(resnet, tmp_path):
   got = flax_stages({'params': params, 'batch_stats': stats}, images, False, layers=3)['layer3']
   with torch.no_grad():
     np.testing.assert_allclose(got, torch_stages(resnet, nchw(images), 3)['layer3'], atol=1e-4)
+
+
+def test_port_never_writes_over_a_folder_it_did_not_write(resnet, tmp_path):
+  params, stats, _ = port.convert_backbone(resnet.state_dict())
+  run = tmp_path / 'run'
+  (run / 'checkpoints').mkdir(parents=True)
+  (run / 'config.json').write_text('{}')
+  with pytest.raises(ConfigError, match='would delete it'):
+    port.save_backbone(params, stats, run)
+  assert (run / 'config.json').read_text() == '{}' and (run / 'checkpoints').is_dir()
+  ported = port.save_backbone(params, stats, tmp_path / 'ported')
+  assert port.save_backbone(params, stats, ported) == ported  # an earlier port: written over
+  assert port.is_ported(ported)
+
+
+def test_pretrained_names_a_folder_that_is_not_a_port(resnet, tmp_path):
+  params, stats, _ = port.convert_backbone(resnet.state_dict())
+  port.save_backbone(params, stats, tmp_path / 'ported' / 'resnet18')
+  with pytest.raises(ConfigError, match="did you mean '.*resnet18'"):
+    port.load_backbone(tmp_path / 'ported', 3)
+  with pytest.raises(ConfigError, match='no such file or folder'):
+    port.check_backbone_path(tmp_path / 'absent')
 
 
 def test_a_file_that_is_not_pytorch_weights_is_named(tmp_path):
