@@ -37,16 +37,18 @@ def _open(source, name: str, max_pixels: int) -> Image.Image:
         opened.seek(0)  # animated formats: the first frame
         opened.load()
         return opened.copy()
+  except DataError:
+    raise
   except FileNotFoundError as e:
     raise DataError(f'{name}: no such file.') from e
   except IsADirectoryError as e:
     raise DataError(f'{name}: is a folder, not an image.') from e
   except UnidentifiedImageError as e:  # its message names the file object: <_io.BytesIO ...>
     raise DataError(f'{name} is not a readable image (no format Pillow reads).') from e
-  except (OSError, ValueError, SyntaxError, EOFError) as e:
-    raise DataError(f'{name} is not a readable image ({e}).') from e
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise DataError(f'{name}: too large to be a captcha ({e}).') from e
+  except Exception as e:  # a malformed file makes Pillow's decoders raise errors of any type
+    raise DataError(f'{name} is not a readable image ({type(e).__name__}: {e}).') from e
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -135,5 +137,5 @@ def image_size(path: str | Path) -> tuple[int, int]:
       return opened.height, opened.width
   except UnidentifiedImageError as e:
     raise DataError(f'{str(path)!r} is not a readable image (no format Pillow reads).') from e
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise DataError(f'{str(path)!r} is not a readable image ({e}).') from e
+  except Exception as e:  # as in _open: any type, from a malformed header
+    raise DataError(f'{str(path)!r} is not a readable image ({type(e).__name__}: {e}).') from e

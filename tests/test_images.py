@@ -123,6 +123,35 @@ def test_random_bytes_give_a_data_error_or_an_image(tmp_path_factory, payload):
     assert image.shape == (32, 96, 3) and image.dtype == np.uint8
 
 
+def test_a_tiff_whose_decoder_raises_a_type_error_is_named(tmp_path):
+  tiff = bytearray(encode(Image.new('RGB', (30, 12)), 'TIFF'))
+  tiff[72], tiff[415] = 5, 78  # a tag's type made RATIONAL: Pillow raised TypeError loading it
+  path = tmp_path / 'abc.tif'
+  path.write_bytes(bytes(tiff))
+  try:
+    images.load_image(path, 12, 30)
+  except DataError as e:
+    assert 'abc.tif' in str(e)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+  fmt=st.sampled_from(['PNG', 'GIF', 'BMP', 'TIFF', 'JPEG', 'WEBP']),
+  changes=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=6),
+)
+def test_damaged_images_give_a_data_error_or_an_image(fmt, changes):
+  """Valid files with a few bytes changed reach deeper into the decoders than random bytes."""
+  data = bytearray(encode(Image.new('RGB', (30, 12), 'gray'), fmt))
+  for where, value in changes:
+    data[int(where * len(data))] = value
+  try:
+    image = images.load_image(bytes(data), 12, 30, name='damaged.img')
+  except DataError as e:
+    assert 'damaged.img' in str(e)
+  else:
+    assert image.shape == (12, 30, 3)
+
+
 MODES = ['1', 'L', 'LA', 'P', 'PA', 'RGB', 'RGBA', 'I', 'I;16', 'F', 'CMYK', 'YCbCr', 'LAB', 'HSV']
 
 
