@@ -178,15 +178,28 @@ def set_aside(workdir: str | Path, step: int) -> None:
   shutil.move(str(folder / str(step)), str(damaged / f'{step}-{int(time.time())}'))
 
 
+def _openable(workdir: str | Path, step: int) -> bool:
+  """Whether orbax's manager can open the step's folder: its metadata, if any, is JSON."""
+  path = Path(workdir, 'checkpoints', str(step), '_CHECKPOINT_METADATA')
+  try:
+    if path.exists():
+      json.loads(path.read_text())
+  except (OSError, ValueError):
+    return False
+  return True
+
+
+def resumable_steps(workdir: str | Path) -> list[int]:
+  """The steps a run resumes from, newest first: those `set_aside_unopenable` leaves. Read alike
+  by every process, before the main one moves any."""
+  return [step for step in step_numbers(workdir) if _openable(workdir, step)]
+
+
 def set_aside_unopenable(workdir: str | Path) -> None:
   """Sets aside steps whose orbax metadata is not even JSON: orbax's manager cannot open a
   folder that holds one."""
   for step in step_numbers(workdir):
-    path = Path(workdir, 'checkpoints', str(step), '_CHECKPOINT_METADATA')
-    try:
-      if path.exists():
-        json.loads(path.read_text())
-    except (OSError, ValueError):
+    if not _openable(workdir, step):
       logging.warning('Checkpoint %d in %s is damaged (unreadable metadata).', step, workdir)
       set_aside(workdir, step)
 

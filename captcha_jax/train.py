@@ -147,7 +147,8 @@ def train_and_evaluate(
   workdir = Path(workdir).absolute()
   main_process = jax.process_index() == 0  # the one that prints and writes files
   with run_folder.lock(workdir, enabled=main_process):
-    resuming = bool(checkpoints.step_numbers(workdir))
+    # Not from a damaged step: one that is set aside leaves a run starting over, from init_from.
+    resuming = bool(checkpoints.resumable_steps(workdir))
     if resuming and config.get('init_from') and not config.image_width:
       # The width the run trained at, rather than its init_from's again: that reader may be gone.
       config = config.copy_and_resolve_references()

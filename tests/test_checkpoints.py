@@ -113,6 +113,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_an_earlier_one_restored(tmp_path,
   state = {'w': np.arange(4.0)}
   save_three(tmp_path, state)
   damage(tmp_path / 'checkpoints' / '3')
+  assert checkpoints.resumable_steps(tmp_path) == [2, 1]
   checkpoints.set_aside_unopenable(tmp_path)  # orbax's manager could not open the folder
   manager = checkpoints.checkpoint_manager(tmp_path, keep=3)
   assert manager.all_steps() == [1, 2]

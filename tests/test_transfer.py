@@ -151,6 +151,10 @@ def test_fine_tuning_starts_from_a_run_and_trains(trained, tmp_path, captcha_dir
   tiny_config.num_epochs = 2
   train.train_and_evaluate(tiny_config, tmp_path / 'tuned')
   assert checkpoints.step_numbers(tmp_path / 'tuned')[0] == 2 * results['best_step']
+  for step in checkpoints.step_numbers(tmp_path / 'tuned'):  # every step's metadata damaged:
+    (tmp_path / 'tuned' / 'checkpoints' / str(step) / '_CHECKPOINT_METADATA').write_text('')
+  with pytest.raises(ConfigError, match='source'):  # it starts over, from the reader (now gone)
+    train.train_and_evaluate(tiny_config, tmp_path / 'tuned')
 
 
 def test_fine_tuning_reads_a_narrow_set_at_its_readers_width(trained, tmp_path, tiny_config):
