@@ -88,6 +88,10 @@ def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
       passed_over.append(f'{path}: a link to nothing')
     elif path.suffix.lower() not in images.IMAGE_EXTENSIONS:
       passed_over.append(f'{path}: not an image file name ({"/".join(images.IMAGE_EXTENSIONS)})')
+    elif path.name.startswith('._'):  # macOS copies each file's metadata as ._NAME beside it
+      passed_over.append(f'{path}: macOS metadata beside {path.name[2:]!r}, not an image')
+    elif not _utf8(path.name):  # from a zip made where names are not UTF-8 (cp437, GBK)
+      passed_over.append(f'{path}: its name is not UTF-8, so its text cannot be read; rename it')
     elif not path.stat().st_size:  # before its name counts towards the inferred settings
       passed_over.append(f'{path}: an empty file')
     else:
@@ -96,6 +100,15 @@ def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
     extensions = '/'.join(images.IMAGE_EXTENSIONS)
     raise DataError(f'Folder {str(folder)!r} holds no images ({extensions}).')
   return found, passed_over
+
+
+def _utf8(name: str) -> bool:
+  """False for a name the OS gave as bytes that are not UTF-8 (held as lone surrogates)."""
+  try:
+    name.encode('utf-8')
+  except UnicodeEncodeError:
+    return False
+  return True
 
 
 def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]]:
@@ -457,16 +470,27 @@ def resolve(
 def load_in_memory(config: ml_collections.ConfigDict, examples: dict[str, list[Example]]) -> Splits:
   """Each split decoded into memory at the config's image size; undecodable files are skipped
   with one warning (or fatal, see config.skip_bad_files)."""
-  splits, problems = {}, []
+  decoded, problems = {}, []
   for name, split in examples.items():
     pixels, undecodable = decode(split, config.image_height, config.image_width)
     problems += undecodable
-    kept = [i for i, p in enumerate(pixels) if p is not None]
-    if not kept:
-      raise DataError(f'No image of the {name} split can be decoded: see the files above.')
-    splits[name] = dataset_from_arrays([pixels[i] for i in kept], [split[i] for i in kept])
+    decoded[name] = [(p, e) for p, e in zip(pixels, split, strict=True) if p is not None]
   report_problems(problems, repr(config.data_dir), config.skip_bad_files)
-  return splits
+  for name, kept in decoded.items():
+    if not kept:
+      raise empty_split(name, len(examples[name]))
+  return {name: dataset_from_arrays(*zip(*kept, strict=True)) for name, kept in decoded.items()}
+
+
+def empty_split(name: str, listed: int) -> DataError:
+  """The error for a split left with no image once its `listed` files were read, raised after
+  the files were reported, so that the message above it names them."""
+  if listed:
+    return DataError(f'None of the {listed} image(s) of the {name} split decodes: see above.')
+  return DataError(
+    f'The {name} split holds no image: its labels were all refused (see above; an alphabet '
+    'that lacks their characters?).'
+  )
 
 
 def _header_size(path: str) -> tuple[int, int] | None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 
 from captcha_jax import batches, data, decoding, metrics, models, plots, predict, sources
 from captcha_jax import workdir as run_folder
@@ -57,8 +58,12 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None, top: int 
     with config.unlocked():  # a run older than some of these settings lacks them
       config.update(data_dir=data_dir, data_source='folder', labels_file='')
     config, examples = data.resolve(config, output_steps, one_set=True)
-    splits = data.load_in_memory(config, examples)
     beyond = labels_beyond_the_model(config, examples['all'])
+    if examples['all']:
+      splits = data.load_in_memory(config, examples)
+    else:  # no label the model can read: each image is scored below, as misread
+      nothing = np.zeros((0, config.image_height, config.image_width, 3), np.uint8)
+      splits = {'all': data.Dataset(nothing, (), ())}
   else:
     _, splits = sources.prepare(config, output_steps)
     check_same_split(workdir, splits)

@@ -118,10 +118,11 @@ def open_records(
     problems += [
       f'{path}: not in the tfds copy (undecodable when it was made)' for path in source.missing
     ]
-    if not len(source):
-      raise DataError(f'No image of the {name} split can be decoded: see the files above.')
     sources[name] = source
   data.report_problems(problems, repr(config.data_dir), config.skip_bad_files)
+  for name, source in sources.items():
+    if not len(source):
+      raise data.empty_split(name, len(examples[name]))
   return sources
 
 

@@ -215,11 +215,16 @@ def test_bad_files_are_skipped_with_warnings_naming_each(captcha_dir, copy_of, c
 def test_stray_files_do_not_pass_unnoticed_into_the_inferred_settings(tmp_path, caplog):
   synthetic.generate(tmp_path, 120, alphabet='0123456789', length=4, width=120, height=40, seed=2)
   (tmp_path / 'Thumbs_db.png').write_bytes(b'')  # an empty file: left out before it counts
+  (tmp_path / '._0123.png').write_bytes(b'\x00\x05\x16\x07' * 1024)  # macOS metadata
+  gbk = os.fsdecode('中文'.encode('gbk') + b'12.png')  # a Windows zip's name, not UTF-8
+  Image.new('RGB', (120, 40), 'white').save(tmp_path / gbk)
   Image.new('RGB', (120, 40), 'white').save(tmp_path / '0814_1.png')  # a name with a suffix
   caplog.set_level(logging.WARNING)
   config = config_for(tmp_path, alphabet='auto', max_label_length=0, fixed_label_length=-1)
   resolved, _ = resolve(config)
   assert 'Thumbs_db.png: an empty file' in caplog.text
+  assert "._0123.png: macOS metadata beside '0123.png'" in caplog.text
+  assert 'its name is not UTF-8' in caplog.text and resolved.alphabet == '0123456789_'
   assert resolved.max_label_length == 6 and resolved.fixed_label_length == 0  # what 0814_1 did
   assert (
     f'1 of 121 labels are unlike the rest, of a length or with a character under 1% of them '
@@ -230,6 +235,23 @@ def test_stray_files_do_not_pass_unnoticed_into_the_inferred_settings(tmp_path, 
   resolved, _ = resolve(config)
   assert resolved.max_label_length == resolved.fixed_label_length == 4
   assert 'unlike the rest' not in caplog.text
+
+
+def test_a_split_left_empty_names_its_files_first(tmp_path, caplog):
+  for text in ('abcde', 'bcdef', 'cdefg', 'defgh', 'efghi', 'fghij', 'ghijk', 'hijkl'):
+    (tmp_path / f'{text}.png').write_bytes(b'not a png')
+  caplog.set_level(logging.WARNING)
+  config = config_for(tmp_path, alphabet='auto')
+  steps = functools.partial(models.output_steps, tiny.get_config().model)
+  with pytest.raises(DataError, match=r'None of the \d image\(s\) of the \w+ split decodes'):
+    sources.prepare(config, steps)
+  assert "abcde.png' is not a readable image" in caplog.text  # the files it points to
+  synthetic.generate(tmp_path, 40, alphabet='0123456789', length=5, seed=3)
+  for path in tmp_path.glob('[a-z]*.png'):
+    path.unlink()
+  config.alphabet = '01234'  # the other digits' labels are refused, leaving some split empty
+  with pytest.raises(DataError, match='holds no image: its labels were all refused'):
+    sources.prepare(config, steps)
 
 
 def test_bad_files_are_fatal_when_asked(captcha_dir, copy_of):

@@ -119,6 +119,13 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   del saved['pseudo_labels'], saved['pseudo_min_confidence']
   (older / 'config.json').write_text(json.dumps(saved))
   assert evaluate.evaluate_workdir(older, str(other)) == report
+  # A folder of which the model can read no label (another case, say) is scored all the same.
+  unreadable = tmp_path / 'unreadable'
+  unreadable.mkdir()
+  shutil.copy(first, unreadable / 'aaaaa.png')
+  shutil.copy(first, unreadable / 'zzzzz.png')
+  report = evaluate.evaluate_workdir(workdir, str(unreadable))
+  assert report['all']['images'] == 2 and report['all']['accuracy'] == 0
 
 
 EXPORT_LOADER = """
