@@ -215,9 +215,15 @@ def _unpack(archive: Path, into: Path, url: str) -> None:
           f'The zip from {url} has members that would be written outside its folder: '
           f'{unsafe[:5]}. It was not unpacked.'
         )
-      keep = [n for n in names if not any(_JUNK.match(p) for p in PurePosixPath(n).parts)]
+      keep = []
+      for info in zf.infolist():
+        # Windows tools (PowerShell's Compress-Archive) write 'set\\226md.png': a file named so.
+        info.filename = info.filename.replace('\\', '/')
+        if not any(_JUNK.match(p) for p in PurePosixPath(info.filename).parts):
+          keep.append(info)
       zf.extractall(into, members=keep)
-  except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+  # Also encrypted members (RuntimeError) and a method zipfile lacks (Deflate64: NotImplemented).
+  except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as e:
     with open(archive, 'rb') as f:
       start = f.read(16)
     raise DataError(

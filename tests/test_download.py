@@ -266,6 +266,35 @@ def test_too_few_images_or_a_refusing_check_keeps_nothing(server, good_zip, tmp_
   assert _everything(cache) == []
 
 
+def test_a_zip_written_on_windows_unpacks_into_its_folder(server, tmp_path):
+  members = {f'captcha_images_v2\\{label}.png': _png(label) for label in LABELS}
+  url = server.serve('/windows.zip', body(_zip(members)))
+  folder = download.fetch(url, tmp_path / 'cache', progress=False)
+  assert folder.name == 'captcha_images_v2'
+  assert sorted(p.stem for p in folder.iterdir()) == sorted(LABELS)
+
+
+def _patched(data: bytes, local_offset: int, central_offset: int, value: int) -> bytes:
+  """`data` (a zip) with a 2-byte field of every local and central header set to `value`."""
+  out = bytearray(data)
+  for signature, offset in ((b'PK\x03\x04', local_offset), (b'PK\x01\x02', central_offset)):
+    for match in re.finditer(re.escape(signature), data):
+      out[match.start() + offset : match.start() + offset + 2] = value.to_bytes(2, 'little')
+  return bytes(out)
+
+
+@pytest.mark.parametrize(
+  'fields,what',
+  [((6, 8, 1), 'encrypted'), ((8, 10, 9), 'not supported')],  # the flag, or Deflate64's method
+)
+def test_an_encrypted_or_deflate64_zip_is_refused_by_name(server, tmp_path, fields, what):
+  members = {f'captcha_images_v2/{label}.png': _png(label) for label in LABELS[:3]}
+  url = server.serve('/odd.zip', body(_patched(_zip(members), *fields)))
+  with pytest.raises(DataError, match=f'not a usable zip file .*{what}'):
+    download.fetch(url, tmp_path / 'cache', progress=False)
+  assert _everything(tmp_path / 'cache') == []
+
+
 def test_a_zip_without_images_is_refused(server, tmp_path):
   url = server.serve('/text.zip', body(_zip({'readme/notes.txt': b'no images here'})))
   with pytest.raises(DataError, match='holds no'):
