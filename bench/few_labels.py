@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -95,6 +96,7 @@ def _generated(style: str, shape: Shape, count: int, seed: int, folder: Path) ->
   """`folder`, holding `count` captchas of `style` in `shape` drawn with `seed`; generated once."""
   if not folder.is_dir():
     partial = folder.with_suffix('.partial')  # an interrupted generation is not taken as done
+    shutil.rmtree(partial, ignore_errors=True)  # and starts over
     synthetic.generate(
       partial,
       count,

@@ -888,17 +888,25 @@ def generate(
     raise ConfigError(f'{unsafe} cannot appear in file names: use labels_file=True.')
   lengths = length_range(length)
   out = Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(seed)
   texts = random_texts(count, alphabet, lengths, rng, distinct=not labels_file)
   digits = max(6, len(str(count - 1)))
-  paths = []
-  for i, text in enumerate(texts):
+  paths = [
+    out / (f'{i:0{digits}d}.png' if labels_file else f'{t}.png') for i, t in enumerate(texts)
+  ]
+  taken = [p for p in paths + [out / 'labels.csv'] * labels_file if p.exists()]
+  if taken:  # a folder of real captchas named by their text would lose some of them
+    raise ConfigError(
+      f'{len(taken)} of the files to write are in {str(out)!r} already (e.g. {taken[0].name!r}); '
+      'nothing was written. Give a new or empty folder.'
+    )
+  out.mkdir(parents=True, exist_ok=True)
+  for i, (text, path) in enumerate(zip(texts, paths, strict=True)):
     image_rng = np.random.default_rng([seed, i])
     image = render(text, style_for(style, image_rng, width, height), image_rng)
-    path = out / (f'{i:0{digits}d}.png' if labels_file else f'{text}.png')
-    image.save(path)
-    paths.append(path)
+    partial = path.with_name(f'.{path.name}.partial')  # never a half-written image under a label
+    image.save(partial, format='PNG')
+    partial.replace(path)
   if labels_file:
     with open(out / 'labels.csv', 'w', newline='', encoding='utf-8') as f:
       writer = csv.writer(f)

@@ -147,6 +147,13 @@ def test_generate_default_is_the_dataset_style(tmp_path):
       assert image.mode == 'RGB' and image.size == (200, 50)
   again = synthetic.generate(tmp_path / 'again', 20, seed=1)
   assert [p.read_bytes() for p in again] == [p.read_bytes() for p in paths]
+  real = paths[3].read_bytes()  # as if a real captcha of that text were there
+  with pytest.raises(ConfigError, match='20 of the files .* already .*nothing was written'):
+    synthetic.generate(tmp_path, 21, seed=1)
+  assert paths[3].read_bytes() == real and len(list(tmp_path.glob('*.png'))) == 20
+  assert synthetic.generate(tmp_path, 5, seed=2, labels_file=True)[0].name == '000000.png'
+  with pytest.raises(ConfigError, match='6 of the files'):  # labels.csv too
+    synthetic.generate(tmp_path, 5, seed=2, labels_file=True)
 
 
 def test_generate_other_styles_and_sizes(tmp_path):
