@@ -160,7 +160,7 @@ def onnx_readers(config, variables, threads: int):
 
   with tempfile.TemporaryDirectory() as tmp:
     path = Path(tmp) / 'reader.onnx'
-    path.write_bytes(onnx_export.to_onnx(config, variables).SerializeToString())
+    path.write_bytes(onnx_export.serialize(onnx_export.to_onnx(config, variables)))
     readers = OnnxReader(path, threads, BATCH), OnnxReader(path, 1, BATCH)
   return *readers, f'onnxruntime {onnxruntime.__version__} (cpu, {threads} threads)'
 

@@ -460,7 +460,7 @@ def export(argv: Sequence[str] | None = None) -> None:
       return
     if (args.format or ('onnx' if args.out.lower().endswith('.onnx') else 'jax')) == 'onnx':
       onnx_export = _onnx_module('onnx_export')
-      blob = onnx_export.to_onnx(predictor.config, predictor.variables).SerializeToString()
+      blob = onnx_export.serialize(onnx_export.to_onnx(predictor.config, predictor.variables))
       how = 'read it with captcha_jax.onnx_reader.OnnxReader, or any ONNX runtime'
     else:
       from captcha_jax import export as exporting

@@ -1,6 +1,6 @@
 """A trained CRNN as an ONNX model: uint8 images in, CTC log-probabilities out.
 
-    python -m captcha_jax.onnx_export --workdir runs/default --out reader.onnx
+    python -m captcha_jax.export --workdir runs/default --out reader.onnx
 
 The graph is written op by op from the variables rather than traced from JAX: BatchNorm folds
 into the convolutions, the max-pool is ONNX's own, and each BiGRU layer is one ONNX `GRU` op, so
@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from captcha_jax import models, settings
 from captcha_jax.errors import ConfigError
-from captcha_jax.onnx_reader import FORMAT_VERSION, META_FORMAT
+from captcha_jax.onnx_reader import FORMAT_VERSION, META_FORMAT, META_SHA256, UNSIGNED, sign
 from captcha_jax.vocab import Vocab
 
 # ONNX GRU (opset 14+) and LogSoftmax (13+) as used here; 17 loads in onnxruntime 1.13 and later.
@@ -223,6 +223,7 @@ def to_onnx(config: ml_collections.ConfigDict, variables: dict) -> onnx.ModelPro
   )
   meta = {
     META_FORMAT: str(FORMAT_VERSION),
+    META_SHA256: UNSIGNED,  # `serialize` writes the file's digest here
     'alphabet': config.alphabet,
     'image_height': str(height),
     'image_width': str(width),
@@ -231,3 +232,8 @@ def to_onnx(config: ml_collections.ConfigDict, variables: dict) -> onnx.ModelPro
   helper.set_model_props(model, meta)
   onnx.checker.check_model(model, full_check=True)
   return model
+
+
+def serialize(model: onnx.ModelProto) -> bytes:
+  """The .onnx file of a model `to_onnx` made, signed: `OnnxReader` refuses it once altered."""
+  return sign(model.SerializeToString())

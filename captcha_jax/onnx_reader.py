@@ -8,6 +8,7 @@ both read an image alike. This module must stay importable without jax, flax
 or optax: a deployment installs only onnxruntime, numpy and pillow (tests check sys.modules).
 """
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,37 @@ from captcha_jax.errors import DataError
 from captcha_jax.vocab import Vocab
 
 # The file's contract, written by `onnx_export.to_onnx`: metadata_props keys, all string values.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: signed with META_SHA256
 META_FORMAT = 'captcha_jax_format'
 META_KEYS = ('alphabet', 'image_height', 'image_width', 'fixed_label_length')
+# The sha256 of the file as written with UNSIGNED in its place: the one value a file cannot hold
+# a digest of itself in, so the exporter hashes first, then writes the digest over the zeros.
+META_SHA256 = 'captcha_jax_sha256'
+UNSIGNED = '0' * 64
+
+
+def _entry(digest: str) -> bytes:
+  """The metadata entry {META_SHA256: digest} as protobuf writes it (StringStringEntryProto:
+  field 1 the key, field 2 the 64-character value)."""
+  key = META_SHA256.encode()
+  return b'\x0a' + bytes([len(key)]) + key + b'\x12\x40' + digest.encode()
+
+
+def sign(blob: bytes) -> bytes:
+  """A serialized model holding {META_SHA256: UNSIGNED}, with the digest written in."""
+  digest = hashlib.sha256(blob).hexdigest()
+  if blob.count(_entry(UNSIGNED)) != 1:
+    raise ValueError(f'the model must hold {META_SHA256} = UNSIGNED exactly once')
+  return blob.replace(_entry(UNSIGNED), _entry(digest))
+
+
+def signature_holds(blob: bytes, digest: str) -> bool:
+  """Whether `blob`, a file `sign` wrote, is as it was signed with `digest`."""
+  entry = _entry(digest)
+  return (
+    blob.count(entry) == 1
+    and hashlib.sha256(blob.replace(entry, _entry(UNSIGNED))).hexdigest() == digest
+  )
 
 
 class OnnxReader(readers.ImageReader):
@@ -41,10 +70,9 @@ class OnnxReader(readers.ImageReader):
       options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1  # the graph is one chain: parallelism is within ops
     options.log_severity_level = 3  # errors only; onnxruntime warns about unused initializers
+    blob = self.path.read_bytes()
     try:
-      self._session = ort.InferenceSession(
-        str(self.path), options, providers=['CPUExecutionProvider']
-      )
+      self._session = ort.InferenceSession(blob, options, providers=['CPUExecutionProvider'])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... classes
       raise DataError(f'{str(self.path)!r} is not a readable ONNX model ({e}).') from e
     meta = self._session.get_modelmeta().custom_metadata_map
@@ -57,7 +85,13 @@ class OnnxReader(readers.ImageReader):
     if meta[META_FORMAT] != str(FORMAT_VERSION):
       raise DataError(
         f'{str(self.path)!r} has captcha_jax ONNX format {meta[META_FORMAT]}, this reader '
-        f'reads format {FORMAT_VERSION}: use the captcha_jax version that exported it.'
+        f'reads format {FORMAT_VERSION}: use the captcha_jax version that exported it, or '
+        'export it again.'
+      )
+    if not signature_holds(blob, meta.get(META_SHA256, '')):
+      raise DataError(
+        f'{str(self.path)!r} is damaged or altered: its sha256 is not the one it was exported '
+        'with. Export it again.'
       )
     self.vocab = Vocab(meta['alphabet'])
     self.height = int(meta['image_height'])

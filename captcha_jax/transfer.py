@@ -5,6 +5,7 @@ so each character both alphabets share keeps what it learned, the blank keeps it
 characters new to the target start from the target's fresh initialisation.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from captcha_jax import checkpoints
 from captcha_jax import workdir as run_folder
-from captcha_jax.errors import ConfigError
+from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.vocab import BLANK_ID, Vocab
 
 PRETRAINED_DIR = Path(__file__).parent / 'pretrained'
@@ -36,12 +37,32 @@ def load_pretrained(folder: Path = PRETRAINED_DIR) -> tuple[ml_collections.Confi
   weights_path = folder / 'reader.msgpack'
   if not weights_path.exists():
     raise ConfigError(f'No reader in {folder}: it lacks reader.msgpack.')
-  variables = flax.serialization.msgpack_restore(weights_path.read_bytes())
-  return _reader_config(folder), variables
+  weights = weights_path.read_bytes()
+  expected = _description(folder).get('sha256')
+  if expected is None:
+    raise DataError(
+      f'{str(folder / "reader.json")!r} holds no sha256 of reader.msgpack (a reader exported '
+      'before they were checked): export it again.'
+    )
+  if expected != hashlib.sha256(weights).hexdigest():
+    raise DataError(
+      f'{str(weights_path)!r} is damaged or altered: its sha256 is not the one reader.json '
+      'holds. Export the reader again.'
+    )
+  return _reader_config(folder), flax.serialization.msgpack_restore(weights)
+
+
+def _description(folder: Path) -> dict:
+  """reader.json: the reader's config, its weights' sha256, and how it was made."""
+  path = folder / 'reader.json'
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise DataError(f"{str(path)!r} cannot be read as a reader's description ({e}).") from e
 
 
 def _reader_config(folder: Path) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(json.loads((folder / 'reader.json').read_text())['config'])
+  return ml_collections.ConfigDict(_description(folder)['config'])
 
 
 def save_reader(config: ml_collections.ConfigDict, variables: dict, out_dir: Path, **notes) -> None:
@@ -51,12 +72,16 @@ def save_reader(config: ml_collections.ConfigDict, variables: dict, out_dir: Pat
   A reader is made to be passed on, so the config's paths are written as they read from the
   current folder (or the home folder), not as this machine's absolute paths."""
   out_dir.mkdir(parents=True, exist_ok=True)
-  arrays = jax.tree.map(np.asarray, variables)
-  run_folder.write_atomic(out_dir / 'reader.msgpack', flax.serialization.msgpack_serialize(arrays))
+  weights = flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, variables))
+  run_folder.write_atomic(out_dir / 'reader.msgpack', weights)
   config = config.copy_and_resolve_references()
   for key in PATH_KEYS:
     config[key] = portable_path(config[key])
-  description = {'config': json.loads(config.to_json_best_effort()), **notes}
+  description = {
+    'config': json.loads(config.to_json_best_effort()),
+    'sha256': hashlib.sha256(weights).hexdigest(),  # a damaged copy is refused, never read
+    **notes,
+  }
   run_folder.write_json(out_dir / 'reader.json', description)
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import hashlib
 import json
 import subprocess
 import sys
@@ -103,7 +104,7 @@ def exported(request, tmp_path_factory) -> Exported:
   model = models.create_model(config.model, Vocab(config.alphabet).num_classes)
   variables = random_variables(model, config.image_height, config.image_width, seed=1)
   path = tmp_path_factory.mktemp('onnx') / 'reader.onnx'
-  path.write_bytes(onnx_export.to_onnx(config, variables).SerializeToString())
+  path.write_bytes(onnx_export.serialize(onnx_export.to_onnx(config, variables)))
   images, expected = {}, {}
   for batch in (1, 5):
     shape = (batch, config.image_height, config.image_width, 3)
@@ -172,7 +173,9 @@ def test_reader_without_jax_reads_as_the_jax_model(exported, tmp_path):
 
 def test_metadata_round_trip(exported):
   config = exported.config
-  meta = {p.key: p.value for p in onnx.load(str(exported.path)).metadata_props}
+  model = onnx.load(str(exported.path))
+  meta = {p.key: p.value for p in model.metadata_props}
+  digest = meta.pop('captcha_jax_sha256')
   assert meta == {
     'captcha_jax_format': str(onnx_export.FORMAT_VERSION),
     'alphabet': config.alphabet,
@@ -180,6 +183,10 @@ def test_metadata_round_trip(exported):
     'image_width': str(config.image_width),
     'fixed_label_length': str(config.fixed_label_length),
   }
+  # The digest is the file's sha256 with zeros in its place, as onnx itself serialises the model.
+  (entry,) = [p for p in model.metadata_props if p.key == 'captcha_jax_sha256']
+  entry.value = '0' * 64
+  assert hashlib.sha256(model.SerializeToString()).hexdigest() == digest
   reader = OnnxReader(exported.path, threads=1)
   assert (reader.height, reader.width) == (config.image_height, config.image_width)
   assert reader.vocab.alphabet == config.alphabet
@@ -211,6 +218,25 @@ def test_not_a_model_file_is_a_clear_error(tmp_path):
     OnnxReader(text)
   with pytest.raises(DataError, match='no such file'):
     OnnxReader(tmp_path / 'missing.onnx')
+
+
+def test_a_damaged_or_altered_file_is_refused(exported, tmp_path):
+  blob = exported.path.read_bytes()
+  model = onnx.load(str(exported.path))
+  weights = max((t.raw_data for t in model.graph.initializer), key=len)
+  start = blob.index(weights)  # inside the weights: the model still loads, and reads wrong
+  flipped = bytes(b ^ 0xFF for b in weights[:64])
+  damaged = tmp_path / 'damaged.onnx'
+  damaged.write_bytes(blob[:start] + flipped + blob[start + 64 :])
+  with pytest.raises(DataError, match='damaged.onnx.* is damaged or altered'):
+    OnnxReader(damaged)
+  for p in model.metadata_props:
+    if p.key == 'alphabet':
+      p.value = p.value[::-1]  # the same characters, read as others
+  altered = tmp_path / 'altered.onnx'
+  altered.write_bytes(model.SerializeToString())
+  with pytest.raises(DataError, match='damaged or altered'):
+    OnnxReader(altered)
 
 
 def identity_model(metadata: dict) -> onnx.ModelProto:

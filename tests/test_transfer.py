@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from captcha_jax import checkpoints, cli, models, steps, synthetic, train, transfer
-from captcha_jax.errors import ConfigError
+from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
 from captcha_jax.vocab import BLANK_ID
 
@@ -110,6 +110,15 @@ def test_a_run_exported_as_a_reader_loads_as_the_shipped_one_does(trained, tmp_p
   source_config, source_variables = transfer.load_source(str(out))
   assert source_config.to_dict() == config.to_dict()
   assert jax.tree.all(jax.tree.map(np.array_equal, source_variables, variables))
+  # A damaged copy is refused, not read into wrong texts.
+  weights = (out / 'reader.msgpack').read_bytes()
+  middle = len(weights) // 2
+  (out / 'reader.msgpack').write_bytes(weights[:middle] + b'\xff' * 64 + weights[middle + 64 :])
+  with pytest.raises(DataError, match='reader.msgpack.* is damaged or altered'):
+    Predictor.from_workdir(out)
+  (out / 'reader.msgpack').write_bytes(weights[:middle])  # cut short
+  with pytest.raises(DataError, match='damaged or altered'):
+    transfer.load_source(str(out))
 
 
 def test_a_saved_reader_names_paths_as_they_read_from_here(tiny_config, tmp_path, monkeypatch):
