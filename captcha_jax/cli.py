@@ -315,15 +315,14 @@ def predict(argv: Sequence[str] | None = None) -> None:
   def action() -> int:
     from tqdm import tqdm
 
-    from captcha_jax import decoding, host
+    from captcha_jax import host
     from captcha_jax import predict as predicting
 
     if args.cpu_tuning:
       host.tune_cpu(predicting.BATCH_SIZE)
     _quiet_orbax()
     reader = load_reader(args.workdir, args.onnx, args.pretrained)
-    if args.allowed:
-      decoding.check_allowed(args.allowed, reader.vocab.alphabet)
+    reader.check_restriction(args.allowed, args.length)  # before --output is touched
     paths = list(predicting.expand_paths(args.inputs))
     failed = 0
     # Written beside --output and moved over it once every file is read: a run that fails or is
@@ -432,6 +431,8 @@ def export(argv: Sequence[str] | None = None) -> None:
       f"--out {args.out} is a training run's folder: the reader would be read there instead of "
       'its checkpoints. Write it to a folder of its own.'
     )
+  if args.format != 'reader' and out.is_dir():
+    parser.error(f'--out {args.out} is a folder: give a file name (a folder is --format reader).')
 
   def action():
     from captcha_jax import workdir as run_folder

@@ -32,6 +32,13 @@ class ImageReader:
     """One image (a path, bytes, a PIL image or a uint8 array) as this model's input."""
     return images.load_image(source, self.height, self.width)
 
+  def check_restriction(self, allowed: str = '', length: int = 0) -> None:
+    """Raises ConfigError now for characters the model never reads or a length it cannot read
+    (too few CTC steps): restricted so, every image would fail."""
+    decoding.check_allowed(allowed, self.vocab.alphabet)
+    if length:
+      self.read_pixels(np.full((1, self.height, self.width, 3), 255, np.uint8), allowed, length)
+
   def read_pixels(
     self, pixels: np.ndarray, allowed: str = '', length: int = 0
   ) -> list[decoding.Reading]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captcha_jax import data, evaluate, export, sources, synthetic
+from captcha_jax import cli, data, evaluate, export, sources, synthetic
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
 
@@ -179,7 +179,7 @@ def test_export_runs_without_model_code_and_agrees(trained, captcha_dir, tmp_pat
       read(images.astype(np.float32))
 
 
-def test_export_rejects_other_and_damaged_files(trained, tmp_path):
+def test_export_rejects_other_and_damaged_files(trained, tmp_path, capsys):
   (tmp_path / 'x.bin').write_bytes(b'not a model')
   with pytest.raises(DataError, match='not a captcha_jax export'):
     export.load(tmp_path / 'x.bin')
@@ -199,6 +199,10 @@ def test_export_rejects_other_and_damaged_files(trained, tmp_path):
   (tmp_path / 'old').write_bytes(old)
   with pytest.raises(DataError, match='format 1; this version reads format 2'):
     export.load(tmp_path / 'old')
+  (tmp_path / 'folder').mkdir()  # named before any work, not as a temporary file after it
+  with pytest.raises(SystemExit) as done:
+    cli.export([f'--workdir={trained[1]}', f'--out={tmp_path / "folder"}'])
+  assert done.value.code == 2 and 'is a folder: give a file name' in capsys.readouterr().err
 
 
 def test_tfds_without_tensorflow_datasets_says_what_to_install(tiny_config, monkeypatch):

@@ -66,17 +66,38 @@ def test_predict_reads_the_rest_and_names_each_failure(trained, messy_folder, tm
   )
   assert refused.returncode != 0 and "'#' cannot be read" in refused.stderr
   assert out_csv.read_bytes() == before and 'Traceback' not in refused.stderr
-  failed = run(  # fails at the first batch, the file opened
+  refused = run(  # a length it cannot read: refused before the file is opened
     'captcha_jax.predict', f'--workdir={workdir}', relative, f'--output={out_csv}', '--length=99'
   )
-  assert failed.returncode != 0 and 'needs 99 CTC steps' in failed.stderr
-  assert out_csv.read_bytes() == before and f'{out_csv}.partial; {out_csv} is as it was' in (
-    failed.stderr
-  )
+  assert refused.returncode != 0 and 'needs 99 CTC steps' in refused.stderr
+  assert out_csv.read_bytes() == before and not Path(f'{out_csv}.partial').exists()
+  assert 'Traceback' not in refused.stderr
   run('captcha_jax.predict', f'--workdir={workdir}', str(messy_folder), f'--output={out_jsonl}')
   readings = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
   assert {r['file']: r['text'] for r in readings} == expected
   assert set(readings[0]) == {'file', 'text', 'raw_text', 'confidence'}
+
+
+def test_predict_failing_half_way_leaves_its_output_as_it_was(
+  trained, captcha_dir, tmp_path, monkeypatch
+):
+  from captcha_jax import predict
+
+  out_csv = tmp_path / 'r.csv'
+  out_csv.write_text('file,text\nkept.png,kept\n')
+  real = predict.read_files
+
+  def read_one_then_fail(*args):
+    for i, item in enumerate(real(*args)):
+      if i == 1:
+        raise RuntimeError('a failure half-way')
+      yield item
+
+  monkeypatch.setattr(predict, 'read_files', read_one_then_fail)
+  with pytest.raises(RuntimeError, match='half-way'):
+    cli.predict([f'--workdir={trained[1]}', str(captcha_dir), f'--output={out_csv}'])
+  assert out_csv.read_text() == 'file,text\nkept.png,kept\n'
+  assert len(Path(f'{out_csv}.partial').read_text().splitlines()) == 2  # the header, one reading
 
 
 def test_predict_streams_a_folder_in_batches(trained, captcha_dir, monkeypatch):
