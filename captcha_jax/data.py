@@ -125,6 +125,7 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
   first = content.split('\n', 1)[0]
   delimiter = next((d for d in '\t,;' if d in first), ',')  # TSV, CSV, or CSV of a ';' locale
   examples, problems, seen = [], [], {}
+  columns = 2  # the fields a row may fill: more only under a header naming them
   rows = csv.reader(content.splitlines(), delimiter=delimiter, skipinitialspace=True)
   for number, row in enumerate(rows, 1):
     if not row or not any(field.strip() for field in row):
@@ -135,9 +136,15 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
       continue
     file, text = row[0].strip(), row[1].strip()  # no captcha's text starts or ends with a space
     image = folder / file
-    if not image.is_file():
-      if number == 1:
-        continue  # a header
+    if not image.is_file() and number == 1:
+      columns = len(row)  # a header
+      continue
+    if any(field.strip() for field in row[columns:]):  # a text cut at a delimiter it holds
+      problems.append(
+        f'{where}: {len(row)} fields where a path and a text were expected, got {row!r} '
+        f'(a text holding {delimiter!r} must be quoted)'
+      )
+    elif not image.is_file():
       problems.append(f'{where}: {str(image)!r} is not a file')
     elif not text:
       problems.append(f'{where}: empty text for {file!r}')

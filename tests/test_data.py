@@ -368,14 +368,20 @@ def test_labels_file_with_a_header_and_its_problems_named_by_line(captcha_dir, c
     renamed.append((f'img{i:03d}.png', Path(name).stem))
   lines = ['file,text'] + [f'{f},{t}' for f, t in renamed]
   lines += ['missing.png,abcde', f'{renamed[0][0]},22222', f'{renamed[1][0]},']
+  lines += [f'{renamed[2][0]},ab,cd']  # a text holding the delimiter, unquoted
   (folder / 'labels.csv').write_text('\n'.join(lines) + '\n')
   caplog.set_level(logging.WARNING)
   examples, problems = data.find_examples(config_for(folder, labels_file='labels.csv'), folder)
   assert [(Path(e.path).name, e.text) for e in examples] == renamed
-  assert len(problems) == 3
+  assert len(problems) == 4
   assert 'labels.csv, line 62: ' in problems[0] and 'missing.png' in problems[0]
   assert 'line 63' in problems[1] and 'listed again (first on line 2)' in problems[1]
   assert 'line 64' in problems[2] and 'empty text' in problems[2]
+  assert 'line 65: 3 fields' in problems[3] and "holding ',' must be quoted" in problems[3]
+  named = folder / 'named.csv'  # columns a header names are the file's own
+  named.write_text('file,text,source\n' + ''.join(f'{f},{t},site\n' for f, t in renamed))
+  examples, problems = data.find_examples(config_for(folder, labels_file=str(named)), folder)
+  assert len(examples) == 60 and not problems
   tsv = folder / 'labels.tsv'
   tsv.write_text(''.join(f'{f}\t{t}\n' for f, t in renamed))
   examples, problems = data.find_examples(config_for(folder, labels_file=str(tsv)), folder)
