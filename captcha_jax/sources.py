@@ -147,7 +147,8 @@ class SyntheticSource:
 
   Element i is `synthetic.sample(offset + i, seed, ...)` at height×width: the same in any
   process, so it shards and resumes like a file source. `for_epoch(e)` indexes a fresh stretch
-  [e·size, (e+1)·size), so pre-training never shows an image twice.
+  [e·size, (e+1)·size), the images of training's epoch e + 1, so pre-training never shows an
+  image twice.
   """
 
   seed: int

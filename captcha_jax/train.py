@@ -314,7 +314,9 @@ class _Loop:
     replays the same order and augmentation and skips the batches already done."""
     config, dataset = self.config, self.splits['train']
     spec = data.BatchSpec.of(config, config.batch_size)
-    source = dataset.for_epoch(epoch) if isinstance(dataset, sources.SyntheticSource) else dataset
+    # Epochs count from 1: the first trains on the stretch the train split's metrics then read.
+    synthetic = isinstance(dataset, sources.SyntheticSource)
+    source = dataset.for_epoch(epoch - 1) if synthetic else dataset
     stream = batches.train_batches(
       source,
       spec,

@@ -300,3 +300,35 @@ def test_bfloat16_compute_trains_the_tiny_model(tmp_path, tiny_config):
   import jax
 
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(variables))  # float32 master weights
+
+
+@pytest.mark.slow
+def test_pretraining_scores_its_train_split_on_images_it_trained_on(
+  tmp_path, tiny_config, monkeypatch
+):
+  import ml_collections
+
+  from captcha_jax import batches
+
+  tiny_config.update(data_source='synthetic', max_label_length=5, fixed_label_length=0)
+  tiny_config.synthetic = ml_collections.ConfigDict(
+    dict(seed=4, lengths=(3, 5), style='clean', case='keep', font_dirs=(), train_images=16)
+  )
+  tiny_config.synthetic.eval_images = 8
+  trained_on, scored = set(), {}
+  real_batches, real_evaluate = batches.train_batches, train.evaluate_split
+
+  def train_batches(source, *args, **kwargs):
+    trained_on.update(source.paths)
+    return real_batches(source, *args, **kwargs)
+
+  def evaluate_split(eval_step, state, source, *args):
+    scored.setdefault(id(source), list(source.paths))
+    return real_evaluate(eval_step, state, source, *args)
+
+  monkeypatch.setattr(batches, 'train_batches', train_batches)
+  monkeypatch.setattr(train, 'evaluate_split', evaluate_split)
+  results = train.train_and_evaluate(tiny_config, tmp_path / 'run')
+  assert len(trained_on) == 32 and results['train']['images'] == 16
+  train_paths = [paths for paths in scored.values() if paths[0].startswith('synthetic:4:')]
+  assert train_paths and set(train_paths[-1]) <= trained_on  # its metrics: images it learned
