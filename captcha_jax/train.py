@@ -254,6 +254,8 @@ class _Loop:
     self.config, self.mesh, self.splits, self.vocab = config, mesh, splits, vocab
     self.train_step, self.eval_step, self.schedule = train_step, eval_step, schedule
     self.manager, self.writer, self.steps_per_epoch = manager, writer, steps_per_epoch
+    # With several processes a stop is agreed through a step's metrics, read a step late.
+    self.votes_lag = jax.process_count() > 1
 
   def run(self, state, step: int, progress: dict, stop: StopSignals, started: float):
     done_epochs, first_batch = divmod(step, self.steps_per_epoch)
@@ -261,8 +263,9 @@ class _Loop:
       epoch_start = time.time()
       state, epoch_progress = self.train_epoch(state, epoch, first_batch, progress, stop)
       train_s = time.time() - epoch_start
-      if epoch_progress['stopped']:
-        self.save_and_stop(state, epoch, epoch_progress, stop)
+      stopped = epoch_progress['stopped']
+      if stopped and first_batch + epoch_progress['batches'] < self.steps_per_epoch:
+        self.save_and_stop(state, epoch, epoch_progress, stop)  # resumes at the next batch
       losses = epoch_progress['loss_sum'], epoch_progress['loss_count']
       if losses[1] == 0:
         raise Diverged(
@@ -292,16 +295,19 @@ class _Loop:
       checkpoints.save(
         self.manager, int(state.step), state, {}, {f'val_{k}': v for k, v in val.items()}
       )
+      if stopped:  # after the epoch's last batch: validated and saved as every epoch is
+        self.save_and_stop(state, epoch, epoch_progress, stop)
       first_batch, progress = 0, {}
     self.manager.wait_until_finished()
     return state
 
   def save_and_stop(self, state, epoch: int, epoch_progress: dict, stop: StopSignals):
     step = int(state.step)
+    self.manager.wait_until_finished()
     if self.manager.latest_step() != step:
       kept = {k: epoch_progress[k] for k in ('loss_sum', 'loss_count')}
       checkpoints.save(self.manager, step, state, kept)
-    self.manager.wait_until_finished()
+      self.manager.wait_until_finished()
     batch = step - (epoch - 1) * self.steps_per_epoch
     raise Stopped(
       f'Stopped by {stop.name or "another process"} at epoch {epoch}, batch {batch}; saved step '
@@ -345,11 +351,10 @@ class _Loop:
       disable=quiet,
     )
     pending = None
-    multi_process = jax.process_count() > 1
     on_device = device_batches(stream, self.mesh, config)
     for indices, batch in on_device:
       requested = bool(stop)
-      if requested and not multi_process:
+      if requested and not self.votes_lag:
         tally['stopped'] = True
         break
       votes = steps.stop_votes(requested, self.mesh)

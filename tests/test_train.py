@@ -56,6 +56,35 @@ def test_resume_continues_exactly(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_stop_agreed_at_an_epochs_last_batch_still_validates_it(trained, tmp_path, monkeypatch):
+  """Several processes agree on a stop a step late: asked at the epoch's second-to-last batch,
+  they stop after its last. That epoch is validated, logged and saved as any other, and the
+  resumed run goes on as if never stopped."""
+  config, workdir, _ = trained
+  steps_per_epoch = read_rows(workdir)[0]['step']
+  real_init, asked = train._Loop.__init__, []
+
+  def lagging(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    self.votes_lag = True  # as with several processes
+
+  monkeypatch.setattr(train._Loop, '__init__', lagging)
+  monkeypatch.setattr(
+    train.StopSignals, '__bool__', lambda self: asked.append(1) or len(asked) >= steps_per_epoch - 1
+  )
+  with pytest.raises(train.Stopped, match=f'epoch 1, batch {steps_per_epoch}'):
+    train.train_and_evaluate(config, tmp_path / 'run')
+  monkeypatch.undo()
+  assert [r['epoch'] for r in read_rows(tmp_path / 'run')] == [1]
+  train.train_and_evaluate(config, tmp_path / 'run')
+  original, again = read_rows(workdir), read_rows(tmp_path / 'run')
+  assert [r['epoch'] for r in again] == [1, 2, 3]
+  for before, after in zip(original, again, strict=True):
+    for key in ('step', 'train_loss', 'val_loss'):
+      assert after[key] == pytest.approx(before[key], rel=1e-5), key
+
+
+@pytest.mark.slow
 def test_resume_refuses_another_architecture(trained, tmp_path):
   config, workdir, _ = trained
   other = tmp_path / 'other'
