@@ -116,8 +116,9 @@ def read_torch_weights(path: str | Path) -> dict[str, np.ndarray]:
     import torch
   except ImportError as e:
     raise ConfigError(
-      f'Reading {str(path)!r} needs torch: pip install "captcha-jax[torch]", or convert it '
-      'on a machine with torch (python -m captcha_jax.port) and use the output folder.'
+      f'Reading {str(path)!r} needs torch: pip install torch --index-url '
+      'https://download.pytorch.org/whl/cpu (a CPU build, no CUDA packages), or convert it on a '
+      'machine with torch (python -m captcha_jax.port) and use the output folder.'
     ) from e
   try:
     loaded = torch.load(path, map_location='cpu', weights_only=True)

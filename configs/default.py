@@ -23,7 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.download_dir = '~/.cache/captcha_jax'
   config.labels_file = ''  # CSV/TSV of `path,text` lines (paths relative to data_dir) instead
   # Readings of unlabelled images of the set (`captcha-jax-predict --output FILE.csv` of a run
-  # trained on the labels) that join the train split: self-training (README, "Unlabelled images").
+  # trained on the labels) that join the train split: self-training (README, "Unlabelled
+  # images too").
   config.pseudo_labels = ''
   config.pseudo_min_confidence = 0.9  # of the whole reading; lower takes more and wronger ones
   # Or 'tfds' (the builder in captcha_jax/tfds_builder.py), or 'synthetic' (configs/pretrain.py).
