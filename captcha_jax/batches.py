@@ -13,6 +13,7 @@ records, whatever its process count; only what sits in memory changes.
 
 import dataclasses
 import queue
+import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -117,9 +118,18 @@ def _read_ahead(
     # Processes suit Python-heavy work that holds the GIL (synthetic rendering), once their
     # start-up (seconds: each imports the package) is paid.
     stream = stream.mp_prefetch(
-      grain.MultiprocessingOptions(num_workers=processes, per_worker_buffer_size=max(prefetch, 1))
+      grain.MultiprocessingOptions(num_workers=processes, per_worker_buffer_size=max(prefetch, 1)),
+      worker_init_fn=_leave_signals_to_the_main_process,
     )
   return _closing(iter(stream))
+
+
+def _leave_signals_to_the_main_process(worker: int, workers: int) -> None:
+  """Ctrl-C reaches the whole process group: a worker that died of it would end the run in
+  grain's error before the main process saves its stop checkpoint. Grain ends its workers with
+  SIGKILL, which no handler stops."""
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, signal.SIG_IGN)
 
 
 def _closing(iterator) -> Iterator:

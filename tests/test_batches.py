@@ -3,9 +3,12 @@ written-out reading of the contract on every source, each process's rows, resump
 host→device prefetch thread."""
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import ml_collections
 import numpy as np
@@ -335,6 +338,44 @@ def test_synthetic_batches_in_worker_processes_equal_those_read_here():
   expected = batches.train_batches(source, spec, VOCAB, (0, 2), AUGMENT, workers=0)
   got = batches.train_batches(source, spec, VOCAB, (0, 2), AUGMENT, workers=1, processes=2)
   assert_same_batches(expected, got, source.paths, source.paths)
+
+
+CTRL_C_IN_WORKERS = """
+import os, signal, sys
+from captcha_jax import batches, data, sources
+from captcha_jax.vocab import Vocab
+
+if __name__ == '__main__':
+  asked = []
+  signal.signal(signal.SIGINT, lambda *_: asked.append(1))  # the training loop's StopSignals
+  source = sources.SyntheticSource(
+    3, 64, alphabet='2345678', lengths=5, case='keep', style='varied', height=32, width=96
+  )
+  stream = batches.train_batches(source, data.BatchSpec(2, 32, 96, 5), Vocab('2345678'), (0, 1),
+                                 workers=1, processes=1)
+  for n, _ in enumerate(stream, 1):
+    if asked:
+      print(f'stopped cleanly after {n} batches')
+      stream.close()
+      sys.exit(0)
+    if n == 2:
+      os.killpg(os.getpgid(0), signal.SIGINT)  # what Ctrl-C in a terminal does
+  sys.exit('never asked to stop')
+"""
+
+
+def test_ctrl_c_leaves_the_worker_processes_to_the_main_ones_stop(tmp_path):
+  script = tmp_path / 'ctrl_c.py'
+  script.write_text(CTRL_C_IN_WORKERS)
+  done = subprocess.run(
+    [sys.executable, str(script)],
+    capture_output=True,
+    text=True,
+    start_new_session=True,  # its own process group, which the signal goes to
+    timeout=300,
+    cwd=Path(__file__).parent.parent,
+  )
+  assert done.returncode == 0 and 'stopped cleanly' in done.stdout, done.stderr[-2000:]
 
 
 # --- prefetch_to_device. ---
