@@ -17,7 +17,9 @@ refused, never reused.
 """
 
 import csv
+import hashlib
 import io
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -31,6 +33,7 @@ from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError, DataError
 
 READINGS = 'readings.csv'
+TEACHER = 'teacher.json'  # beside the readings: which run, at which checkpoint, read them
 # Each round starts from a trained reader, which needs only a short warm-up of the learning rate.
 WARMUP_EPOCHS = 0.2
 # A restarted round learns the site again from where the first run started: on a few thousand
@@ -107,6 +110,33 @@ def write_readings(teacher: Path, unlabelled: Sequence[str], out: Path) -> int:
   return read
 
 
+def teacher_of(teacher: Path) -> dict:
+  """What identifies the reader a round's readings come from: the run, and its results (which
+  name the checkpoint it was read at) as they were when it read them."""
+  results = teacher / 'results.json'
+  if not results.exists():
+    raise ConfigError(
+      f'{str(teacher)!r} has not finished training (no results.json): rerun its command to '
+      'finish it before self-training from it.'
+    )
+  return {'run': str(teacher), 'results_sha256': hashlib.sha256(results.read_bytes()).hexdigest()}
+
+
+def check_teacher(student: Path, teacher: Path) -> None:
+  """Raises ConfigError when the readings in `student` were made by another run than `teacher`
+  as it is now (retrained since, or another run under that name): its round would train on
+  them."""
+  try:
+    recorded = json.loads((student / TEACHER).read_text())
+  except (OSError, ValueError):
+    recorded = None
+  if recorded != teacher_of(teacher):
+    raise ConfigError(
+      f'The readings in {str(student)!r} were not read by {str(teacher)!r} as it is now (it has '
+      f'trained since, or {TEACHER} is missing): move {str(student)!r} away to read again.'
+    )
+
+
 def check_readings_of(readings: Path, unlabelled: Sequence[str]) -> None:
   """Raises ConfigError when a round's readings, written by an earlier invocation, read images
   that `unlabelled` no longer gives (another folder): the round would train on those."""
@@ -138,26 +168,32 @@ def run_rounds(
   """Runs `rounds` rounds of self-training from the run WORKDIR (see the module's docstring), each
   of `epochs` epochs (0: as many steps as WORKDIR trained) from the run before, or with `restart`
   from where WORKDIR started; returns the last round's workdir."""
-  workdir = Path(workdir).absolute()
+  workdir = Path(os.path.abspath(workdir))  # as a run saves its paths: no '..' left
   config = run_folder.read_config(workdir)
   teacher = workdir
   for r in range(1, rounds + 1):
     student = round_dir(workdir, r)
     readings = student / READINGS
     if not readings.exists():
+      read_by = teacher_of(teacher)
       count = write_readings(teacher, unlabelled, readings)
+      run_folder.write_json(student / TEACHER, read_by)
       logging.info('Round %d of %d: %s read %d image(s).', r, rounds, teacher, count)
     else:
+      check_teacher(student, teacher)
       check_readings_of(readings, unlabelled)
     length = epochs or round_epochs(config, workdir, readings, restart)
     wanted = round_config(config, teacher, readings, length, restart)
-    if (student / 'results.json').exists():
+    finished = (student / 'results.json').exists()
+    if (student / 'config.json').exists():  # begun or finished: with these settings alone
       saved = run_folder.read_config(student)
       if changed := [k for k in ROUND_KEYS if saved.get(k) != wanted[k]]:
         raise ConfigError(
-          f'{str(student)!r} holds a finished round with another {", ".join(changed)}: move it '
-          'away, or self-train a copy of the first run under another name.'
+          f'{str(student)!r} holds a round {"trained" if finished else "begun"} with another '
+          f'{", ".join(changed)}: move it away, or self-train a copy of the first run under '
+          'another name.'
         )
+    if finished:
       logging.info('Round %d of %d: %s has finished; next.', r, rounds, student)
     else:
       start = wanted.init_from or 'scratch'  # a --restart of a run trained from scratch

@@ -86,6 +86,10 @@ def test_rounds_chain_their_teachers_and_reuse_readings_already_written(
   config.warmup_epochs = 1.0
   run_folder.write_json(first / 'config.json', config.to_dict())
   read_by, trained = [], []
+  one, two = rounds.round_dir(first, 1), rounds.round_dir(first, 2)
+  with pytest.raises(ConfigError, match='has not finished training'):  # no results.json yet
+    rounds.run_rounds(first, [str(one)], rounds=2, restart=restart)
+  run_folder.write_json(first / 'results.json', {'val': {'accuracy': 0.4}})
 
   def write_readings(teacher, unlabelled, out):
     read_by.append(teacher)
@@ -101,12 +105,13 @@ def test_rounds_chain_their_teachers_and_reuse_readings_already_written(
 
   monkeypatch.setattr(rounds, 'write_readings', write_readings)
   monkeypatch.setattr(rounds.train, 'train_and_evaluate', train_and_evaluate)
-  one, two = rounds.round_dir(first, 1), rounds.round_dir(first, 2)
   # Round 1 was stopped once its readings were written: they are trained on, not read again.
   _write_readings(one / rounds.READINGS, [0.95] * 280 + [0.5] * 20)
+  run_folder.write_json(one / rounds.TEACHER, rounds.teacher_of(first))
 
   unlabelled = [str(one)]  # the images its readings name
-  assert rounds.run_rounds(first, unlabelled, rounds=2, restart=restart) == two
+  dotted = tmp_path / 'elsewhere' / '..' / 'mine'  # as saved paths hold it: resolved
+  assert rounds.run_rounds(dotted, unlabelled, rounds=2, restart=restart) == two
   assert read_by == [one]  # round 2's readings, read by round 1
   assert [c.pseudo_labels for c in trained] == [
     str(one / 'readings.csv'),
@@ -119,11 +124,21 @@ def test_rounds_chain_their_teachers_and_reuse_readings_already_written(
   else:
     assert [c.init_from for c in trained] == [str(first), str(one)]
     assert [c.warmup_epochs for c in trained] == [rounds.WARMUP_EPOCHS] * 2
+  results = (one / 'results.json').read_bytes()
+  (one / 'results.json').unlink()  # round 1 stopped half-way, then resumed with other epochs
+  with pytest.raises(ConfigError, match=f"'{one}' holds a round begun with another num_epochs"):
+    rounds.run_rounds(first, unlabelled, rounds=2, epochs=3, restart=restart)
+  (one / 'results.json').write_bytes(results)
   # Run again on other images: the readings written are of the first ones, and are not taken.
   (tmp_path / 'other').mkdir()
   (tmp_path / 'other' / 'abc.png').write_bytes(b'png')
   with pytest.raises(ConfigError, match=r'readings of 300 image\(s\) that --unlabelled does not'):
     rounds.run_rounds(first, [str(tmp_path / 'other')], rounds=2, restart=restart)
+  assert len(trained) == 2
+  # The first run trained again since: the rounds' readings are its old self's, and refused.
+  run_folder.write_json(first / 'results.json', {'val': {'accuracy': 0.6}})
+  with pytest.raises(ConfigError, match=f"readings in '{one}' were not read by '{first}' as it"):
+    rounds.run_rounds(first, unlabelled, rounds=2, restart=restart)
   assert len(trained) == 2
 
 
@@ -161,9 +176,9 @@ def test_each_round_reads_with_the_run_before_and_trains_from_it(trained, tmp_pa
   finished = {p: (p / 'results.json').stat().st_mtime_ns for p in (one, two)}
   assert rounds.run_rounds(first, [str(unlabelled)], rounds=2, epochs=1) == two
   assert {p: (p / 'results.json').stat().st_mtime_ns for p in (one, two)} == finished
-  with pytest.raises(ConfigError, match=f"'{one}' holds a finished round with another num_epochs"):
+  with pytest.raises(ConfigError, match=f"'{one}' holds a round trained with another num_epochs"):
     rounds.run_rounds(first, [str(unlabelled)], rounds=2, epochs=3)
-  with pytest.raises(ConfigError, match=f"'{one}' holds a finished round with another init_from"):
+  with pytest.raises(ConfigError, match=f"'{one}' holds a round trained with another init_from"):
     rounds.run_rounds(first, [str(unlabelled)], rounds=2, epochs=1, restart=True)
 
 
