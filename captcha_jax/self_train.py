@@ -12,8 +12,9 @@ join the training split alone, so every round is still chosen and scored on the 
 trains `epochs` epochs, or by default as many steps as WORKDIR did (with --restart, and at least
 8 epochs): a few hundred readings make short epochs, and two of them leave the student worse than
 its teacher (bench/README.md). Rerunning the same command skips the rounds that finished and
-resumes the one that did not; a finished round trained otherwise (another start or length) is
-refused, never reused.
+resumes the one that did not; a round trained or begun otherwise (another start or length), or
+readings of a teacher that has trained since (WORKDIR-round{r}/teacher.json), are refused, never
+reused.
 """
 
 import csv
