@@ -148,10 +148,10 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
       problems.append(f'{where}: {str(image)!r} is not a file')
     elif not text:
       problems.append(f'{where}: empty text for {file!r}')
-    elif file in seen:
-      problems.append(f'{where}: {file!r} is listed again (first on line {seen[file]})')
+    elif (same := os.path.abspath(image)) in seen:  # also as ./a.png or sub/../a.png
+      problems.append(f'{where}: {file!r} is listed again (first on line {seen[same]})')
     else:
-      seen[file] = number
+      seen[same] = number
       examples.append(Example(str(image), text))
   if not examples:
     shown = ''.join(f'\n  {problem}' for problem in problems[:5])
@@ -207,7 +207,7 @@ def read_readings(path: Path, min_confidence: float) -> tuple[list[Example], int
       f'Pseudo-labels file {str(path)!r} has no file, text and confidence columns: write it '
       'with captcha-jax-predict --output FILE.csv.'
     )
-  examples, problems, total = [], [], 0
+  examples, problems, total, seen = [], [], 0, {}
   for number, row in enumerate(rows, 2):
     total += 1
     try:
@@ -219,10 +219,13 @@ def read_readings(path: Path, min_confidence: float) -> tuple[list[Example], int
     if not confidence >= min_confidence or not row['text']:
       continue
     image = path.parent / Path(row['file']).expanduser()
-    if image.is_file():
-      examples.append(Example(str(image), row['text']))
-    else:
+    if not image.is_file():
       problems.append(f'{path}, line {number}: {str(image)!r} is not a file')
+    elif (same := os.path.abspath(image)) in seen:  # one image, trained on once
+      problems.append(f'{path}, line {number}: {same!r} is read again (first on line {seen[same]})')
+    else:
+      seen[same] = number
+      examples.append(Example(str(image), row['text']))
   return examples, total, problems
 
 

@@ -369,15 +369,17 @@ def test_labels_file_with_a_header_and_its_problems_named_by_line(captcha_dir, c
   lines = ['file,text'] + [f'{f},{t}' for f, t in renamed]
   lines += ['missing.png,abcde', f'{renamed[0][0]},22222', f'{renamed[1][0]},']
   lines += [f'{renamed[2][0]},ab,cd']  # a text holding the delimiter, unquoted
+  lines += [f'./{renamed[3][0]},33333']  # the same file again, by another path
   (folder / 'labels.csv').write_text('\n'.join(lines) + '\n')
   caplog.set_level(logging.WARNING)
   examples, problems = data.find_examples(config_for(folder, labels_file='labels.csv'), folder)
   assert [(Path(e.path).name, e.text) for e in examples] == renamed
-  assert len(problems) == 4
+  assert len(problems) == 5
   assert 'labels.csv, line 62: ' in problems[0] and 'missing.png' in problems[0]
   assert 'line 63' in problems[1] and 'listed again (first on line 2)' in problems[1]
   assert 'line 64' in problems[2] and 'empty text' in problems[2]
   assert 'line 65: 3 fields' in problems[3] and "holding ',' must be quoted" in problems[3]
+  assert 'line 66' in problems[4] and 'listed again (first on line 5)' in problems[4]
   named = folder / 'named.csv'  # columns a header names are the file's own
   named.write_text('file,text,source\n' + ''.join(f'{f},{t},site\n' for f, t in renamed))
   examples, problems = data.find_examples(config_for(folder, labels_file=str(named)), folder)
@@ -411,6 +413,7 @@ def test_pseudo_labels_join_the_train_split_alone(captcha_dir, tmp_path, caplog)
   rows += [f'{labelled},{labelled.stem[::-1]},,0.99']  # labelled already
   rows += [f'{tmp_path / "gone.png"},bcdef,,0.99', f'{images[7]},bcd!f,,0.99']
   rows += [f'{images[7]},bcdef,,high']
+  rows += [f'{images[0].parent}/../unlabelled/{images[0].name},{images[0].stem},,0.97']  # again
   readings = tmp_path / 'readings.csv'
   readings.write_text('file,text,raw_text,confidence\n' + '\n'.join(rows) + '\n')
   _, base = resolve(config_for(captcha_dir))
@@ -422,10 +425,11 @@ def test_pseudo_labels_join_the_train_split_alone(captcha_dir, tmp_path, caplog)
   assert [(Path(e.path).name, e.text) for e in added] == [
     (p.name, p.stem) for p in images[:4] + images[6:7]
   ]
-  assert '5 of the 12 readings' in caplog.text
+  assert '5 of the 13 readings' in caplog.text
   assert 'readings.csv, line 11: ' in caplog.text and 'gone.png' in caplog.text
   assert "reading 'bcd!f': '!' is not in the alphabet" in caplog.text
   assert "line 13: confidence 'high' is not a number" in caplog.text
+  assert 'line 14: ' in caplog.text and 'is read again (first on line 2)' in caplog.text
   assert resolved.pseudo_labels == str(readings)  # absolute, so a resumed run finds it
   readings.write_text('file,text\n')
   with pytest.raises(DataError, match='readings.csv.*no file, text and confidence columns'):
