@@ -33,7 +33,10 @@ class MetricWriter:
     if enabled:
       from tensorboardX import SummaryWriter
 
-      self._tensorboard = SummaryWriter(str(Path(workdir) / 'tensorboard'))
+      # The steps past the resumed one run again: TensorBoard drops their earlier points too.
+      self._tensorboard = SummaryWriter(
+        str(Path(workdir) / 'tensorboard'), purge_step=resumed_step + 1
+      )
 
   def _read(self) -> list[dict]:
     if not self.path.exists():

@@ -362,14 +362,14 @@ class _Loop:
       tally['batches'] += 1
       bar.update()
       # Read the previous step's metrics, so the host never waits on the step just queued.
-      agreed = pending is not None and self._record(pending, tally, dataset, bar)
+      agreed = pending is not None and self._record(pending, tally, source, bar)
       pending = (indices, step_metrics)
       if agreed:  # every process reads the same vote, so all stop after this same step
         tally['stopped'] = True
         break
     on_device.close()  # stops the reading threads of an epoch left early
     if pending is not None:
-      self._record(pending, tally, dataset, bar)
+      self._record(pending, tally, source, bar)
     bar.close()
     if tally['skipped']:
       logging.warning(

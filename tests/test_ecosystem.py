@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captcha_jax import cli, data, evaluate, export, sources, synthetic
+from captcha_jax import cli, data, evaluate, export, sources, synthetic, train
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
 
@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-  """Scalars of TensorBoard event files, read as TFRecords of Event protos."""
+  """Scalars of TensorBoard event files, read as TFRecords of Event protos, as TensorBoard shows
+  them: a session's START event at step s drops the points of step s and later before it."""
   from tensorboardX.proto import event_pb2
 
   scalars: dict = {}
@@ -31,6 +32,8 @@ def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
       (length,) = struct.unpack('<Q', blob[offset : offset + 8])
       event = event_pb2.Event.FromString(blob[offset + 12 : offset + 12 + length])
       offset += 12 + length + 4
+      if event.session_log.status == event_pb2.SessionLog.START:
+        scalars = {k: [(s, v) for s, v in p if s < event.step] for k, p in scalars.items()}
       for value in event.summary.value:
         scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
   return scalars
@@ -46,6 +49,19 @@ def test_tensorboard_scalars_match_metrics_jsonl(trained):
   for key in numeric:
     assert [s for s, _ in scalars[key]] == [r['step'] for r in rows], key
     np.testing.assert_allclose([v for _, v in scalars[key]], [r[key] for r in rows], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_shows_each_step_once_in_tensorboard(trained, tmp_path):
+  config, workdir, _ = trained
+  resumed = shutil.copytree(workdir, tmp_path / 'resumed')
+  last = max(int(p.name) for p in (resumed / 'checkpoints').iterdir() if p.name.isdigit())
+  shutil.rmtree(resumed / 'checkpoints' / str(last))  # its epoch's row was written, then lost
+  train.train_and_evaluate(config, resumed)
+  rows = [json.loads(x) for x in (resumed / 'metrics.jsonl').read_text().splitlines()]
+  scalars = read_scalars(resumed / 'tensorboard')
+  assert [s for s, _ in scalars['val_loss']] == [r['step'] for r in rows]
+  np.testing.assert_allclose([v for _, v in scalars['val_loss']], [r['val_loss'] for r in rows])
 
 
 def test_confusions_hand_worked():
