@@ -1,8 +1,13 @@
 """What the benches share: the repository's root and its config files, loaded by path (the
-`configs/` folder is part of the repository, not of the installed package)."""
+`configs/` folder is part of the repository, not of the installed package), and commands run
+once per folder."""
 
 import importlib.util
+import json
 import resource
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import ml_collections
@@ -34,3 +39,30 @@ def dataset_config(path: str = 'configs/default.py') -> ml_collections.ConfigDic
 def peak_rss_mb() -> float:
   """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_logged(command: list[str], log: Path, what: str) -> float:
+  """Runs `command` from the repository's root, its output into `log`; returns the wall time, or
+  exits naming `what` failed. The command is kept beside the log, and its time once it finishes:
+  run again, a finished command gives its time rather than timing a resume with nothing to do,
+  a stopped one resumes, and another command is refused, since the run in that folder would
+  then be reported under the new command's settings."""
+  record = log.with_suffix('.wall_s.json')
+  if record.exists():
+    done = json.loads(record.read_text())
+    if done['command'] != command:
+      sys.exit(
+        f'{what}: {log.parent} holds a run of another command (see {record}): give another '
+        '--workdir.'
+      )
+    if done['seconds'] is not None:
+      return done['seconds']
+    print(f'{what}: resuming a run that stopped; its time counts from here', flush=True)
+  record.write_text(json.dumps({'command': command, 'seconds': None}))
+  start = time.time()
+  with open(log, 'a') as f:
+    if subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
+      sys.exit(f'{what} failed; see {log}')
+  seconds = time.time() - start
+  record.write_text(json.dumps({'command': command, 'seconds': seconds}))
+  return seconds

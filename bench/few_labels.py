@@ -31,14 +31,12 @@ import dataclasses
 import functools
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, load_config
+from common import load_config, run_logged
 
 from captcha_jax import data, models, synthetic
 from captcha_jax.predict import Predictor
@@ -119,24 +117,6 @@ def self_train_rounds(
   command += [f'--unlabelled={unlabelled}', f'--rounds={rounds}', f'--epochs={epochs}']
   command += ['--restart'] if restart else []
   return run_logged(command, teacher.with_suffix('.rounds.log'), f'self-training from {teacher}')
-
-
-def run_logged(command: list[str], log: Path, what: str) -> float:
-  """Runs `command` from the repository's root, its output into `log`; returns the wall time, or
-  exits naming `what` failed. The time of a finished command is kept beside its log: a --workdir
-  given again reuses the run and its time, rather than timing a resume that has nothing to do."""
-  timed = log.with_suffix('.wall_s.json')
-  if timed.exists() and (done := json.loads(timed.read_text()))['command'] == command:
-    return done['seconds']
-  if log.exists():
-    print(f'{what}: resuming a run stopped or changed; its time counts from here', flush=True)
-  start = time.time()
-  with open(log, 'a') as f:
-    if subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
-      sys.exit(f'{what} failed; see {log}')
-  seconds = time.time() - start
-  timed.write_text(json.dumps({'command': command, 'seconds': seconds}))
-  return seconds
 
 
 def train(config: str, labelled: list[data.Example], workdir: Path, flags: list[str]) -> float:

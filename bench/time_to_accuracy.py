@@ -15,12 +15,11 @@ validation only.
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import run_logged
 
 
 def first_reaching(rows, threshold):
@@ -52,11 +51,8 @@ def main():
       f'--config.seed={seed}',
       *overrides,
     ]
-    log = workdir.with_suffix('.log')
     workdir.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, 'w') as f:
-      if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
-        sys.exit(f'seed {seed} failed; see {log}')
+    run_logged(cmd, workdir.with_suffix('.log'), f'seed {seed}')
     history = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()]
     results = json.loads((workdir / 'results.json').read_text())
     above0 = next((r for r in history if r['val_accuracy'] > 0), None)
