@@ -16,6 +16,7 @@ process's peak RSS; then streamed over in-memory ratios at each N.
 
 import argparse
 import functools
+import hashlib
 import json
 import os
 import statistics
@@ -28,8 +29,10 @@ from common import ROOT, load_config, peak_rss_mb
 
 
 def make_set(data_dir: Path, size: int, cache: Path) -> Path:
-  """CACHE/N: `size` hard links to DATA_DIR's images (cycled) and labels.csv naming their texts."""
-  folder = cache / str(size)
+  """CACHE/N-HASH: `size` hard links to DATA_DIR's images (cycled) and labels.csv naming their
+  texts; HASH names DATA_DIR, so another data folder never reuses this one's set."""
+  tag = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
+  folder = cache / f'{size}-{tag}'
   labels = folder / 'labels.csv'
   if labels.exists():
     return folder
