@@ -336,8 +336,10 @@ def main(argv: Sequence[str] | None = None) -> None:
       return got['single'], got['batches']
     return time_calls(timed[name], pixels, first, single, batches)
 
-  for name in order:  # warm-up: the one-image shape is not compiled yet, first calls are slow
-    run(name, 0, 3, 1)
+  # Warm-up: the one-image shape is not compiled yet, and the Predictor sends each one-image call
+  # to the next device in turn, each of which compiles its own.
+  for name in order:
+    run(name, 0, max(3, jax.device_count()), 1)
   for round_ in range(args.rounds):
     first = round_ * (args.single + args.batches * BATCH)
     shift = round_ % len(order)

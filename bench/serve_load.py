@@ -65,7 +65,7 @@ def _reader(args: argparse.Namespace):
     from captcha_jax import host
 
     host.tune_cpu(args.max_batch)  # as `captcha_jax.serve --cpu_tuning` does
-  return cli.load_reader(args.workdir, args.onnx)
+  return cli.serving_reader(args.workdir, args.onnx, False, args.workers, args.max_batch)
 
 
 def _serve(args: argparse.Namespace, port: int) -> None:
@@ -78,6 +78,7 @@ def _serve(args: argparse.Namespace, port: int) -> None:
     log_level='warning',
     max_batch=args.max_batch,
     max_wait_ms=args.max_wait_ms,
+    workers=args.workers,
   )
 
 
@@ -216,6 +217,7 @@ def main(argv=None) -> None:
   parser.add_argument('--requests', type=int, default=None, help='Requests in all (at most).')
   parser.add_argument('--max-batch', type=int, default=serve.DEFAULT_MAX_BATCH)
   parser.add_argument('--max-wait-ms', type=float, default=serve.DEFAULT_MAX_WAIT_MS)
+  parser.add_argument('--workers', type=int, default=serve.DEFAULT_WORKERS, help='As serve takes.')
   parser.add_argument('--start-timeout', type=float, default=600.0, help='Seconds to start.')
   parser.add_argument(
     '--cpu_tuning', action='store_true', help='A served run: one JAX device per CPU core.'

@@ -401,6 +401,15 @@ def load_reader(
   return Predictor.pretrained(**sized) if pretrained else Predictor.from_workdir(workdir, **sized)
 
 
+def serving_reader(
+  workdir: str | None, onnx: str | None, pretrained: bool, workers: int, max_batch: int
+):
+  """The reader `serve` serves (`load_reader`): `max_batch` images a call, and an ONNX one on
+  cores / `workers` threads, since `workers` calls run side by side."""
+  threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+  return load_reader(workdir, onnx, pretrained, onnx_threads=threads, batch_size=max_batch)
+
+
 # --- export ---
 
 
@@ -543,11 +552,8 @@ def serve(argv: Sequence[str] | None = None) -> None:
     if args.cpu_tuning and not args.onnx:
       host.tune_cpu(args.max_batch)
     _quiet_orbax()
-    threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
     serving.serve_reader(
-      load_reader(
-        args.workdir, args.onnx, args.pretrained, onnx_threads=threads, batch_size=args.max_batch
-      ),
+      serving_reader(args.workdir, args.onnx, args.pretrained, args.workers, args.max_batch),
       host=args.host,
       port=args.port,
       warmup=args.warmup,
