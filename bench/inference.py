@@ -201,7 +201,12 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--rounds', type=int, default=5, help='Turns each contender takes.')
   parser.add_argument('--single', type=int, default=20, help='One-image reads per round.')
   parser.add_argument('--batches', type=int, default=2, help='Batches of 64 per round.')
-  parser.add_argument('--threads', type=int, default=2, help='onnxruntime and torch threads.')
+  parser.add_argument(
+    '--threads',
+    type=int,
+    default=len(os.sched_getaffinity(0)),
+    help='onnxruntime and torch threads (default: the cores this process may use, as JAX takes).',
+  )
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
   parser.add_argument('--skip_ddddocr', action='store_true')
   parser.add_argument('--skip_torch', action='store_true')
