@@ -14,6 +14,9 @@ from PIL import Image, UnidentifiedImageError
 from captcha_jax.errors import DataError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.gif', '.bmp', '.webp', '.tif', '.tiff')
+# The formats Pillow may decode, whatever a file's name: those of IMAGE_EXTENSIONS. Not the other
+# 30-odd it knows: EPS, say, would run the service's uploads through Ghostscript.
+FORMATS = ('PNG', 'JPEG', 'GIF', 'BMP', 'WEBP', 'TIFF')
 # Far beyond any captcha, far below what would exhaust memory: a file declaring more pixels is
 # refused before its pixels are decoded (a "decompression bomb" is a few hundred bytes). The
 # service takes a lower limit (serve.DEFAULT_MAX_PIXELS).
@@ -28,7 +31,7 @@ def _open(source, name: str, max_pixels: int) -> Image.Image:
   try:
     with warnings.catch_warnings():
       warnings.simplefilter('error', Image.DecompressionBombWarning)
-      with Image.open(source) as opened:
+      with Image.open(source, formats=FORMATS) as opened:
         if opened.width * opened.height > max_pixels:
           raise DataError(
             f'{name}: {opened.width}×{opened.height} pixels is too large for a captcha '
@@ -44,7 +47,7 @@ def _open(source, name: str, max_pixels: int) -> Image.Image:
   except IsADirectoryError as e:
     raise DataError(f'{name}: is a folder, not an image.') from e
   except UnidentifiedImageError as e:  # its message names the file object: <_io.BytesIO ...>
-    raise DataError(f'{name} is not a readable image (no format Pillow reads).') from e
+    raise DataError(f'{name} is not a readable image (not {", ".join(FORMATS)}).') from e
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise DataError(f'{name}: too large to be a captcha ({e}).') from e
   except Exception as e:  # a malformed file makes Pillow's decoders raise errors of any type
@@ -133,9 +136,9 @@ def check_batch(pixels: np.ndarray, height: int, width: int) -> None:
 def image_size(path: str | Path) -> tuple[int, int]:
   """(height, width) from the file's header, without decoding its pixels."""
   try:
-    with Image.open(path) as opened:
+    with Image.open(path, formats=FORMATS) as opened:
       return opened.height, opened.width
   except UnidentifiedImageError as e:
-    raise DataError(f'{str(path)!r} is not a readable image (no format Pillow reads).') from e
+    raise DataError(f'{str(path)!r} is not a readable image (not {", ".join(FORMATS)}).') from e
   except Exception as e:  # as in _open: any type, from a malformed header
     raise DataError(f'{str(path)!r} is not a readable image ({type(e).__name__}: {e}).') from e

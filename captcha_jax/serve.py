@@ -8,8 +8,8 @@ Needs the `serve` extra (`pip install "captcha-jax[serve]"`: fastapi, uvicorn, p
 Routes:
   POST /read    the image as the raw body (any content type but multipart) →
                   {"text": "5x2bn", "raw_text": "5x2bn", "confidence": 0.97}
-                or multipart/form-data with 1..max_images files, any field names (other fields
-                are ignored) → {"results": [{"file": "a.png", "text": …, "raw_text": …,
+                or multipart/form-data with 1..max_images files, any field names (up to 64
+                other fields, ignored) → {"results": [{"file": "a.png", "text": …, "raw_text": …,
                 "confidence": …}, …]} in the order the files were sent.
                 `confidence` is the probability of `text` (CTC: every path that reads it), 0..1,
                 null if not finite.
@@ -17,11 +17,13 @@ Routes:
                 counters}
   GET /         a page to drop or choose images and see their readings.
 
-Every refusal is JSON {"error": message}: 400 for an empty body, a file that is not an image or
-declares more than max_pixels (named), a malformed form, too many files or fields; 413 for a body
+Every refusal is JSON {"error": message}: 400 for an empty body, a file that is not an image of
+images.FORMATS or declares more than max_pixels (named), a malformed or cut-off form, too many
+files or fields; 413 for a body
 over max_body_bytes (checked from Content-Length and again while reading); 404/405 for other
 paths and methods; 500 when the reader fails (logged; the server goes on); 503 while shutting
-down, and with Retry-After while more than max_queued images wait to be read.
+down, and with Retry-After while more than max_queued images wait to be read. A client that
+hangs up before its answer has its images taken off the queue unread.
 
 Batching: each image becomes an entry on one queue. One task per app takes the first waiting
 entry, then gathers more until it has max_batch or max_wait_ms has passed since the first, and
@@ -38,6 +40,7 @@ import functools
 import importlib.util
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -56,6 +59,7 @@ DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_WAIT_MS = 5.0
 DEFAULT_MAX_BODY_BYTES = 2_000_000
 DEFAULT_MAX_IMAGES = 16
+MAX_FORM_FIELDS = 64  # a form's other fields, which are ignored
 # An image declaring more pixels is refused before decoding: far beyond any captcha, and a few
 # hundred bytes of PNG can declare 16 Mpx (64 MB decoded), per request thread.
 DEFAULT_MAX_PIXELS = 1 << 21
@@ -120,8 +124,8 @@ class Batcher:
   ):
     if max_batch < 1:
       raise ConfigError(f'max_batch must be at least 1, got {max_batch}.')
-    if max_wait_ms < 0:
-      raise ConfigError(f'max_wait_ms must not be negative, got {max_wait_ms}.')
+    if not 0 <= max_wait_ms < math.inf:  # nan and inf too: a lone image would wait for ever
+      raise ConfigError(f'max_wait_ms must be a finite number ≥ 0, got {max_wait_ms}.')
     if workers < 1:
       raise ConfigError(f'workers must be at least 1, got {workers}.')
     if max_queued < 1:
@@ -139,10 +143,11 @@ class Batcher:
     self._slots: asyncio.Semaphore | None = None
     self._in_flight: list[list[_Pending]] = []  # batches being gathered or read
     self._reading: set[asyncio.Task] = set()
+    self._stopping = False
 
   @property
   def running(self) -> bool:
-    return self._task is not None and not self._task.done()
+    return self._task is not None and not self._task.done() and not self._stopping
 
   def start(self) -> None:
     self._queue = asyncio.Queue()
@@ -153,6 +158,7 @@ class Batcher:
     self._task = asyncio.get_running_loop().create_task(self._run(), name='batcher')
 
   async def stop(self) -> None:
+    self._stopping = True  # a read arriving while the tasks are cancelled is refused, not queued
     # What is unanswered now is failed below, whatever cancelling the tasks does to the lists.
     pending = [p for batch in self._in_flight for p in batch]
     while self._queue is not None and not self._queue.empty():
@@ -292,6 +298,21 @@ def _decode(
   return pixels
 
 
+def _form_complete(content_type: str, body: bytes) -> bool:
+  """Whether a multipart body holds its closing delimiter, --BOUNDARY--: a body cut off in its
+  last part does not."""
+  match = re.search(r'boundary=(?:"([^"]+)"|([^;\s]+))', content_type, re.IGNORECASE)
+  if not match:
+    return True  # the parser refused it already
+  return b'--' + (match.group(1) or match.group(2)).encode('latin-1') + b'--' in body
+
+
+async def _disconnected(receive: Callable) -> None:
+  """Returns once the client hangs up; the body has been read, so no other message comes."""
+  while (await receive())['type'] != 'http.disconnect':
+    pass
+
+
 def _vocab_alphabet(reader: Any) -> str | None:
   vocab = getattr(reader, 'vocab', None)
   if vocab is None:
@@ -346,6 +367,8 @@ def create_app(
 
   if max_body_bytes < 1 or max_images < 1 or max_pixels < 1:
     raise ConfigError('max_body_bytes, max_images and max_pixels must be at least 1.')
+  if max_images > max_queued:  # such a request would be answered "busy" for ever
+    raise ConfigError(f'max_images ({max_images}) must not exceed max_queued ({max_queued}).')
   if allowed and (alphabet := _vocab_alphabet(reader)) is not None:
     decoding.check_allowed(allowed, alphabet)  # not a refusal of every request
   height, width = int(reader.height), int(reader.width)
@@ -411,7 +434,9 @@ def create_app(
     async def replay():
       yield body
 
-    parser = MultiPartParser(request.headers, replay(), max_files=max_images, max_fields=max_images)
+    parser = MultiPartParser(
+      request.headers, replay(), max_files=max_images, max_fields=MAX_FORM_FIELDS
+    )
     try:
       form = await parser.parse()
     except MultiPartException as e:
@@ -427,6 +452,9 @@ def create_app(
       ]
     finally:
       await form.close()
+    if not _form_complete(request.headers.get('content-type', ''), body):
+      # The parser takes a form cut off in its last part as whole: that part would be dropped.
+      raise RequestError(400, 'The multipart form is incomplete (no closing boundary).')
     if not files:
       raise RequestError(400, 'The multipart form has no files: attach one or more images.')
     return files
@@ -440,8 +468,15 @@ def create_app(
     multipart = content_type == 'multipart/form-data'
     items = await form_files(request, body) if multipart else [(None, body)]
     pixels = await asyncio.to_thread(_decode, items, height, width, max_pixels)
+    reading = asyncio.ensure_future(batcher.read(pixels))
+    gone = asyncio.ensure_future(_disconnected(request.receive))
+    await asyncio.wait((reading, gone), return_when=asyncio.FIRST_COMPLETED)
+    gone.cancel()
+    if not reading.done():  # the client hung up: its images leave the queue unread
+      reading.cancel()
+      return error(499, 'The client closed the connection.')
     try:
-      readings = await batcher.read(pixels)
+      readings = reading.result()
     except ShuttingDown as e:
       raise RequestError(503, str(e)) from None
     except Busy as e:
@@ -466,7 +501,8 @@ def create_app(
         'height': height,
         'width': width,
         'alphabet': allowed or _vocab_alphabet(reader),
-        'length': length or None,
+        # What readings are held to: the one asked for, or the model's own fixed length.
+        'length': length or getattr(reader, 'fixed_label_length', 0) or None,
         'max_batch': max_batch,
         'max_wait_ms': max_wait_ms,
         'max_body_bytes': max_body_bytes,

@@ -80,7 +80,10 @@ def multipart(files: Sequence[tuple[str, str, bytes]], fields: Sequence[tuple[st
       f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
     )
   parts.append(f'--{BOUNDARY}--\r\n'.encode())
-  return b''.join(parts), {'Content-Type': f'multipart/form-data; boundary={BOUNDARY}'}
+  return b''.join(parts), FORM_HEADERS
+
+
+FORM_HEADERS = {'Content-Type': f'multipart/form-data; boundary={BOUNDARY}'}
 
 
 class Service:
@@ -205,7 +208,12 @@ def test_health_gives_the_image_size_and_alphabet(start):
   assert health['status'] == 'ok'
   assert (health['height'], health['width']) == (HEIGHT, WIDTH)
   assert health['alphabet'] == '0123456789'
-  assert health['max_images'] == 4
+  assert health['max_images'] == 4 and health['length'] is None
+
+  class FixedLength(FakeReader):
+    fixed_label_length = 5  # what every reading is then held to
+
+  assert start(FixedLength()).request('GET', '/health')[2]['length'] == 5
 
 
 def test_allowed_and_length_reach_every_model_call_and_health():
@@ -270,7 +278,7 @@ def test_concurrent_requests_share_model_calls(start):
 
 
 def test_an_overloaded_service_answers_busy_at_once(start):
-  service = start(FakeReader(delay=0.3), max_batch=1, workers=1, max_queued=2)
+  service = start(FakeReader(delay=0.3), max_batch=1, workers=1, max_queued=2, max_images=2)
   barrier = threading.Barrier(8)
 
   def send(level):
@@ -372,17 +380,27 @@ BAD_REQUESTS = {
   'raw body not an image': (
     post(b'GIF89a but not really'),
     400,
-    'The body is not a readable image (no format Pillow reads).',
+    f'The body is not a readable image (not {", ".join(images_module.FORMATS)}).',
   ),
   'file not an image': (
     form([('f', 'good.png', png(1)), ('f', 'bad.png', b'not an image')]),
     400,
-    "'bad.png' is not a readable image (no format Pillow reads).",
+    f"'bad.png' is not a readable image (not {', '.join(images_module.FORMATS)}).",
   ),
   'image of too many pixels': (
     form([('f', 'big.png', png(1, (2000, 1100)))]),
     400,
     "'big.png': 2000×1100 pixels is too large for a captcha (more than 2,097,152)",
+  ),
+  'form cut off in its last file': (
+    post(multipart([('f', 'a.png', png(1)), ('f', 'b.png', png(2))])[0][:-60], FORM_HEADERS),
+    400,
+    'form is incomplete',
+  ),
+  'an EPS image, which Pillow would run through Ghostscript': (
+    post(b'%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n'),
+    400,
+    f'not a readable image (not {", ".join(images_module.FORMATS)})',  # never opened as EPS
   ),
   'empty body': (post(b''), 400, 'empty'),
   'empty file': (form([('f', 'blank.png', b'')]), 400, "'blank.png': empty"),
@@ -417,6 +435,40 @@ def test_a_bad_request_gets_a_json_error_and_the_server_goes_on(start, send, sta
   assert set(body) == {'error'} and message in body['error'], body
   assert service.reader.calls == []  # refused before the model
   service.assert_healthy()
+
+
+def test_a_forms_other_fields_are_ignored_however_many(start):
+  body, headers = multipart([('f', 'a.png', png(3))], [(f'note{i}', 'x') for i in range(20)])
+  status, _, answer_ = start().request('POST', '/read', body, headers)
+  assert status == 200 and [r['text'] for r in answer_['results']] == ['3']
+
+
+@pytest.mark.parametrize(
+  'limits, message',
+  [
+    ({'max_wait_ms': math.inf}, 'max_wait_ms must be a finite number'),
+    ({'max_wait_ms': math.nan}, 'max_wait_ms must be a finite number'),
+    ({'max_images': 8, 'max_queued': 4}, r'max_images \(8\) must not exceed max_queued \(4\)'),
+  ],
+)
+def test_limits_that_would_hang_or_refuse_every_request_are_refused(limits, message):
+  with pytest.raises(ConfigError, match=message):
+    serve.create_app(FakeReader(), **limits)
+
+
+def test_a_client_that_hangs_up_is_not_read_for(start):
+  service = start(FakeReader(delay=0.2), max_batch=1, workers=1, max_wait_ms=0, max_queued=8)
+  data = png(3)
+  for _ in range(6):  # a whole request, then gone without waiting for the answer
+    with socket.create_connection(('127.0.0.1', service.port)) as client:
+      client.sendall(
+        b'POST /read HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n'
+        b'Content-Length: %d\r\n\r\n' % len(data) + data
+      )
+  time.sleep(0.3)
+  service.assert_healthy()
+  # The first one may be read before its hang-up is seen; the others never.
+  assert len(service.reader.calls) <= 3
 
 
 def test_a_body_just_under_the_limit_is_read(start):
@@ -504,6 +556,26 @@ def test_stopping_fails_the_images_being_read_and_those_waiting():
         await asyncio.wait_for(task, 5)
     with pytest.raises(serve.ShuttingDown):
       await batcher.read([image])
+
+  asyncio.run(scenario())
+
+
+def test_a_read_arriving_while_the_batcher_stops_is_refused_not_left_waiting():
+  image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+
+  async def scenario():
+    batcher = serve.Batcher(lambda images: [Reading('0', '0', 0.5)] * len(images), 4, 0)
+    batcher.start()
+
+    async def late():
+      await asyncio.sleep(0)  # resumes while `stop` awaits its cancelled tasks
+      return await batcher.read([image])
+
+    arriving = asyncio.ensure_future(late())
+    await asyncio.sleep(0)
+    await batcher.stop()
+    with pytest.raises(serve.ShuttingDown):
+      await asyncio.wait_for(arriving, 5)
 
   asyncio.run(scenario())
 
