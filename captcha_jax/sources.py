@@ -215,6 +215,14 @@ def synthetic_settings(config: ml_collections.ConfigDict) -> ml_collections.Conf
     config.max_label_length = longest
   if config.fixed_label_length == settings.AUTO_LENGTH:
     config.fixed_label_length = longest if shortest == longest else 0
+  # Given by hand, they must admit every text the stream draws (a folder's are checked likewise).
+  fixed = config.fixed_label_length
+  if config.max_label_length < longest or (fixed and not shortest == longest == fixed):
+    raise ConfigError(
+      f'config.synthetic.lengths = {config.synthetic.lengths} draws texts of {shortest} to '
+      f'{longest} characters: config.max_label_length = {config.max_label_length} and '
+      f'fixed_label_length = {fixed} cannot hold them (leave them to be read: 0 and -1).'
+    )
   return config
 
 

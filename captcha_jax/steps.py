@@ -288,6 +288,10 @@ def compile_and_create_state(
   `host.release_free_memory` when asked to tune the CPU: the compiler's freed memory goes back to
   the system before the state and the step's buffers take theirs).
   """
+  if config.init_from and not resuming:  # another architecture named before compiling
+    from captcha_jax import transfer
+
+    transfer.check_architecture(config)
   if config.pretrained and not resuming:  # a wrong path named before minutes of compiling
     from captcha_jax import port  # torch-free; only needed when starting from ImageNet weights
 

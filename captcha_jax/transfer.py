@@ -140,6 +140,33 @@ def _shapes(tree) -> dict:
   return jax.tree.map(np.shape, tree)
 
 
+# The model settings that decide what the weights compute; config.model's others (dropout, dtype)
+# may differ from the reader's. Most change a shape, which `transfer` refuses; strides do not.
+ARCHITECTURE_KEYS = (
+  'backbone_layers',
+  'backbone_strides',
+  'base_width',
+  'projection_size',
+  'rnn_hidden_size',
+  'rnn_layers',
+)
+
+
+def check_architecture(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError when config.model computes otherwise than the model of the reader
+  config.init_from names (its config alone is read): its weights would load, and mean little."""
+  source = source_config(config.init_from).model
+  # As JSON, a tuple and the list a saved config holds compare equal.
+  differ = [
+    k for k in ARCHITECTURE_KEYS if json.dumps(source.get(k)) != json.dumps(config.model.get(k))
+  ]
+  if differ:
+    raise ConfigError(
+      f'config.model.{differ[0]} = {config.model.get(differ[0])!r}, where the reader to start '
+      f'from ({config.init_from}) has {source.get(differ[0])!r}: fine-tune with its config.model.'
+    )
+
+
 def transfer(
   source_variables: dict, source_alphabet: str, target: dict, target_alphabet: str
 ) -> tuple[dict, list[str]]:

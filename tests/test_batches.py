@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from captcha_jax import batches, data, images, sources, synthetic
-from captcha_jax.errors import DataError
+from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.vocab import Vocab
 from configs import tiny
 
@@ -331,6 +331,21 @@ def test_synthetic_source_is_the_synthetic_stream_and_fresh_every_epoch():
     assert list(this.paths) == [f'synthetic:3:{epoch * 6 + i}' for i in range(6)]
   assert len(seen) == 18  # three epochs, no image twice
   assert not np.array_equal(synthetic_source(seed=4).example(0)[0], source.example(0)[0])
+
+
+def test_label_lengths_given_for_a_generated_stream_must_hold_its_texts():
+  config = tiny.get_config()
+  config.update(data_source='synthetic', max_label_length=0, fixed_label_length=-1)
+  config.synthetic = ml_collections.ConfigDict({'lengths': (3, 8)})
+  filled = sources.synthetic_settings(config)
+  assert (filled.max_label_length, filled.fixed_label_length) == (8, 0)
+  for given in ({'max_label_length': 5}, {'fixed_label_length': 5}):
+    config.update({'max_label_length': 0, 'fixed_label_length': -1, **given})
+    with pytest.raises(ConfigError, match=r'draws texts of 3 to 8 characters'):
+      sources.synthetic_settings(config)
+  config.synthetic.lengths = (5, 5)
+  config.update(max_label_length=5, fixed_label_length=5)
+  assert sources.synthetic_settings(config).fixed_label_length == 5
 
 
 def test_synthetic_batches_in_worker_processes_equal_those_read_here():

@@ -166,6 +166,19 @@ def test_fine_tuning_starts_from_a_run_and_trains(trained, tmp_path, captcha_dir
     train.train_and_evaluate(tiny_config, tmp_path / 'tuned')
 
 
+def test_a_model_that_computes_otherwise_is_refused_before_compiling(trained, tiny_config):
+  _, source_dir, _ = trained
+  tiny_config.init_from = str(source_dir)
+  transfer.check_architecture(tiny_config)  # the same model: taken
+  tiny_config.model.dropout = 0.3  # not what the weights compute: taken too
+  transfer.check_architecture(tiny_config)
+  strides = [list(s) for s in tiny_config.model.backbone_strides]
+  strides[1] = [1, 1]  # the same kernels, so every weight would load: half the resolution lost
+  tiny_config.model.backbone_strides = strides
+  with pytest.raises(ConfigError, match='config.model.backbone_strides = .*fine-tune with its'):
+    transfer.check_architecture(tiny_config)
+
+
 def test_fine_tuning_reads_a_narrow_set_at_its_readers_width(trained, tmp_path, tiny_config):
   source_config, source_dir, _ = trained
   synthetic.generate(tmp_path, 20, width=100, height=50, seed=5)  # 64 px wide at 32 px high
