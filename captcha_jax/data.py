@@ -29,8 +29,10 @@ from captcha_jax import ctc, images, settings
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.vocab import Vocab
 
-# `abcde (1).png` is how browsers and file managers name a second copy of `abcde.png`.
-_COPY_SUFFIX = re.compile(r' \(\d+\)$')
+# How browsers and file managers name another copy of `abcde.png`: `abcde (1).png` (browsers,
+# Windows, Linux), `abcde(1).png`, `abcde copy.png` and `abcde copy 2.png` (macOS), `abcde -
+# Copy.png` and `abcde - Copy (2).png` (Windows).
+_COPY_SUFFIX = re.compile(r'(?: ?\(\d+\)| (?:- )?copy(?: \d+| \(\d+\))?)$', re.IGNORECASE)
 SPLITS = ('train', 'val', 'test')
 
 Batch = dict[str, np.ndarray]
@@ -69,8 +71,12 @@ Splits = dict[str, Dataset]
 
 
 def label_from_path(path: str | Path) -> str:
-  """The text an image shows: its file name without extension or a ` (1)` copy suffix."""
-  return _COPY_SUFFIX.sub('', Path(path).stem)
+  """The text an image shows: its file name without its extension (twice, as in `abcde.png.png`),
+  a copy's suffix (` (1)`, ` copy`, ...) or spaces around it."""
+  stem = Path(path).stem
+  if Path(stem).suffix.lower() in images.IMAGE_EXTENSIONS:
+    stem = Path(stem).stem
+  return _COPY_SUFFIX.sub('', stem.strip()).strip()
 
 
 def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:

@@ -64,6 +64,11 @@ def test_vocab_round_trip_and_blank():
 def test_label_from_path_strips_extension_and_copy_suffix():
   assert data.label_from_path('/x/226md.png') == '226md'
   assert data.label_from_path('abcde (1).jpg') == 'abcde'
+  for copy in ('abcde(2)', 'abcde copy', 'abcde copy 2', 'abcde - Copy', 'abcde - Copy (3)'):
+    assert data.label_from_path(f'/x/{copy}.png') == 'abcde', copy
+  assert data.label_from_path(' 4795 .png') == '4795'  # no captcha's text has spaces around it
+  assert data.label_from_path('5371.png.png') == '5371' and data.label_from_path('a.b.png') == 'a.b'
+  assert data.label_from_path('copy.png') == 'copy' and data.label_from_path('ab_2.png') == 'ab_2'
 
 
 def test_load_dataset_shapes_and_labels(captcha_dir):
