@@ -261,14 +261,21 @@ def self_train(argv: Sequence[str] | None = None) -> None:
 
 
 def evaluate(argv: Sequence[str] | None = None) -> None:
-  """python -m captcha_jax.evaluate --workdir DIR [--data_dir IMAGES]"""
+  """python -m captcha_jax.evaluate --workdir DIR [--data_dir IMAGES [--labels_file CSV]]"""
   parser = argparse.ArgumentParser(prog='captcha-jax-evaluate', description=evaluate.__doc__)
   parser.add_argument('--workdir', required=True, help='The --workdir of a training run.')
   parser.add_argument(
     '--data_dir', help='Another folder of captchas named by their text, scored as one set.'
   )
+  parser.add_argument(
+    '--labels_file',
+    default='',
+    help='With --data_dir: its texts in a file, as config.labels_file takes (path,text lines).',
+  )
   _cpu_tuning_flag(parser)
   args = parser.parse_args(argv)
+  if args.labels_file and not args.data_dir:
+    parser.error('--labels_file goes with --data_dir (a run scores its own data as it trained)')
 
   def action():
     from captcha_jax import evaluate, host, predict
@@ -276,7 +283,7 @@ def evaluate(argv: Sequence[str] | None = None) -> None:
     if args.cpu_tuning:
       host.tune_cpu(predict.BATCH_SIZE)
     _quiet_orbax()
-    report = evaluate.evaluate_workdir(args.workdir, args.data_dir)
+    report = evaluate.evaluate_workdir(args.workdir, args.data_dir, labels_file=args.labels_file)
     print(evaluate.format_report(report), end='')
 
   _run(action)
