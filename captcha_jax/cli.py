@@ -345,7 +345,7 @@ def predict(argv: Sequence[str] | None = None) -> None:
         bar.update()
         if isinstance(reading, UserError):
           failed += 1
-          print(f'error: {reading}', file=sys.stderr)
+          bar.write(f'error: {reading}', file=sys.stderr)  # on a line of its own, not the bar's
           continue
         sys.stdout.write(f'{_escape(str(path))}\t{reading.text}\t{reading.confidence:.3f}\n')
         if rows:

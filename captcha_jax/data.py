@@ -457,7 +457,7 @@ def resolve(
   # alphabet is the training split's (as inferred, and as a run's config.json then holds it).
   report_problems(
     unreadable,
-    'labels the model cannot read',
+    f'{str(folder)!r}, of labels the model cannot read',
     config.skip_bad_files or config.alphabet == trained_chars,
   )
   steps = output_steps(config.image_height, config.image_width)
