@@ -495,6 +495,8 @@ def load_in_memory(config: ml_collections.ConfigDict, examples: dict[str, list[E
   for name, kept in decoded.items():
     if not kept:
       raise empty_split(name, len(examples[name]))
+  if problems:  # the counts logged when the files were listed included them
+    logging.info('Decoded: %s.', ', '.join(f'{k} {len(v)}' for k, v in decoded.items()))
   return {name: dataset_from_arrays(*zip(*kept, strict=True)) for name, kept in decoded.items()}
 
 

@@ -202,12 +202,14 @@ def _add_bad_files(folder):
 def test_bad_files_are_skipped_with_warnings_naming_each(captcha_dir, copy_of, caplog):
   folder = copy_of(captcha_dir)
   _add_bad_files(folder)
-  caplog.set_level(logging.WARNING)
+  caplog.set_level(logging.INFO)
   config, splits = sources.prepare(
     config_for(folder, max_label_length=5),
     functools.partial(models.output_steps, tiny.get_config().model),
   )
   assert sum(len(ds) for ds in splits.values()) == 60
+  counts = ', '.join(f'{name} {len(ds)}' for name, ds in splits.items())
+  assert f'Decoded: {counts}.' in caplog.text  # the counts trained on, once files are dropped
   message = '\n'.join(r.getMessage() for r in caplog.records if 'unusable' in r.getMessage())
   for name in ('nn2x4.png', 'bbbbb.png', 'ccccc.png'):
     assert f'{name}' in message
