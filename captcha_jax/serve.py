@@ -19,11 +19,10 @@ Routes:
 
 Every refusal is JSON {"error": message}: 400 for an empty body, a file that is not an image of
 images.FORMATS or declares more than max_pixels (named), a malformed or cut-off form, too many
-files or fields; 413 for a body
-over max_body_bytes (checked from Content-Length and again while reading); 404/405 for other
-paths and methods; 500 when the reader fails (logged; the server goes on); 503 while shutting
-down, and with Retry-After while more than max_queued images wait to be read. A client that
-hangs up before its answer has its images taken off the queue unread.
+files or fields; 413 for a body over max_body_bytes (checked from Content-Length and again while
+reading); 404/405 for other paths and methods; 500 when the reader fails (logged; the server
+goes on); 503 while shutting down, and with Retry-After while more than max_queued images wait
+to be read. A client that hangs up before its answer has its images taken off the queue unread.
 
 Batching: each image becomes an entry on one queue. One task per app takes the first waiting
 entry, then gathers more until it has max_batch or max_wait_ms has passed since the first, and

@@ -38,7 +38,8 @@ def load_pretrained(folder: Path = PRETRAINED_DIR) -> tuple[ml_collections.Confi
   if not weights_path.exists():
     raise ConfigError(f'No reader in {folder}: it lacks reader.msgpack.')
   weights = weights_path.read_bytes()
-  expected = _description(folder).get('sha256')
+  description = _description(folder)
+  expected = description.get('sha256')
   if expected is None:
     raise DataError(
       f'{str(folder / "reader.json")!r} holds no sha256 of reader.msgpack (a reader exported '
@@ -49,7 +50,8 @@ def load_pretrained(folder: Path = PRETRAINED_DIR) -> tuple[ml_collections.Confi
       f'{str(weights_path)!r} is damaged or altered: its sha256 is not the one reader.json '
       'holds. Export the reader again.'
     )
-  return _reader_config(folder), flax.serialization.msgpack_restore(weights)
+  config = ml_collections.ConfigDict(description['config'])
+  return config, flax.serialization.msgpack_restore(weights)
 
 
 def _description(folder: Path) -> dict:
