@@ -97,6 +97,32 @@ def collapse_warning(texts: list[str]) -> str | None:
   return None
 
 
+def results_warning(results: dict, config: ml_collections.ConfigDict, workdir: str) -> str | None:
+  """What a run that reads its labelled images badly shows, and what to try; None for a run
+  that reads well, or one trained on generated captchas (no labels to add)."""
+  if config.data_source == 'synthetic' or not results.get('val', {}).get('images'):
+    return None
+  # As the readers read: held to the fixed length, where there is one.
+  train_read, val_read = results['train']['accuracy_post'], results['val']['accuracy_post']
+  start = '; start from the shipped reader (--config configs/finetune.py)'
+  start = '' if config.init_from else start
+  if train_read < 0.5:
+    return (
+      f'The run reads {train_read:.0%} of its own training images (validation: {val_read:.0%}): '
+      'it has not learned them. Check that the labels are the texts the images show; a look '
+      'far from what the reader has seen needs more labelled images or epochs '
+      f'(--config.num_epochs){start}.'
+    )
+  if val_read < 0.9 and round(train_read - val_read, 6) >= 0.1:
+    return (
+      f'The run reads {train_read:.0%} of its training images but {val_read:.0%} of its '
+      f'validation images: it has learned its {results["train"]["images"]} training images more '
+      'than their look. More labelled images help most; so does self-training on unlabelled '
+      f'ones (python -m captcha_jax.self_train --workdir {workdir} --unlabelled FOLDER){start}.'
+    )
+  return None
+
+
 class StopSignals:
   """Turns SIGINT/SIGTERM into a request the loop honours between steps (then saves and exits).
 
@@ -232,6 +258,8 @@ def train_and_evaluate(
       figure = plots.predictions_figure(splits['test'], texts, targets)
       plots.save(figure, workdir / 'predictions.png')
     logging.info('Results of epoch %d: %s', results['best_epoch'], results)
+    if warning := results_warning(results, config, str(workdir)):
+      logging.warning('%s', warning)
     return results
 
 

@@ -223,6 +223,32 @@ def test_collapse_warning():
   assert train.collapse_warning(['ab', 'cd']) is None
 
 
+def _results(train_read: float, val_read: float) -> dict:
+  split = lambda read: {'images': 20, 'accuracy': 0.0, 'accuracy_post': read}  # noqa: E731
+  return {'best_epoch': 40, 'train': split(train_read), 'val': split(val_read), 'test': split(0)}
+
+
+def test_results_warning_says_what_went_wrong_and_what_to_try(tiny_config):
+  from configs import finetune
+
+  scratch, tuned = tiny_config, finetune.get_config()
+  # Never learned its own training images (read as the readers read: held to the length).
+  not_learned = train.results_warning(_results(0.1, 0.0), scratch, 'runs/x')
+  assert 'reads 10% of its own training images (validation: 0%)' in not_learned
+  assert 'configs/finetune.py' in not_learned
+  assert 'configs/finetune.py' not in train.results_warning(_results(0.1, 0.0), tuned, 'runs/x')
+  # Learned them by heart.
+  by_heart = train.results_warning(_results(1.0, 0.8), tuned, 'runs/x')
+  assert 'reads 100% of its training images but 80% of its validation images' in by_heart
+  assert '--workdir runs/x --unlabelled' in by_heart
+  # Reads well, or close to what it learned: nothing to say.
+  assert train.results_warning(_results(1.0, 0.95), tuned, 'runs/x') is None
+  assert train.results_warning(_results(0.8, 0.75), tuned, 'runs/x') is None
+  # Pre-training on generated captchas has no labels to add.
+  tuned.data_source = 'synthetic'
+  assert train.results_warning(_results(0.1, 0.0), tuned, 'runs/x') is None
+
+
 STEP_SCRIPT = textwrap.dedent(
   """
     import json, sys
