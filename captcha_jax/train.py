@@ -114,11 +114,16 @@ def results_warning(results: dict, config: ml_collections.ConfigDict, workdir: s
       f'(--config.num_epochs){start}.'
     )
   if val_read < 0.9 and round(train_read - val_read, 6) >= 0.1:
+    more = (
+      'so may more rounds of self-training'
+      if config.get('pseudo_labels')  # a round of it already
+      else 'so does self-training on unlabelled ones (python -m captcha_jax.self_train '
+      f'--workdir {workdir} --unlabelled FOLDER)'
+    )
     return (
       f'The run reads {train_read:.0%} of its training images but {val_read:.0%} of its '
       f'validation images: it has learned its {results["train"]["images"]} training images more '
-      'than their look. More labelled images help most; so does self-training on unlabelled '
-      f'ones (python -m captcha_jax.self_train --workdir {workdir} --unlabelled FOLDER){start}.'
+      f'than their look. More labelled images help most; {more}{start}.'
     )
   return None
 

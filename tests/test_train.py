@@ -241,6 +241,9 @@ def test_results_warning_says_what_went_wrong_and_what_to_try(tiny_config):
   by_heart = train.results_warning(_results(1.0, 0.8), tuned, 'runs/x')
   assert 'reads 100% of its training images but 80% of its validation images' in by_heart
   assert '--workdir runs/x --unlabelled' in by_heart
+  tuned.pseudo_labels = 'runs/x/readings.csv'  # a round of self-training already
+  assert 'more rounds of self-training' in train.results_warning(_results(1, 0.8), tuned, 'runs/y')
+  tuned.pseudo_labels = ''
   # Reads well, or close to what it learned: nothing to say.
   assert train.results_warning(_results(1.0, 0.95), tuned, 'runs/x') is None
   assert train.results_warning(_results(0.8, 0.75), tuned, 'runs/x') is None
