@@ -1,6 +1,6 @@
 """What the benches share: the repository's root and its config files, loaded by path (the
-`configs/` folder is part of the repository, not of the installed package), and commands run
-once per folder."""
+`configs/` folder is part of the repository, not of the installed package), commands run once
+per folder, and virtual environments of their own for the programs they compare against."""
 
 import importlib.util
 import json
@@ -34,6 +34,22 @@ def dataset_config(path: str = 'configs/default.py') -> ml_collections.ConfigDic
   config.max_label_length = config.fixed_label_length = 5
   config.image_width = config.image_width or 200
   return config
+
+
+def own_venv(name: str, packages: list[str], module: str) -> Path:
+  """The Python of ~/.cache/captcha_jax/NAME, a venv holding `packages` (pinned: they are never
+  dependencies of captcha_jax, and pin their own numpy or Pillow), created on first use; `module`
+  is what must import there."""
+  folder = Path('~/.cache/captcha_jax').expanduser() / name
+  python = folder / 'bin' / 'python'
+  check = [str(python), '-c', f'import {module}']
+  if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+    return python
+  print(f'Installing {" ".join(packages)} into {folder} (once)…', file=sys.stderr)
+  subprocess.run([sys.executable, '-m', 'venv', str(folder)], check=True)
+  subprocess.run([str(python), '-m', 'pip', 'install', '--quiet', *packages], check=True)
+  subprocess.run(check, check=True)
+  return python
 
 
 def peak_rss_mb() -> float:

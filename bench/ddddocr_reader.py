@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 DDDDOCR_VERSION = '1.6.1'
-DDDDOCR_VENV = Path('~/.cache/captcha_jax/ddddocr-venv').expanduser()
 
 _READ = """
 import json, sys
@@ -33,16 +32,9 @@ answer.write(json.dumps(texts))
 
 def ddddocr_python() -> Path:
   """The ddddocr venv's Python, creating the venv and installing ddddocr on first use."""
-  python = DDDDOCR_VENV / 'bin' / 'python'
-  check = [str(python), '-c', 'import ddddocr']
-  if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
-    return python
-  print(f'Installing ddddocr=={DDDDOCR_VERSION} into {DDDDOCR_VENV} (once)…', file=sys.stderr)
-  subprocess.run([sys.executable, '-m', 'venv', str(DDDDOCR_VENV)], check=True)
-  pip = [str(python), '-m', 'pip', 'install', '--quiet', f'ddddocr=={DDDDOCR_VERSION}']
-  subprocess.run(pip, check=True)
-  subprocess.run(check, check=True)
-  return python
+  from common import own_venv  # not at the top: this file also runs in that venv, without it
+
+  return own_venv('ddddocr-venv', [f'ddddocr=={DDDDOCR_VERSION}'], 'ddddocr')
 
 
 def read(paths: Sequence[str], alphabet: str) -> dict[str, list[str]]:

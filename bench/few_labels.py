@@ -1,28 +1,31 @@
 """Few labels: from scratch against fine-tuning the pretrained reader, N labelled captchas each.
 
     python bench/few_labels.py --data_dir ../shared/data/captcha_v2 \
-        [--sizes 50,100,200,500,1000] [--styles ledger,ransom] [--skip_ddddocr] \
+        [--sizes 50,100,200,500,1000] [--styles ledger,ransom] [--libraries wheezy,multicolor] \
+        [--skip_ddddocr] \
         [--modes scratch,finetune,selftrain] [--rounds 1] [--unlabelled 4000] \
         [--round_epochs 0] [--restart] \
         [--flag=--config.augment.max_rotation=8 ...]
 
 For each captcha set and N, trains with only the data folder given (`configs/default.py` from
-scratch, `configs/finetune.py` from the shipped reader; each splits its N images 80/10/10 and
-reads its chosen checkpoint) and scores the result on a fixed set of other images of the same
-set: exact match, and the wall time of the run (compilation included). Sets: the real captchas
-of --data_dir (the N come from its default training split, scored on its validation and test
-images), and generated styles built from fonts the pre-training never drew (`fonts.py`'s
-HELD_OUT_FONTS; 1,000 scored images each). A zero-shot row reads each scored set with the
-pretrained reader restricted to the set's alphabet (and, where all its texts have one length, to
-that length too), beside ddddocr's (its own environment, see ddddocr_reader.py) as it comes and
-restricted to the alphabet (its API takes no length).
+scratch, `configs/finetune.py` from the shipped reader; each splits its N images 80/10/10 and reads
+its chosen checkpoint) and scores the result on a fixed set of other images of the same set: exact
+match, and the wall time of the run (compilation included). Sets: the real captchas of --data_dir
+(the N come from its default training split, scored on its validation and test images), generated
+styles built from fonts the pre-training never drew (`fonts.py`'s HELD_OUT_FONTS; 1,000 scored
+images each) and, with --libraries, captchas of libraries real sites use (captcha_libraries.py,
+drawn in their own venv; likewise). A zero-shot row reads each scored set with the pretrained reader
+restricted to the set's alphabet (and, where all its texts have one length, to that length too),
+beside ddddocr's (its own environment, see ddddocr_reader.py) as it comes and restricted to the
+alphabet (its API takes no length; it reads in lower case, so a set written in capitals is compared
+in capitals).
 
-Mode `selftrain` (generated styles, which have unlabelled images to spare): --rounds rounds of
-`captcha-jax-self-train` from the `finetune` run, on --unlabelled other captchas of the style:
-each round's run reads them, and the next trains on the N labels and the readings of confidence
-≥ 0.9 (workdirs `…-finetune-roundR`), from the run before or with --restart from the shipped
-reader, for --round_epochs epochs (0: as many steps as the fine-tuning run). The row is the last
-round's, with every round's exact match beside it; its wall time counts the fine-tuning run and
+Mode `selftrain` (generated styles and libraries, which have unlabelled images to spare): --rounds
+rounds of `captcha-jax-self-train` from the `finetune` run, on --unlabelled other captchas of the
+style: each round's run reads them, and the next trains on the N labels and the readings of
+confidence ≥ 0.9 (workdirs `…-finetune-roundR`), from the run before or with --restart from the
+shipped reader, for --round_epochs epochs (0: as many steps as the fine-tuning run). The row is the
+last round's, with every round's exact match beside it; its wall time counts the fine-tuning run and
 every round. The rounds train with the fine-tuning run's config, --flag included.
 """
 
@@ -33,8 +36,10 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import captcha_libraries
 import numpy as np
 from common import load_config, run_logged
 
@@ -78,7 +83,18 @@ def generated_set(style: str, shape: Shape, cache: Path) -> tuple[Examples, Exam
   separate invocations) are scored on the same images.
   """
   folder = cache / shape.folder(f'{style}-{POOL + SCORED}')
-  _generated(style, shape, POOL + SCORED, 3, folder)
+  return _pool_and_scored(_generated(folder, _synthetic(style, shape, POOL + SCORED, 3)))
+
+
+def library_set(library: str, cache: Path) -> tuple[Examples, Examples]:
+  """(labelled pool, scored images) of a captcha library's (captcha_libraries.py), as above."""
+  draw = functools.partial(
+    captcha_libraries.generate, library, count=POOL + SCORED, seed=3, avoid=[]
+  )
+  return _pool_and_scored(_generated(cache / f'{library}-{POOL + SCORED}', draw))
+
+
+def _pool_and_scored(folder: Path) -> tuple[Examples, Examples]:
   paths = sorted(folder.glob('*.png'))
   order = np.random.default_rng(0).permutation(len(paths))
   examples = [data.Example(str(paths[i]), data.label_from_path(paths[i])) for i in order]
@@ -86,25 +102,35 @@ def generated_set(style: str, shape: Shape, cache: Path) -> tuple[Examples, Exam
 
 
 def unlabelled_set(style: str, shape: Shape, count: int, cache: Path) -> Path:
-  """A folder of `count` more captchas of a generated style, none of them scored or labelled."""
-  return _generated(style, shape, count, 11, cache / shape.folder(f'{style}-unlabelled-{count}'))
+  """A folder of `count` more captchas of a generated style or a captcha library, none of them
+  scored or labelled."""
+  if style in captcha_libraries.LIBRARIES:
+    taken = [e.text for examples in library_set(style, cache) for e in examples]
+    draw = functools.partial(captcha_libraries.generate, style, count=count, seed=11, avoid=taken)
+    return _generated(cache / f'{style}-unlabelled-{count}', draw)
+  folder = cache / shape.folder(f'{style}-unlabelled-{count}')
+  return _generated(folder, _synthetic(style, shape, count, 11))
 
 
-def _generated(style: str, shape: Shape, count: int, seed: int, folder: Path) -> Path:
-  """`folder`, holding `count` captchas of `style` in `shape` drawn with `seed`; generated once."""
+def _synthetic(style: str, shape: Shape, count: int, seed: int) -> Callable[[Path], object]:
+  return functools.partial(
+    synthetic.generate,
+    count=count,
+    alphabet=shape.alphabet,
+    length=shape.length,
+    width=shape.width,
+    height=shape.height,
+    style=style,
+    seed=seed,
+  )
+
+
+def _generated(folder: Path, draw: Callable[[Path], object]) -> Path:
+  """`folder`, once `draw(folder)` has filled it; drawn once."""
   if not folder.is_dir():
     partial = folder.with_suffix('.partial')  # an interrupted generation is not taken as done
     shutil.rmtree(partial, ignore_errors=True)  # and starts over
-    synthetic.generate(
-      partial,
-      count,
-      alphabet=shape.alphabet,
-      length=shape.length,
-      width=shape.width,
-      height=shape.height,
-      style=style,
-      seed=seed,
-    )
+    draw(partial)
     partial.rename(folder)
   return folder
 
@@ -152,6 +178,9 @@ def main():
   parser.add_argument('--data_dir', required=True, help='a real captcha set, named by text')
   parser.add_argument('--sizes', default='50,100,200,500,1000')
   parser.add_argument('--styles', default='ledger,ransom', help='generated held-out styles')
+  parser.add_argument(
+    '--libraries', default='', help='captcha libraries: wheezy,multicolor (captcha_libraries.py)'
+  )
   parser.add_argument('--alphabet', default=Shape.alphabet, help="the generated styles' symbols")
   parser.add_argument('--length', type=int, default=Shape.length, help='symbols a captcha')
   parser.add_argument('--size', default=f'{Shape.width}x{Shape.height}', help='WIDTHxHEIGHT')
@@ -181,6 +210,9 @@ def main():
   styles = {shape.folder(style): style for style in filter(None, args.styles.split(','))}
   for name, style in styles.items():
     sets[name] = generated_set(style, shape, base / 'sets')
+  for library in filter(None, args.libraries.split(',')):
+    styles[library] = library
+    sets[library] = library_set(library, base / 'sets')
   configs = {'scratch': 'configs/default.py', 'finetune': 'configs/finetune.py'}
 
   rows = []
@@ -195,12 +227,14 @@ def main():
     if not args.skip_ddddocr:
       import ddddocr_reader  # bench/ddddocr_reader.py, beside this file
 
-      texts = ddddocr_reader.read([e.path for e in scored], alphabet)
+      # It reads in lower case: restricted to capitals alone it would delete nearly every
+      # character, so a set written in capitals is compared in capitals.
+      capitals = alphabet == alphabet.upper() != alphabet.lower()
+      texts = ddddocr_reader.read([e.path for e in scored], alphabet + alphabet.lower() * capitals)
       targets = [e.text for e in scored]
-      row['ddddocr'] = np.mean([t == e for t, e in zip(texts['plain'], targets, strict=True)])
-      row['ddddocr_restricted'] = np.mean(
-        [t == e for t, e in zip(texts['restricted'], targets, strict=True)]
-      )
+      for key, column in (('plain', 'ddddocr'), ('restricted', 'ddddocr_restricted')):
+        read = [t.upper() if capitals else t for t in texts[key]]
+        row[column] = np.mean([t == e for t, e in zip(read, targets, strict=True)])
     rows.append(row)
     print(json.dumps(row), flush=True)
     for n in sizes:
