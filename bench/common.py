@@ -1,6 +1,7 @@
 """What the benches share: the repository's root and its config files, loaded by path (the
 `configs/` folder is part of the repository, not of the installed package), commands run once
-per folder, and virtual environments of their own for the programs they compare against."""
+per folder, and virtual environments of their own for the programs they run beside captcha_jax
+(ddddocr, captcha libraries)."""
 
 import importlib.util
 import json
