@@ -13,6 +13,7 @@ until the model's own preprocessing runs on the device.
 import concurrent.futures
 import csv
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -256,6 +257,17 @@ def pseudo_labelled(
     elif Path(e.path).resolve() not in known:
       kept.append(Example(e.path, text))
   report_problems(problems, repr(str(path)), config.skip_bad_files)
+  if copies := copies_of([e.path for e in kept], [e.path for e in labelled]):
+    kept = [e for e in kept if e.path not in copies]
+    copy, original = next(iter(copies.items()))
+    logging.warning(
+      '%d readings in %s are of copies of labelled images (%s holds the bytes of %s): left out, '
+      'so no labelled image, of validation and test least of all, is trained on by another name.',
+      len(copies),
+      path,
+      copy,
+      original,
+    )
   logging.info(
     '%d of the %d readings in %s (confidence ≥ %g) join the train split.',
     len(kept),
@@ -264,6 +276,46 @@ def pseudo_labelled(
     config.pseudo_min_confidence,
   )
   return kept
+
+
+def copies_of(paths: Sequence[str], originals: Sequence[str]) -> dict[str, str]:
+  """{path: the original it is a byte-for-byte copy of} for those of `paths` that are one.
+
+  Sizes are compared first; only files of an original's size are hashed. A file that cannot be
+  read is no copy (it is reported where it is decoded)."""
+  by_size: dict[int, list[str]] = {}
+  for original in originals:
+    if (size := _size(original)) is not None:
+      by_size.setdefault(size, []).append(original)
+  digests_of_size: dict[int, dict[bytes, str]] = {}
+  copies = {}
+  for path in paths:
+    size = _size(path)
+    if size not in by_size:
+      continue
+    if size not in digests_of_size:
+      digests_of_size[size] = {}
+      for original in by_size[size]:
+        if (digest := _digest(original)) is not None:
+          digests_of_size[size].setdefault(digest, original)
+    digest = _digest(path)
+    if digest is not None and digest in digests_of_size[size]:
+      copies[path] = digests_of_size[size][digest]
+  return copies
+
+
+def _size(path: str) -> int | None:
+  try:
+    return os.path.getsize(path)
+  except OSError:
+    return None
+
+
+def _digest(path: str) -> bytes | None:
+  try:
+    return hashlib.sha256(Path(path).read_bytes()).digest()
+  except OSError:
+    return None
 
 
 # --- The split. ---

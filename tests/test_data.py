@@ -443,6 +443,37 @@ def test_pseudo_labels_join_the_train_split_alone(captcha_dir, tmp_path, caplog)
     resolve(config_for(captcha_dir, pseudo_labels=str(readings)))
 
 
+def test_readings_of_copies_of_labelled_images_are_left_out(captcha_dir, tmp_path, caplog):
+  """A folder scraped from a site and labelled by copying some of its images keeps those copies:
+  their readings would train on validation and test images by another name."""
+  other = synthetic.generate(tmp_path / 'unlabelled', 1, seed=7)[0]
+  labelled = sorted(captcha_dir.glob('*.png'))[3]
+  copy = tmp_path / 'unlabelled' / 'scraped-0001.png'
+  shutil.copyfile(labelled, copy)
+  readings = tmp_path / 'readings.csv'
+  rows = [f'{copy},{labelled.stem},,0.99', f'{other},{other.stem},,0.99']
+  readings.write_text('file,text,raw_text,confidence\n' + '\n'.join(rows) + '\n')
+  caplog.set_level(logging.INFO)
+  _, splits = resolve(config_for(captcha_dir, pseudo_labels=str(readings)))
+  added = [e for e in splits['train'] if 'unlabelled' in e.path]
+  assert [Path(e.path).name for e in added] == [other.name]
+  assert f'1 readings in {readings} are of copies' in caplog.text
+  assert f'({copy} holds the bytes of {labelled})' in caplog.text
+
+
+def test_copies_are_the_same_bytes_not_the_same_size(tmp_path):
+  def file(name: str, content: bytes) -> str:
+    (tmp_path / name).write_bytes(content)
+    return str(tmp_path / name)
+
+  original, twin = file('a.png', b'abcd'), file('b.png', b'abcd')
+  same_size, other_size = file('c.png', b'abce'), file('d.png', b'abcde')
+  gone = str(tmp_path / 'gone.png')
+  paths = [twin, same_size, other_size, gone, original]
+  assert data.copies_of(paths, [gone, original, twin]) == {twin: original, original: original}
+  assert data.copies_of(paths, []) == {}
+
+
 def test_readings_are_folded_and_those_the_model_cannot_learn_are_named(
   captcha_dir, tmp_path, caplog
 ):
