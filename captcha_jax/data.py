@@ -71,13 +71,19 @@ Splits = dict[str, Dataset]
 # --- Examples: which files, which texts. ---
 
 
-def label_from_path(path: str | Path) -> str:
+def label_from_path(path: str | Path, pattern: str = '') -> str | None:
   """The text an image shows: its file name without its extension (twice, as in `abcde.png.png`),
-  a copy's suffix (` (1)`, ` copy`, ...) or spaces around it."""
+  a copy's suffix (` (1)`, ` copy`, ...) or spaces around it; of that, the first group (or the
+  match) of the regular expression `pattern` where one is given (config.label_pattern), None
+  where it does not match."""
   stem = Path(path).stem
   if Path(stem).suffix.lower() in images.IMAGE_EXTENSIONS:
     stem = Path(stem).stem
-  return _COPY_SUFFIX.sub('', stem.strip()).strip()
+  name = _COPY_SUFFIX.sub('', stem.strip()).strip()
+  if not pattern:
+    return name
+  found = re.search(pattern, name)
+  return None if found is None else found.group(1 if found.re.groups else 0).strip()
 
 
 def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
@@ -186,11 +192,18 @@ def find_examples(
       raise DataError(
         f'{e} It should hold images named by their text, like 226md.png, or set config.labels_file.'
       ) from None
+    pattern = config.get('label_pattern', '')
+    if pattern == settings.AUTO:
+      pattern, why = settings.text_pattern([label_from_path(path) for path in paths])
+      if pattern:
+        logging.info('Labels read from the file names of %s with %r: %s.', folder, pattern, why)
     examples = []
     for path in paths:
-      text = label_from_path(path)
+      text = label_from_path(path, pattern)
       if text:
         examples.append(Example(str(path), text))
+      elif text is None:
+        problems.append(f'{path}: its name does not match label_pattern {pattern!r}')
       else:
         problems.append(f'{path}: empty label (the file name is the label)')
   return [Example(e.path, _fold(config, e.text)) for e in examples], problems

@@ -4,6 +4,7 @@ automatic values ('auto' alphabet, lengths, width) from the data."""
 import collections
 import contextlib
 import math
+import re
 import statistics
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +18,10 @@ from captcha_jax.errors import ConfigError
 AUTO = 'auto'  # config.alphabet: the characters of the training split's labels
 AUTO_LENGTH = -1  # config.fixed_label_length: the common length when every label has one
 AUTO_PRIOR = -1  # config.blank_prior: 1 - (mean label length) / (CTC steps)
+# config.label_pattern 'auto' (`text_pattern`): names TEXT_TAG or INDEX_TEXT.
+SEPARATOR = '_'
+BEFORE_FIRST = '^([^_]+)'
+AFTER_LAST = '([^_]+)$'
 CHOICES = {
   'case': ('keep', 'lower', 'upper'),
   'data_source': ('folder', 'tfds', 'synthetic'),
@@ -101,6 +106,8 @@ def _check(name: str, value) -> str | None:
   if name in CHOICES:
     allowed = CHOICES[name]
     return None if value in allowed else f'must be one of {", ".join(map(repr, allowed))}'
+  if name == 'label_pattern':
+    return _pattern_problem(value)
   if name == 'alphabet':
     if not isinstance(value, str) or not value:
       return f'must be the characters to read, or {AUTO!r}'
@@ -184,10 +191,76 @@ def case_warning(texts: Sequence[str]) -> str:
   )
 
 
+def _pattern_problem(value) -> str | None:
+  if value == AUTO:
+    return None
+  if not isinstance(value, str):
+    return f"must be a regular expression, '' (the whole name) or {AUTO!r}"
+  try:
+    groups = re.compile(value).groups
+  except re.error as e:
+    return f'is not a regular expression ({e})'
+  return 'must have at most one group: the text' if groups > 1 else None
+
+
+def text_pattern(stems: Sequence[str]) -> tuple[str, str]:
+  """config.label_pattern 'auto' for a folder whose file names (without extension) are `stems`:
+  (the pattern, why) — '' where the whole name is the text.
+
+  Sites' captchas saved in bulk are often named TEXT_TAG (a counter, a timestamp, a hash: two
+  images of one text need two names) or INDEX_TEXT. The text is the part before the first '_'
+  where every part after it is such a tag or one fixed word, else the part after the last '_'
+  where every name has one and every part before it is a tag or one fixed word. Where both
+  read the names, tags that repeat are counters after the text, and numbers that count up are an
+  index before it; else (1234_5678, 1236_9012) ConfigError: only the user knows which is the
+  text.
+  """
+  split = [stem.split(SEPARATOR, 1) for stem in stems if SEPARATOR in stem]
+  if not split:
+    return '', ''
+  tails = [tail for _, tail in split]
+  heads = [stem.rsplit(SEPARATOR, 1)[0] for stem in stems if SEPARATOR in stem]
+  before = all(map(_is_tag, tails)) or _one_word(tails)
+  after = len(split) == len(stems) and (all(map(_is_tag, heads)) or _one_word(heads))
+  if before and after and len(set(tails)) < len(tails) / 2:  # tags repeat: copies' counters
+    after = False
+  if before and after and _counting(heads):  # 1, 2, 3, ...: an index
+    before = False
+  example = repr(SEPARATOR.join(split[0]))
+  where = f'names like {example}: the text is the part'
+  if before and after:
+    raise ConfigError(
+      f'The file names are two parts joined by {SEPARATOR!r}, like {example}, and either could '
+      f"be the text: set config.label_pattern to '{BEFORE_FIRST}' (the part before the first "
+      f"{SEPARATOR!r}) or '{AFTER_LAST}' (after the last), or '' (the whole name)."
+    )
+  if before:
+    return BEFORE_FIRST, f'{where} before the first {SEPARATOR!r}'
+  if after:
+    return AFTER_LAST, f'{where} after the last {SEPARATOR!r}'
+  return '', ''
+
+
+def _is_tag(part: str) -> bool:
+  """A counter, a date or time, or a hash (hex, a UUID): what names carry beside a text."""
+  return re.fullmatch(r'[0-9_]+|[0-9a-fA-F_-]{8,}', part) is not None
+
+
+def _counting(parts: Sequence[str]) -> bool:
+  if not all(part.isdigit() for part in parts):
+    return False
+  numbers = sorted(map(int, parts))
+  return numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+
+
+def _one_word(parts: Sequence[str]) -> bool:
+  return len(parts) > 1 and len(set(parts)) == 1
+
+
 def odd_labels_warning(examples: Sequence[tuple[str, str]]) -> str:
   """A warning naming the few labels (path, text) unlike the rest, else '': a length that under
   1% of the labels have, or a character that under 1% of them hold, in a set of a hundred or
-  more. Such a label is more often a stray file's name ('Thumbs_db', '0814_1', 'x - Copy') than a
+  more. Such a label is more often a stray file's name ('Thumbs_db', 'logo', '0814 old') than a
   captcha, and it alone sets the longest label, makes the length vary, and adds a character.
   """
   if len(examples) < 100:

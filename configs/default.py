@@ -22,6 +22,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_min_images = 1040  # what the unpacked download must hold, checked before use
   config.download_dir = '~/.cache/captcha_jax'
   config.labels_file = ''  # CSV/TSV of `path,text` lines (paths relative to data_dir) instead
+  # Which part of a file name is its text: a regular expression's first group (or its match);
+  # '' = the whole name; 'auto' = the part before the first '_' of names like TEXT_1234 or
+  # TEXT_<hash>, after the last of names like 0001_TEXT, else the whole name (logged).
+  config.label_pattern = 'auto'
   # Readings of unlabelled images of the set (`captcha-jax-predict --output FILE.csv` of a run
   # trained on the labels) that join the train split: self-training (README, "Unlabelled
   # images too").

@@ -71,6 +71,24 @@ def test_label_from_path_strips_extension_and_copy_suffix():
   assert data.label_from_path('copy.png') == 'copy' and data.label_from_path('ab_2.png') == 'ab_2'
 
 
+def test_label_pattern_picks_the_text_out_of_longer_names(tmp_path, caplog):
+  folder = tmp_path / 'scraped'
+  folder.mkdir()
+  texts = ['226md', 'x3b4k', 'bcdef', '226md']
+  for i, text in enumerate(texts):
+    Image.new('RGB', (100, 40), 'white').save(folder / f'{text}_{1700000000 + i}.png')
+  caplog.set_level(logging.INFO)
+  examples, problems = data.find_examples(config_for(folder), folder)
+  assert sorted(e.text for e in examples) == sorted(texts) and not problems
+  assert "with '^([^_]+)': names like '226md_1700000000'" in caplog.text
+  examples, _ = data.find_examples(config_for(folder, label_pattern=''), folder)
+  assert sorted(e.text for e in examples)[0] == '226md_1700000000'
+  Image.new('RGB', (100, 40), 'white').save(folder / 'bcdef.png')
+  examples, problems = data.find_examples(config_for(folder, label_pattern='(.+)_'), folder)
+  assert sorted(e.text for e in examples) == sorted(texts)
+  assert problems == [f"{folder / 'bcdef.png'}: its name does not match label_pattern '(.+)_'"]
+
+
 def test_load_dataset_shapes_and_labels(captcha_dir):
   ds = load(captcha_dir)
   assert len(ds) == 60
@@ -225,20 +243,21 @@ def test_stray_files_do_not_pass_unnoticed_into_the_inferred_settings(tmp_path, 
   (tmp_path / '._0123.png').write_bytes(b'\x00\x05\x16\x07' * 1024)  # macOS metadata
   gbk = os.fsdecode('中文'.encode('gbk') + b'12.png')  # a Windows zip's name, not UTF-8
   Image.new('RGB', (120, 40), 'white').save(tmp_path / gbk)
-  Image.new('RGB', (120, 40), 'white').save(tmp_path / '0814_1.png')  # a name with a suffix
+  Image.new('RGB', (120, 40), 'white').save(tmp_path / '08145 old.png')  # a name with a note
+  Image.new('RGB', (120, 40), 'white').save(tmp_path / '0814_1.png')  # a counter: reads 0814
   caplog.set_level(logging.WARNING)
   config = config_for(tmp_path, alphabet='auto', max_label_length=0, fixed_label_length=-1)
   resolved, _ = resolve(config)
   assert 'Thumbs_db.png: an empty file' in caplog.text
   assert "._0123.png: macOS metadata beside '0123.png'" in caplog.text
-  assert 'its name is not UTF-8' in caplog.text and resolved.alphabet == '0123456789_'
-  assert resolved.max_label_length == 6 and resolved.fixed_label_length == 0  # what 0814_1 did
+  assert 'its name is not UTF-8' in caplog.text and resolved.alphabet == ' 0123456789dlo'
+  assert resolved.max_label_length == 9 and resolved.fixed_label_length == 0  # '08145 old' did
   assert (
-    f'1 of 121 labels are unlike the rest, of a length or with a character under 1% of them '
-    f"have: '{tmp_path / '0814_1.png'}' ('0814_1')" in caplog.text
+    f'1 of 122 labels are unlike the rest, of a length or with a character under 1% of them '
+    f"have: '{tmp_path / '08145 old.png'}' ('08145 old')" in caplog.text
   )
   caplog.clear()
-  (tmp_path / '0814_1.png').unlink()
+  (tmp_path / '08145 old.png').unlink()
   resolved, _ = resolve(config)
   assert resolved.max_label_length == resolved.fixed_label_length == 4
   assert 'unlike the rest' not in caplog.text

@@ -68,6 +68,8 @@ def test_every_bad_field_is_named_in_one_message():
     ('ema_decay', 1.0),
     ('pseudo_min_confidence', 1.5),
     ('augment.max_scale', 1.0),  # scales down to 0 and below would flip the image
+    ('label_pattern', '(unclosed'),
+    ('label_pattern', '(a)(b)'),  # which group is the text?
   ],
 )
 def test_each_kind_of_bad_value_is_refused(field, value):
@@ -207,3 +209,29 @@ def test_case_warning_tells_labels_typed_in_either_case_from_a_mixed_case_site()
   upper = sum(t == t.upper() != t.lower() for t in either_case)
   assert warning.startswith(f'{upper} labels are upper-case'), warning
   assert "config.case='upper' or 'lower'" in warning
+
+
+@pytest.mark.parametrize(
+  ('stems', 'pattern'),
+  [
+    (['226md', 'x3b4k'], ''),
+    (['226md', '226md_1', 'x3b4k'], settings.BEFORE_FIRST),  # a copy's counter
+    (['abcd_1591234567', 'efgh_1591234999'], settings.BEFORE_FIRST),  # timestamps
+    (['abcd_2024_01_05', 'efgh_2024_01_06'], settings.BEFORE_FIRST),  # dates
+    (['abcd_3f2a9c1e0b', 'efgh_9e8d7c6b5a'], settings.BEFORE_FIRST),  # hashes
+    (['abcd_captcha', 'efgh_captcha'], settings.BEFORE_FIRST),
+    (['1234_1', '5678_1', '1234_2', '9012_1', '3456_1'], settings.BEFORE_FIRST),  # counters
+    (['0001_abcd', '0002_efgh'], settings.AFTER_LAST),  # an index
+    (['0003_1234', '0001_5678', '0002_9012'], settings.AFTER_LAST),  # it counts up
+    (['captcha_abcd', 'captcha_efgh'], settings.AFTER_LAST),
+    (['ab_cd', 'efgh'], ''),  # one name's '_' is its own
+    (['Thumbs_db', '226md', 'x3b4k'], ''),
+  ],
+)
+def test_the_text_is_found_in_names_that_carry_more(stems, pattern):
+  assert settings.text_pattern(stems)[0] == pattern
+
+
+def test_names_either_part_of_which_could_be_the_text_are_refused():
+  with pytest.raises(ConfigError, match="like '0001_1234'.*config.label_pattern"):
+    settings.text_pattern(['0001_1234', '0003_5678'])
