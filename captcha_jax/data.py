@@ -125,8 +125,8 @@ def _utf8(name: str) -> bool:
 
 
 def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]]:
-  """(path, text) rows of a CSV (',' or ';') or TSV file, paths relative to `folder`; and its bad
-  lines.
+  """(path, text) rows of a CSV (',' or ';'), TSV or space-separated file, paths relative to
+  `folder`; and its bad lines.
 
   A first row whose path is not a file is taken as a header. Missing files, empty texts and
   repeated paths are reported with their line numbers; the first row of a repeated path is kept.
@@ -136,7 +136,8 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
   except (OSError, UnicodeDecodeError) as e:
     raise DataError(f'Labels file {str(path)!r} cannot be read ({e}).') from e
   first = content.split('\n', 1)[0]
-  delimiter = next((d for d in '\t,;' if d in first), ',')  # TSV, CSV, or CSV of a ';' locale
+  # TSV, CSV, CSV of a ';' locale, or `path text` lines (OCR sets' label lists).
+  delimiter = next((d for d in '\t,; ' if d in first), ',')
   examples, problems, seen = [], [], {}
   columns = 2  # the fields a row may fill: more only under a header naming them
   rows = csv.reader(content.splitlines(), delimiter=delimiter, skipinitialspace=True)

@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_git_blob = 'e8fb4fa40806d4f0c9dde720d40e786352ec3843'
   config.data_min_images = 1040  # what the unpacked download must hold, checked before use
   config.download_dir = '~/.cache/captcha_jax'
-  config.labels_file = ''  # CSV/TSV of `path,text` lines (paths relative to data_dir) instead
+  config.labels_file = ''  # CSV/TSV/`path text` lines (paths relative to data_dir) instead
   # Which part of a file name is its text: a regular expression's first group (or its match);
   # '' = the whole name; 'auto' = the part before the first '_' of names like TEXT_1234 or
   # TEXT_<hash>, after the last of names like 0001_TEXT, else the whole name (logged).

@@ -419,6 +419,10 @@ def test_labels_file_with_a_header_and_its_problems_named_by_line(captcha_dir, c
   spaced.write_text('file; text\n' + ''.join(f'{f}; "{t} "\n' for f, t in renamed))
   examples, problems = data.find_examples(config_for(folder, labels_file=str(spaced)), folder)
   assert [(Path(e.path).name, e.text) for e in examples] == renamed and not problems
+  listed = folder / 'labels.txt'  # an OCR set's label list: `path text`, spaces repeated
+  listed.write_text(''.join(f'{f}  {t}\n' for f, t in renamed))
+  examples, problems = data.find_examples(config_for(folder, labels_file=str(listed)), folder)
+  assert [(Path(e.path).name, e.text) for e in examples] == renamed and not problems
   wrong = folder / 'wrong.csv'  # paths relative to another folder: every line names its file
   wrong.write_text('file,text\n' + ''.join(f'images/{f},{t}\n' for f, t in renamed))
   with pytest.raises(DataError, match=r'lists no usable image(.|\n)*line 2: .*images/img000.png'):
