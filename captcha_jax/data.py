@@ -35,6 +35,12 @@ from captcha_jax.vocab import Vocab
 # Copy.png` and `abcde - Copy (2).png` (Windows).
 _COPY_SUFFIX = re.compile(r'(?: ?\(\d+\)| (?:- )?copy(?: \d+| \(\d+\))?)$', re.IGNORECASE)
 SPLITS = ('train', 'val', 'test')
+# The names sets that come split give their splits' sub-folders (in any case).
+SPLIT_FOLDERS = {
+  'train': ('train', 'training'),
+  'val': ('val', 'valid', 'validation', 'dev'),
+  'test': ('test', 'testing'),
+}
 
 Batch = dict[str, np.ndarray]
 
@@ -111,8 +117,25 @@ def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
       found.append(path)
   if not found:
     extensions = '/'.join(images.IMAGE_EXTENSIONS)
-    raise DataError(f'Folder {str(folder)!r} holds no images ({extensions}).')
+    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    inside = f' directly, only the sub-folders {", ".join(subfolders)}' if subfolders else ''
+    raise DataError(f'Folder {str(folder)!r} holds no images ({extensions}){inside}.')
   return found, passed_over
+
+
+def split_folders(folder: Path) -> dict[str, Path]:
+  """{split: its sub-folder} of a set that comes split (train/ and val/ or test/, or the other
+  names of SPLIT_FOLDERS) into sub-folders of `folder`, which holds no image itself; else {}."""
+  if not folder.is_dir():
+    return {}
+  entries = list(folder.iterdir())
+  if any(p.suffix.lower() in images.IMAGE_EXTENSIONS and p.is_file() for p in entries):
+    return {}
+  named = {p.name.lower(): p for p in entries if p.is_dir()}
+  found = {
+    split: named[name] for split, names in SPLIT_FOLDERS.items() for name in names if name in named
+  }
+  return found if 'train' in found and len(found) > 1 else {}
 
 
 def _utf8(name: str) -> bool:
@@ -187,12 +210,17 @@ def find_examples(
       raise DataError(f'Labels file {str(labels)!r} does not exist (config.labels_file).')
     examples, problems = read_labels_file(labels, folder)
   else:
-    try:
-      paths, problems = find_images(folder)
-    except DataError as e:
-      raise DataError(
-        f'{e} It should hold images named by their text, like 226md.png, or set config.labels_file.'
-      ) from None
+    paths, problems = [], []
+    for where in split_folders(folder).values() or [folder]:
+      try:
+        found, passed_over = find_images(where)
+      except DataError as e:
+        raise DataError(
+          f'{e} It should hold images named by their text, like 226md.png (or sub-folders train/ '
+          'and val/ or test/ of them), or set config.labels_file.'
+        ) from None
+      paths += found
+      problems += passed_over
     pattern = config.get('label_pattern', '')
     if pattern == settings.AUTO:
       pattern, why = settings.text_pattern([label_from_path(path) for path in paths])
@@ -351,6 +379,25 @@ def split_by_text(
   )
 
 
+def split_by_folder(
+  examples: Sequence[Example], folders: dict[str, Path], fractions: Sequence[float], seed: int
+) -> tuple[np.ndarray, ...]:
+  """Train/val/test indices of a set that comes split into `folders` ({split: its folder}); a
+  split it lacks is drawn from its train images (`split_by_text`), in `fractions`' proportion."""
+  owner = {Path(os.path.abspath(path)): name for name, path in folders.items()}
+  members = {name: [] for name in SPLITS}
+  for i, e in enumerate(examples):
+    members[owner[Path(os.path.abspath(e.path)).parent]].append(i)
+  drawn = [name == 'train' or name not in folders for name in SPLITS]
+  shares = np.where(drawn, fractions, 0.0)
+  train = np.array(members['train'], np.int64)
+  parts = split_by_text([examples[i].text for i in train], shares / shares.sum(), seed)
+  return tuple(
+    train[part] if from_train else np.array(members[name], np.int64)
+    for name, from_train, part in zip(SPLITS, drawn, parts, strict=True)
+  )
+
+
 def split_indices(n: int, fractions: Sequence[float], seed: int) -> tuple[np.ndarray, ...]:
   """Disjoint train/val/test index arrays covering range(n), from a seeded permutation.
 
@@ -486,8 +533,16 @@ def resolve(
       output_steps,
       min_width,
     )
+  folders = {} if config.labels_file else split_folders(folder)
   if one_set:
     names, indices = ('all',), (np.arange(len(usable)),)
+  elif folders:
+    names, indices = SPLITS, split_by_folder(usable, folders, config.split, config.split_seed)
+    logging.info(
+      'Split as the data comes: %s%s.',
+      ', '.join(f'{name} from {folders[name].name}/' for name in SPLITS if name in folders),
+      ''.join(f'; {name} drawn from the train images' for name in SPLITS if name not in folders),
+    )
   else:
     texts = [e.text for e in usable]
     names, indices = SPLITS, split_by_text(texts, config.split, config.split_seed)

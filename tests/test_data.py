@@ -89,6 +89,36 @@ def test_label_pattern_picks_the_text_out_of_longer_names(tmp_path, caplog):
   assert problems == [f"{folder / 'bcdef.png'}: its name does not match label_pattern '(.+)_'"]
 
 
+def test_a_set_that_comes_split_into_folders_keeps_its_split(tmp_path, caplog):
+  def generate(folder: str, count: int, seed: int) -> set[str]:
+    paths = synthetic.generate(tmp_path / folder, count, alphabet='0123456789', length=4, seed=seed)
+    return {os.path.abspath(p) for p in paths}
+
+  train, test = generate('Train', 60, 1), generate('test', 10, 2)
+  caplog.set_level(logging.INFO)
+  config = config_for(tmp_path, alphabet='auto', split=(0.7, 0.2, 0.1))
+  _, splits = resolve(config)
+  paths = {name: {e.path for e in examples} for name, examples in splits.items()}
+  assert paths['test'] == test and paths['train'] | paths['val'] == train
+  assert len(paths['val']) == round(60 * 0.2 / 0.9)  # drawn from train in config.split's shares
+  assert 'Split as the data comes: train from Train/, test from test/; val drawn' in caplog.text
+  val = generate('validation', 5, 3)
+  _, splits = resolve(config)
+  assert [{e.path for e in splits[name]} for name in data.SPLITS] == [train, val, test]
+  steps = functools.partial(models.output_steps, config.model)
+  _, every = data.resolve(config, steps, one_set=True)
+  assert {e.path for e in every['all']} == train | val | test  # another run's set, scored whole
+  (tmp_path / 'stray.png').write_bytes(Path(sorted(test)[0]).read_bytes())
+  assert data.split_folders(tmp_path) == {}  # images of its own: the sub-folders are not splits
+
+
+def test_a_folder_of_sub_folders_only_says_so(tmp_path):
+  synthetic.generate(tmp_path / 'site_a', 2, seed=1)
+  (tmp_path / 'site_b').mkdir()
+  with pytest.raises(DataError, match=r'holds no images .* only the sub-folders site_a, site_b\.'):
+    resolve(config_for(tmp_path))
+
+
 def test_load_dataset_shapes_and_labels(captcha_dir):
   ds = load(captcha_dir)
   assert len(ds) == 60
