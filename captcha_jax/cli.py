@@ -269,12 +269,12 @@ def evaluate(argv: Sequence[str] | None = None) -> None:
   )
   parser.add_argument(
     '--labels_file',
-    default='',
-    help='With --data_dir: its texts in a file, as config.labels_file takes (path,text lines).',
+    help='With --data_dir: its texts in a file, as config.labels_file takes (path,text lines); '
+    "by default the file there that lists its images, else the names; '' for the names.",
   )
   _cpu_tuning_flag(parser)
   args = parser.parse_args(argv)
-  if args.labels_file and not args.data_dir:
+  if args.labels_file is not None and not args.data_dir:
     parser.error('--labels_file goes with --data_dir (a run scores its own data as it trained)')
 
   def action():
@@ -283,7 +283,8 @@ def evaluate(argv: Sequence[str] | None = None) -> None:
     if args.cpu_tuning:
       host.tune_cpu(predict.BATCH_SIZE)
     _quiet_orbax()
-    report = evaluate.evaluate_workdir(args.workdir, args.data_dir, labels_file=args.labels_file)
+    labels_file = 'auto' if args.labels_file is None else args.labels_file
+    report = evaluate.evaluate_workdir(args.workdir, args.data_dir, labels_file=labels_file)
     print(evaluate.format_report(report), end='')
 
   _run(action)

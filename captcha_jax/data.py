@@ -35,6 +35,7 @@ from captcha_jax.vocab import Vocab
 # Copy.png` and `abcde - Copy (2).png` (Windows).
 _COPY_SUFFIX = re.compile(r'(?: ?\(\d+\)| (?:- )?copy(?: \d+| \(\d+\))?)$', re.IGNORECASE)
 SPLITS = ('train', 'val', 'test')
+LABEL_LISTS = ('.csv', '.tsv', '.txt')  # the files config.labels_file 'auto' looks at
 # The names sets that come split give their splits' sub-folders (in any case).
 SPLIT_FOLDERS = {
   'train': ('train', 'training'),
@@ -199,12 +200,39 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
   return examples, problems
 
 
+def find_labels_file(folder: Path) -> Path | None:
+  """config.labels_file 'auto': the one CSV, TSV or text file directly in `folder` that gives the
+  texts of half its images or more; None where none does (the names are the texts).
+  ConfigError where several do: which one holds the texts is the user's to say."""
+  if not folder.is_dir():
+    return None
+  files = sorted(p for p in folder.iterdir() if p.suffix.lower() in LABEL_LISTS and p.is_file())
+  count = sum(p.suffix.lower() in images.IMAGE_EXTENSIONS for p in folder.iterdir())
+  listing = []
+  for file in files:
+    try:
+      examples, _ = read_labels_file(file, folder)
+    except DataError:  # not a list of this folder's images
+      continue
+    if len(examples) >= max(count / 2, 1):
+      listing.append(file)
+  if len(listing) > 1:
+    raise ConfigError(
+      f'{", ".join(p.name for p in listing)} in {str(folder)!r} each give the texts of its '
+      "images: set config.labels_file to the one to read, or to '' for the file names."
+    )
+  return listing[0] if listing else None
+
+
 def find_examples(
   config: ml_collections.ConfigDict, folder: Path
 ) -> tuple[list[Example], list[str]]:
   """Every labelled image of the set, with `config.case` applied; and the problems met."""
-  if config.labels_file:
-    labels = Path(config.labels_file).expanduser()
+  labels_file = config.labels_file
+  if labels_file == settings.AUTO:
+    labels_file = find_labels_file(folder)
+  if labels_file:
+    labels = Path(labels_file).expanduser()
     labels = labels if labels.is_absolute() else folder / labels
     if not labels.is_file():
       raise DataError(f'Labels file {str(labels)!r} does not exist (config.labels_file).')
@@ -506,6 +534,11 @@ def resolve(
   config.data_dir = str(folder)
   if config.get('pseudo_labels'):
     config.pseudo_labels = os.path.abspath(Path(config.pseudo_labels).expanduser())
+  if config.labels_file == settings.AUTO:
+    listing = find_labels_file(folder)
+    config.labels_file = str(listing) if listing else ''
+    if listing:
+      logging.info('The texts are those %s gives (config.labels_file).', listing)
   examples, problems = find_examples(config, folder)
   usable = []
   for e in examples:

@@ -44,7 +44,7 @@ def confusions(predictions: Sequence[str], targets: Sequence[str]) -> collection
 
 
 def evaluate_workdir(
-  workdir: str | Path, data_dir: str | None = None, top: int = 10, labels_file: str = ''
+  workdir: str | Path, data_dir: str | None = None, top: int = 10, labels_file: str = 'auto'
 ) -> dict:
   """Metrics of WORKDIR's chosen checkpoint on each split of its data, or on every image of
   `data_dir`, another folder of captchas named by their text (or listed with their texts in
@@ -60,12 +60,6 @@ def evaluate_workdir(
     # None of its images is the run's: one set, labelled by name.
     with config.unlocked():  # a run older than some of these settings lacks them
       config.update(data_dir=data_dir, data_source='folder', labels_file=labels_file)
-    if not labels_file and (Path(data_dir) / 'labels.csv').is_file():
-      logging.warning(
-        '%s holds labels.csv, but the texts are read from the file names: give --labels_file '
-        'labels.csv to score against it.',
-        data_dir,
-      )
     config, examples = data.resolve(config, output_steps, one_set=True)
     beyond = labels_beyond_the_model(config, examples['all'])
     if examples['all']:

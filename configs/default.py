@@ -21,7 +21,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_git_blob = 'e8fb4fa40806d4f0c9dde720d40e786352ec3843'
   config.data_min_images = 1040  # what the unpacked download must hold, checked before use
   config.download_dir = '~/.cache/captcha_jax'
-  config.labels_file = ''  # CSV/TSV/`path text` lines (paths relative to data_dir) instead
+  # The texts in a file of `path,text` lines (or tab- or space-separated; paths relative to
+  # data_dir) instead of the names; 'auto' = the one .csv/.tsv/.txt file in data_dir that gives
+  # the texts of half its images or more, else the names; '' = the names.
+  config.labels_file = 'auto'
   # Which part of a file name is its text: a regular expression's first group (or its match);
   # '' = the whole name; 'auto' = the part before the first '_' of names like TEXT_1234 or
   # TEXT_<hash>, after the last of names like 0001_TEXT, else the whole name (logged).

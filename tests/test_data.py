@@ -459,6 +459,23 @@ def test_labels_file_with_a_header_and_its_problems_named_by_line(captcha_dir, c
     data.find_examples(config_for(folder, labels_file=str(wrong)), folder)
 
 
+def test_the_file_that_lists_a_folders_images_gives_their_texts(tmp_path, caplog):
+  synthetic.generate(tmp_path, 12, seed=4, labels_file=True)  # 000000.png ... and labels.csv
+  rows = (tmp_path / 'labels.csv').read_text().splitlines()[1:]
+  texts = {str(tmp_path / name): text for name, text in (row.split(',') for row in rows)}
+  (tmp_path / 'README.txt').write_text('Captchas of example.com, saved in May.\n')
+  caplog.set_level(logging.INFO)
+  resolved, splits = resolve(config_for(tmp_path))
+  assert resolved.labels_file == str(tmp_path / 'labels.csv')
+  assert {e.path: e.text for name in data.SPLITS for e in splits[name]} == texts
+  assert f'The texts are those {tmp_path / "labels.csv"} gives' in caplog.text
+  names, _ = resolve(config_for(tmp_path, alphabet='auto', labels_file=''))
+  assert names.labels_file == '' and names.max_label_length == 6  # the names: 000000 ...
+  (tmp_path / 'copy.tsv').write_text((tmp_path / 'labels.csv').read_text().replace(',', '\t'))
+  with pytest.raises(ConfigError, match='copy.tsv, labels.csv in .* each give the texts'):
+    resolve(config_for(tmp_path))
+
+
 def test_pseudo_labels_join_the_train_split_alone(captcha_dir, tmp_path, caplog):
   """Confident readings of unlabelled images join training only; val and test stay the labels'
   own; a labelled image keeps its label; bad lines are named, not taken."""
