@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from captcha_jax import evaluate, train
 from captcha_jax import workdir as run_folder
@@ -142,7 +143,7 @@ def test_a_run_older_than_a_split_setting_resumes_unless_its_split_moved(copy_of
   train.train_and_evaluate(config, workdir)
   image = next(Path(config.data_dir).glob('*.png'))
   readings = tmp_path / 'readings.csv'
-  shutil.copy(image, tmp_path / image.name)
+  Image.open(image).rotate(180).save(tmp_path / image.name)  # not a copy of a labelled image
   readings.write_text(f'file,text,raw_text,confidence\n{tmp_path / image.name},{image.stem},,1.0\n')
   (workdir / 'config.json').write_text(json.dumps(saved))
   config.pseudo_labels = str(readings)
