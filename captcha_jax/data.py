@@ -497,7 +497,7 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
         f'Data folder {str(folder)!r} (config.data_dir) does not exist. Point it at a folder of '
         'images named by their text, or leave it empty to download config.data_url.'
       )
-    return folder
+    return _inside_lone_folders(folder)
   if not config.data_url:
     raise DataError('No data: set --config.data_dir to a folder of images named by their text.')
   from captcha_jax import download
@@ -509,6 +509,17 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
     git_blob_sha1=config.data_git_blob,
     min_images=config.data_min_images,
   )
+
+
+def _inside_lone_folders(folder: Path) -> Path:
+  """`folder`, or the folder it holds and nothing else, and so on down: a zip often unpacks to
+  `samples/samples/`. Hidden entries and macOS's __MACOSX/ do not count."""
+  while True:
+    entries = [p for p in folder.iterdir() if not p.name.startswith('.') and p.name != '__MACOSX']
+    if len(entries) != 1 or not entries[0].is_dir():
+      return folder
+    logging.info('%s holds only the folder %s: reading that.', folder, entries[0].name)
+    folder = entries[0]
 
 
 def resolve(

@@ -112,6 +112,17 @@ def test_a_set_that_comes_split_into_folders_keeps_its_split(tmp_path, caplog):
   assert data.split_folders(tmp_path) == {}  # images of its own: the sub-folders are not splits
 
 
+def test_a_folder_that_holds_one_folder_alone_is_read_inside(tmp_path, caplog):
+  inner = tmp_path / 'samples' / 'samples'
+  paths = synthetic.generate(inner, 8, seed=1)
+  (tmp_path / 'samples' / '__MACOSX').mkdir()  # a zip's macOS metadata does not count
+  caplog.set_level(logging.INFO)
+  resolved, splits = resolve(config_for(tmp_path))
+  assert resolved.data_dir == str(inner)
+  assert sorted(e.path for name in data.SPLITS for e in splits[name]) == sorted(map(str, paths))
+  assert f'{tmp_path} holds only the folder samples: reading that' in caplog.text
+
+
 def test_a_folder_of_sub_folders_only_says_so(tmp_path):
   synthetic.generate(tmp_path / 'site_a', 2, seed=1)
   (tmp_path / 'site_b').mkdir()
