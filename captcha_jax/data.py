@@ -559,6 +559,16 @@ def resolve(
       )
     else:
       usable.append(e)
+  # A file that is no image would count in the settings below until decoding finds it out; where
+  # its name is unlike the others' ('broken', 'Thumbs') it would set them: its header is read now.
+  unreadable = set()
+  for path, _ in settings.odd_labels([(e.path, e.text) for e in usable]):
+    try:
+      images.image_size(path)
+    except DataError as error:
+      problems.append(str(error))
+      unreadable.add(path)
+  usable = [e for e in usable if e.path not in unreadable]
   report_problems(problems, repr(str(folder)), config.skip_bad_files)
   if not usable:
     raise DataError(f'No usable images in {str(folder)!r}: every file was skipped.')

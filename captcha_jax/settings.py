@@ -257,22 +257,26 @@ def _one_word(parts: Sequence[str]) -> bool:
   return len(parts) > 1 and len(set(parts)) == 1
 
 
-def odd_labels_warning(examples: Sequence[tuple[str, str]]) -> str:
-  """A warning naming the few labels (path, text) unlike the rest, else '': a length that under
-  1% of the labels have, or a character that under 1% of them hold, in a set of a hundred or
-  more. Such a label is more often a stray file's name ('Thumbs_db', 'logo', '0814 old') than a
-  captcha, and it alone sets the longest label, makes the length vary, and adds a character.
-  """
+def odd_labels(examples: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+  """The labels (path, text) unlike the rest: a length that under 1% of the labels have, or a
+  character that under 1% of them hold, in a set of a hundred or more. Such a label is more often
+  a stray file's name ('Thumbs_db', 'logo', '0814 old') than a captcha, and it alone sets the
+  longest label, makes the length vary, and adds a character."""
   if len(examples) < 100:
-    return ''
+    return []
   rare = len(examples) / 100
   lengths = collections.Counter(len(text) for _, text in examples)
   chars = collections.Counter(c for _, text in examples for c in set(text))
-  odd = [
+  return [
     (path, text)
     for path, text in examples
     if lengths[len(text)] < rare or any(chars[c] < rare for c in text)
   ]
+
+
+def odd_labels_warning(examples: Sequence[tuple[str, str]]) -> str:
+  """A warning naming the `odd_labels` of `examples`, else ''."""
+  odd = odd_labels(examples)
   if not odd:
     return ''
   shown = ', '.join(f'{path!r} ({text!r})' for path, text in odd[:5])

@@ -286,10 +286,12 @@ def test_stray_files_do_not_pass_unnoticed_into_the_inferred_settings(tmp_path, 
   Image.new('RGB', (120, 40), 'white').save(tmp_path / gbk)
   Image.new('RGB', (120, 40), 'white').save(tmp_path / '08145 old.png')  # a name with a note
   Image.new('RGB', (120, 40), 'white').save(tmp_path / '0814_1.png')  # a counter: reads 0814
+  (tmp_path / 'broken.png').write_text('<html>Not found</html>')  # its name would set the settings
   caplog.set_level(logging.WARNING)
   config = config_for(tmp_path, alphabet='auto', max_label_length=0, fixed_label_length=-1)
   resolved, _ = resolve(config)
   assert 'Thumbs_db.png: an empty file' in caplog.text
+  assert "broken.png' is not a readable image" in caplog.text
   assert "._0123.png: macOS metadata beside '0123.png'" in caplog.text
   assert 'its name is not UTF-8' in caplog.text and resolved.alphabet == ' 0123456789dlo'
   assert resolved.max_label_length == 9 and resolved.fixed_label_length == 0  # '08145 old' did
