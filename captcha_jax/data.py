@@ -514,12 +514,15 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
 def _inside_lone_folders(folder: Path) -> Path:
   """`folder`, or the folder it holds and nothing else, and so on down: a zip often unpacks to
   `samples/samples/`. Hidden entries and macOS's __MACOSX/ do not count."""
-  while True:
+  seen = set()
+  while folder.resolve() not in seen:  # a link back up ends the walk
+    seen.add(folder.resolve())
     entries = [p for p in folder.iterdir() if not p.name.startswith('.') and p.name != '__MACOSX']
     if len(entries) != 1 or not entries[0].is_dir():
-      return folder
+      break
     logging.info('%s holds only the folder %s: reading that.', folder, entries[0].name)
     folder = entries[0]
+  return folder
 
 
 def resolve(

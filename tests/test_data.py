@@ -121,6 +121,11 @@ def test_a_folder_that_holds_one_folder_alone_is_read_inside(tmp_path, caplog):
   assert resolved.data_dir == str(inner)
   assert sorted(e.path for name in data.SPLITS for e in splits[name]) == sorted(map(str, paths))
   assert f'{tmp_path} holds only the folder samples: reading that' in caplog.text
+  looped = tmp_path / 'looped'
+  looped.mkdir()
+  (looped / 'back').symlink_to(looped)
+  with pytest.raises(DataError, match='holds no images'):  # not a walk without end
+    resolve(config_for(looped))
 
 
 def test_a_folder_of_sub_folders_only_says_so(tmp_path):
