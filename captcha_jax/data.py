@@ -217,9 +217,14 @@ def find_labels_file(folder: Path) -> Path | None:
     if len(examples) >= max(count / 2, 1):
       listing.append(file)
   if len(listing) > 1:
+    splits = {name for names in SPLIT_FOLDERS.values() for name in names}
+    other = next((p.name for p in listing if p.stem.lower() in splits - {'train'}), 'test.csv')
     raise ConfigError(
       f'{", ".join(p.name for p in listing)} in {str(folder)!r} each give the texts of its '
-      "images: set config.labels_file to the one to read, or to '' for the file names."
+      "images: set config.labels_file to the one to read, or to '' for the file names. Where "
+      'they are the splits of the set, train on the training one and score the run on another '
+      f'with `python -m captcha_jax.evaluate --workdir RUN --data_dir {folder} --labels_file '
+      f'{other}`.'
     )
   return listing[0] if listing else None
 

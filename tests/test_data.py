@@ -489,9 +489,10 @@ def test_the_file_that_lists_a_folders_images_gives_their_texts(tmp_path, caplog
   assert f'The texts are those {tmp_path / "labels.csv"} gives' in caplog.text
   names, _ = resolve(config_for(tmp_path, alphabet='auto', labels_file=''))
   assert names.labels_file == '' and names.max_label_length == 6  # the names: 000000 ...
-  (tmp_path / 'copy.tsv').write_text((tmp_path / 'labels.csv').read_text().replace(',', '\t'))
-  with pytest.raises(ConfigError, match='copy.tsv, labels.csv in .* each give the texts'):
+  (tmp_path / 'test.tsv').write_text((tmp_path / 'labels.csv').read_text().replace(',', '\t'))
+  with pytest.raises(ConfigError, match='labels.csv, test.tsv in .* each give the texts') as e:
     resolve(config_for(tmp_path))
+  assert f'--data_dir {tmp_path} --labels_file test.tsv`' in str(e.value)
 
 
 def test_pseudo_labels_join_the_train_split_alone(captcha_dir, tmp_path, caplog):
