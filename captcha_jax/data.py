@@ -36,6 +36,12 @@ from captcha_jax.vocab import Vocab
 _COPY_SUFFIX = re.compile(r'(?: ?\(\d+\)| (?:- )?copy(?: \d+| \(\d+\))?)$', re.IGNORECASE)
 SPLITS = ('train', 'val', 'test')
 LABEL_LISTS = ('.csv', '.tsv', '.txt')  # the files config.labels_file 'auto' looks at
+# What their headers call the texts' column.
+_TEXT_COLUMN = re.compile(
+  r'text|label|captcha|answer|solution|code|word|string|target|truth|transcri|content|chars'
+  r'|^\s*(gt|y|value)\s*$',
+  re.IGNORECASE,
+)
 # The names sets that come split give their splits' sub-folders (in any case).
 SPLIT_FOLDERS = {
   'train': ('train', 'training'),
@@ -148,9 +154,9 @@ def _utf8(name: str) -> bool:
   return True
 
 
-def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]]:
+def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str], list[str]]:
   """(path, text) rows of a CSV (',' or ';'), TSV or space-separated file, paths relative to
-  `folder`; and its bad lines.
+  `folder`; its bad lines; and its header ([] where it has none).
 
   A first row whose path is not a file is taken as a header. Missing files, empty texts and
   repeated paths are reported with their line numbers; the first row of a repeated path is kept.
@@ -162,7 +168,7 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
   first = content.split('\n', 1)[0]
   # TSV, CSV, CSV of a ';' locale, or `path text` lines (OCR sets' label lists).
   delimiter = next((d for d in '\t,; ' if d in first), ',')
-  examples, problems, seen = [], [], {}
+  examples, problems, seen, header = [], [], {}, []
   columns = 2  # the fields a row may fill: more only under a header naming them
   rows = csv.reader(content.splitlines(), delimiter=delimiter, skipinitialspace=True)
   for number, row in enumerate(rows, 1):
@@ -175,7 +181,7 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
     file, text = row[0].strip(), row[1].strip()  # no captcha's text starts or ends with a space
     image = folder / file
     if not image.is_file() and number == 1:
-      columns = len(row)  # a header
+      header, columns = row, len(row)
       continue
     if any(field.strip() for field in row[columns:]):  # a text cut at a delimiter it holds
       problems.append(
@@ -197,12 +203,13 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
       f'Labels file {str(path)!r} lists no usable image: each line should hold an image path '
       f'(relative to {str(folder)!r}) and its text.{shown}'
     )
-  return examples, problems
+  return examples, problems, header
 
 
 def find_labels_file(folder: Path) -> Path | None:
   """config.labels_file 'auto': the one CSV, TSV or text file directly in `folder` that gives the
-  texts of half its images or more; None where none does (the names are the texts).
+  texts of half its images or more (under a header, if it has one, that names them so); None
+  where none does (the names are the texts).
   ConfigError where several do: which one holds the texts is the user's to say."""
   if not folder.is_dir():
     return None
@@ -211,10 +218,11 @@ def find_labels_file(folder: Path) -> Path | None:
   listing = []
   for file in files:
     try:
-      examples, _ = read_labels_file(file, folder)
+      examples, _, header = read_labels_file(file, folder)
     except DataError:  # not a list of this folder's images
       continue
-    if len(examples) >= max(count / 2, 1):
+    # A header must name its second column as the texts: 'file,width,height' lists other things.
+    if len(examples) >= max(count / 2, 1) and (not header or _TEXT_COLUMN.search(header[1])):
       listing.append(file)
   if len(listing) > 1:
     splits = {name for names in SPLIT_FOLDERS.values() for name in names}
@@ -241,7 +249,7 @@ def find_examples(
     labels = labels if labels.is_absolute() else folder / labels
     if not labels.is_file():
       raise DataError(f'Labels file {str(labels)!r} does not exist (config.labels_file).')
-    examples, problems = read_labels_file(labels, folder)
+    examples, problems, _ = read_labels_file(labels, folder)
   else:
     paths, problems = [], []
     for where in split_folders(folder).values() or [folder]:

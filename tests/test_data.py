@@ -482,6 +482,8 @@ def test_the_file_that_lists_a_folders_images_gives_their_texts(tmp_path, caplog
   rows = (tmp_path / 'labels.csv').read_text().splitlines()[1:]
   texts = {str(tmp_path / name): text for name, text in (row.split(',') for row in rows)}
   (tmp_path / 'README.txt').write_text('Captchas of example.com, saved in May.\n')
+  sizes = ''.join(f'{name},200,50\n' for name in texts)  # lists the images, but not their texts
+  (tmp_path / 'sizes.csv').write_text('file,width,height\n' + sizes)
   caplog.set_level(logging.INFO)
   resolved, splits = resolve(config_for(tmp_path))
   assert resolved.labels_file == str(tmp_path / 'labels.csv')
