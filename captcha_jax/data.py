@@ -420,6 +420,21 @@ def split_by_text(
   )
 
 
+def numbered_splits(examples: Sequence[Example], folders: dict[str, Path]) -> dict[str, Path]:
+  """Those of `folders` ({split: its folder}) besides train whose images are named 1, 2, 3, ...
+  where train's are not: numbers, not texts."""
+  texts: dict[Path, list[str]] = {}
+  for e in examples:
+    texts.setdefault(Path(e.path).parent, []).append(e.text)
+  if 'train' not in folders or settings.counting(texts.get(folders['train'], [])):
+    return {}
+  return {
+    name: where
+    for name, where in folders.items()
+    if name != 'train' and settings.counting(texts.get(where, []))
+  }
+
+
 def split_by_folder(
   examples: Sequence[Example], folders: dict[str, Path], fractions: Sequence[float], seed: int
 ) -> tuple[np.ndarray, ...]:
@@ -586,6 +601,16 @@ def resolve(
       unreadable.add(path)
   usable = [e for e in usable if e.path not in unreadable]
   report_problems(problems, repr(str(folder)), config.skip_bad_files)
+  folders = {} if config.labels_file else split_folders(folder)
+  for name, where in numbered_splits(usable, folders).items():
+    logging.warning(
+      "%s holds images named by number, not by their text (a competition's unlabelled test "
+      'images?): left out%s.',
+      where,
+      '' if one_set else f', and the {name} split drawn from the train images',
+    )
+    usable = [e for e in usable if Path(e.path).parent != where]
+    del folders[name]
   if not usable:
     raise DataError(f'No usable images in {str(folder)!r}: every file was skipped.')
 
@@ -603,7 +628,6 @@ def resolve(
       output_steps,
       min_width,
     )
-  folders = {} if config.labels_file else split_folders(folder)
   if one_set:
     names, indices = ('all',), (np.arange(len(usable)),)
   elif folders:

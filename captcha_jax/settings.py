@@ -224,7 +224,7 @@ def text_pattern(stems: Sequence[str]) -> tuple[str, str]:
   after = len(split) == len(stems) and (all(map(_is_tag, heads)) or _one_word(heads))
   if before and after and len(set(tails)) < len(tails) / 2:  # tags repeat: copies' counters
     after = False
-  if before and after and _counting(heads):  # 1, 2, 3, ...: an index
+  if before and after and counting(heads):  # 1, 2, 3, ...: an index
     before = False
   example = repr(SEPARATOR.join(split[0]))
   where = f'names like {example}: the text is the part'
@@ -246,8 +246,9 @@ def _is_tag(part: str) -> bool:
   return re.fullmatch(r'[0-9_]+|[0-9a-fA-F_-]{8,}', part) is not None
 
 
-def _counting(parts: Sequence[str]) -> bool:
-  if not all(part.isdigit() for part in parts):
+def counting(parts: Sequence[str]) -> bool:
+  """Whether `parts` are numbers that count up one by one (0001, 0002, ...), in any order."""
+  if len(parts) < 2 or not all(part.isdigit() for part in parts):
     return False
   numbers = sorted(map(int, parts))
   return numbers == list(range(numbers[0], numbers[0] + len(numbers)))

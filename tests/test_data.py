@@ -108,6 +108,12 @@ def test_a_set_that_comes_split_into_folders_keeps_its_split(tmp_path, caplog):
   steps = functools.partial(models.output_steps, config.model)
   _, every = data.resolve(config, steps, one_set=True)
   assert {e.path for e in every['all']} == train | val | test  # another run's set, scored whole
+  for i, path in enumerate(sorted(val)):  # a competition's unlabelled images, numbered
+    os.rename(path, Path(path).with_name(f'{i + 1:04d}.png'))
+  caplog.clear()
+  _, splits = resolve(config)
+  assert {e.path for e in splits['test']} == test and len(splits['val']) == len(paths['val'])
+  assert 'validation holds images named by number, not by their text' in caplog.text
   (tmp_path / 'stray.png').write_bytes(Path(sorted(test)[0]).read_bytes())
   assert data.split_folders(tmp_path) == {}  # images of its own: the sub-folders are not splits
 
