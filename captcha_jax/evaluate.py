@@ -13,13 +13,14 @@ import collections
 import difflib
 import functools
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 
-from captcha_jax import batches, data, decoding, metrics, models, plots, predict, sources
+from captcha_jax import batches, data, decoding, metrics, models, plots, predict, settings, sources
 from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
@@ -55,9 +56,16 @@ def evaluate_workdir(
   config = predictor.config.copy_and_resolve_references()
   output_steps = functools.partial(models.output_steps, config.model)
   suffix, shown = '', 'test'
-  if data_dir and Path(data_dir).resolve() != Path(config.data_dir).resolve():
+  # Another file of the run's own folder (its test.csv beside the train.csv it trained on) is
+  # another set too.
+  listing = labels_file not in ('', settings.AUTO)
+  listed = os.path.abspath(Path(data_dir or '', labels_file)) if listing else config.labels_file
+  if data_dir and (
+    Path(data_dir).resolve() != Path(config.data_dir).resolve() or listed != config.labels_file
+  ):
     suffix, shown = f'-{Path(data_dir).resolve().name}', 'all'
-    # None of its images is the run's: one set, labelled by name.
+    suffix += f'-{Path(labels_file).stem}' if listing else ''
+    # One set, labelled by name (or by `labels_file`), however it splits for training.
     with config.unlocked():  # a run older than some of these settings lacks them
       config.update(data_dir=data_dir, data_source='folder', labels_file=labels_file)
     config, examples = data.resolve(config, output_steps, one_set=True)

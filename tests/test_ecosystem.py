@@ -96,7 +96,7 @@ def test_evaluate_report_agrees_with_training_results(trained):
 def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   trained, tmp_path, caplog
 ):
-  _, workdir, _ = trained
+  config, workdir, _ = trained
   evaluate.evaluate_workdir(workdir)
   own = (workdir / 'evaluation.json').read_text()
   other = tmp_path / 'other'
@@ -157,6 +157,13 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   assert by_file['all']['accuracy'] == pytest.approx(1 - len(wrong) / 14)
   found = evaluate.evaluate_workdir(workdir, str(listed))  # the file that lists the images
   assert found['all'] == by_file['all']
+  # A file listing some of the run's own images (its test.csv): one set, not the run's split.
+  trained_on = sorted(Path(config.data_dir).glob('*.png'))[:3]
+  some = tmp_path / 'some.csv'
+  some.write_text(''.join(f'{p},{p.stem}\n' for p in trained_on))
+  report = evaluate.evaluate_workdir(workdir, config.data_dir, labels_file=str(some))
+  assert list(report) == ['all'] and report['all']['images'] == 3
+  assert (workdir / f'evaluation-{Path(config.data_dir).name}-some.json').is_file()
 
 
 EXPORT_LOADER = """
