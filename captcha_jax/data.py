@@ -539,6 +539,20 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
   )
 
 
+def unreadable_odd_files(examples: Sequence[Example]) -> dict[str, str]:
+  """{path: the problem} of the examples whose names are unlike the others' (`odd_labels`:
+  'broken', 'Thumbs') and whose files are no images. Any file that is no image counts in the
+  settings read from the names until decoding finds it out, and such a name would set them; only
+  these headers are read, which costs a few reads."""
+  unreadable = {}
+  for path, _ in settings.odd_labels([(e.path, e.text) for e in examples]):
+    try:
+      images.image_size(path)
+    except DataError as error:
+      unreadable[path] = str(error)
+  return unreadable
+
+
 def _inside_lone_folders(folder: Path) -> Path:
   """`folder`, or the folder it holds and nothing else, and so on down: a zip often unpacks to
   `samples/samples/`. Hidden entries and macOS's __MACOSX/ do not count."""
@@ -561,7 +575,8 @@ def resolve(
   one_set: bool = False,
 ) -> tuple[ml_collections.ConfigDict, dict[str, list[Example]]]:
   """The examples of each split, and the config with every automatic setting (data folder,
-  alphabet, label lengths, image width) filled in from the data; no image is decoded.
+  labels file, alphabet, label lengths, image width) filled in from the data; no image is decoded
+  (the headers of a few files are read: `unreadable_odd_files`).
 
   `output_steps(height, width)`: the CTC steps the model emits for that image size;
   `min_width`: the narrowest width `settings.auto_width` may choose; `one_set`: every image in
@@ -590,15 +605,8 @@ def resolve(
       )
     else:
       usable.append(e)
-  # A file that is no image would count in the settings below until decoding finds it out; where
-  # its name is unlike the others' ('broken', 'Thumbs') it would set them: its header is read now.
-  unreadable = set()
-  for path, _ in settings.odd_labels([(e.path, e.text) for e in usable]):
-    try:
-      images.image_size(path)
-    except DataError as error:
-      problems.append(str(error))
-      unreadable.add(path)
+  unreadable = unreadable_odd_files(usable)
+  problems += unreadable.values()
   usable = [e for e in usable if e.path not in unreadable]
   report_problems(problems, repr(str(folder)), config.skip_bad_files)
   folders = {} if config.labels_file else split_folders(folder)
