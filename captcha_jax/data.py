@@ -213,8 +213,9 @@ def find_labels_file(folder: Path) -> Path | None:
   ConfigError where several do: which one holds the texts is the user's to say."""
   if not folder.is_dir():
     return None
-  files = sorted(p for p in folder.iterdir() if p.suffix.lower() in LABEL_LISTS and p.is_file())
-  count = sum(p.suffix.lower() in images.IMAGE_EXTENSIONS for p in folder.iterdir())
+  entries = list(folder.iterdir())
+  files = sorted(p for p in entries if p.suffix.lower() in LABEL_LISTS and p.is_file())
+  count = sum(p.suffix.lower() in images.IMAGE_EXTENSIONS for p in entries)
   listing = []
   for file in files:
     try:
