@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from captcha_jax import data, decoding
+from captcha_jax import decoding, labelled
 from captcha_jax.predict import Predictor
 
 THRESHOLDS = (0.5, 0.7, 0.9, 0.97)
@@ -39,7 +39,7 @@ def main():
   parser.add_argument('--limit', type=int, default=4000, help='read at most this many images')
   args = parser.parse_args()
   predictor = Predictor.from_workdir(args.workdir)
-  paths = data.find_images(args.data_dir)[0][: args.limit]
+  paths = labelled.find_images(args.data_dir)[0][: args.limit]
   texts, by_text, by_path = [], [], []
   for start in range(0, len(paths), predictor.batch_size):
     chunk = paths[start : start + predictor.batch_size]
@@ -48,7 +48,7 @@ def main():
     texts += [r.text for r in readings]
     by_text += [r.confidence for r in readings]
     by_path += np.exp(log_probs.max(-1).sum(-1)).tolist()
-  right = np.array([t == data.label_from_path(p) for t, p in zip(texts, paths, strict=True)])
+  right = np.array([t == labelled.label_from_path(p) for t, p in zip(texts, paths, strict=True)])
   print(f'{len(paths)} images, {100 * right.mean():.1f}% read right')
   print(
     '| confidence | mean, right / wrong | calibration error | '

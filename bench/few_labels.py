@@ -43,13 +43,13 @@ import captcha_libraries
 import numpy as np
 from common import load_config, run_logged
 
-from captcha_jax import data, models, synthetic
+from captcha_jax import data, labelled, models, synthetic
 from captcha_jax.predict import Predictor
 from captcha_jax.self_train import round_dir
 
 SCORED = 1000
 POOL = 1000  # the most labelled images a generated style offers
-Examples = list[data.Example]
+Examples = list[labelled.Example]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +97,7 @@ def library_set(library: str, cache: Path) -> tuple[Examples, Examples]:
 def _pool_and_scored(folder: Path) -> tuple[Examples, Examples]:
   paths = sorted(folder.glob('*.png'))
   order = np.random.default_rng(0).permutation(len(paths))
-  examples = [data.Example(str(paths[i]), data.label_from_path(paths[i])) for i in order]
+  examples = [labelled.Example(str(paths[i]), labelled.label_from_path(paths[i])) for i in order]
   return examples[SCORED:], examples[:SCORED]
 
 
@@ -145,11 +145,11 @@ def self_train_rounds(
   return run_logged(command, teacher.with_suffix('.rounds.log'), f'self-training from {teacher}')
 
 
-def train(config: str, labelled: list[data.Example], workdir: Path, flags: list[str]) -> float:
-  """Trains on `labelled` (a folder of links named by their texts); returns the wall time."""
+def train(config: str, examples: Examples, workdir: Path, flags: list[str]) -> float:
+  """Trains on `examples` (a folder of links named by their texts); returns the wall time."""
   folder = workdir.with_suffix('.data')
   folder.mkdir(parents=True, exist_ok=True)
-  for e in labelled:
+  for e in examples:
     link = folder / Path(e.path).name
     if not link.exists():
       link.symlink_to(e.path)
@@ -167,7 +167,7 @@ def train(config: str, labelled: list[data.Example], workdir: Path, flags: list[
 
 
 def exact_match(
-  predictor: Predictor, scored: list[data.Example], allowed: str = '', length: int = 0
+  predictor: Predictor, scored: list[labelled.Example], allowed: str = '', length: int = 0
 ) -> float:
   readings = predictor.predict([e.path for e in scored], allowed=allowed, length=length)
   return sum(r.text == e.text for r, e in zip(readings, scored, strict=True)) / len(scored)

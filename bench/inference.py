@@ -222,14 +222,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   host.tune_cpu(BATCH)
   import jax
 
-  from captcha_jax import data, decoding, images
+  from captcha_jax import decoding, images, labelled
 
   predictor, config, variables = load_model(args.workdir, args.dtype)
   h, w, _ = config_shape(config)
   vocab, fixed = predictor.vocab, int(config.fixed_label_length)
   if args.images.is_dir():
-    paths = data.find_images(args.images)[0]
-    labels: list[str] | None = [data.label_from_path(p) for p in paths]
+    paths = labelled.find_images(args.images)[0]
+    labels: list[str] | None = [labelled.label_from_path(p) for p in paths]
     pixels, decode_s = [], []
     for path in paths:
       start = time.perf_counter()

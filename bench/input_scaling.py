@@ -36,9 +36,9 @@ def make_set(data_dir: Path, size: int, cache: Path) -> Path:
   labels = folder / 'labels.csv'
   if labels.exists():
     return folder
-  from captcha_jax import data
+  from captcha_jax import labelled
 
-  found, _ = data.find_images(data_dir)
+  found, _ = labelled.find_images(data_dir)
   (folder / 'images').mkdir(parents=True, exist_ok=True)
   rows = []
   for i in range(size):
@@ -50,7 +50,7 @@ def make_set(data_dir: Path, size: int, cache: Path) -> Path:
         os.link(source, target)
       except OSError:  # another file system: a copy
         target.write_bytes(source.read_bytes())
-    rows.append(f'{name},{data.label_from_path(source)}')
+    rows.append(f'{name},{labelled.label_from_path(source)}')
   labels.with_suffix('.tmp').write_text('\n'.join(rows) + '\n')
   labels.with_suffix('.tmp').rename(labels)
   return folder

@@ -20,7 +20,18 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from captcha_jax import batches, data, decoding, metrics, models, plots, predict, settings, sources
+from captcha_jax import (
+  batches,
+  data,
+  decoding,
+  labelled,
+  metrics,
+  models,
+  plots,
+  predict,
+  settings,
+  sources,
+)
 from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
@@ -133,11 +144,11 @@ def evaluate_workdir(
 
 
 def labels_beyond_the_model(
-  config: ml_collections.ConfigDict, kept: Sequence[data.Example]
-) -> list[data.Example]:
+  config: ml_collections.ConfigDict, kept: Sequence[labelled.Example]
+) -> list[labelled.Example]:
   """The images of config.data_dir that `data.resolve` left out for their labels alone: a
   character the model lacks, or more characters than it reads."""
-  found, _ = data.find_examples(config, Path(config.data_dir))
+  found, _ = labelled.find_examples(config, Path(config.data_dir))
   paths = {e.path for e in kept}
   return [e for e in found if e.path not in paths]
 

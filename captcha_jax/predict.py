@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from captcha_jax import checkpoints, data, decoding, images, models, readers
+from captcha_jax import checkpoints, decoding, images, labelled, models, readers
 from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.readers import BATCH_SIZE
@@ -154,7 +154,7 @@ def expand_paths(inputs: Iterable[str]) -> Iterator[Path]:
   for item in inputs:
     path = Path(item)
     if path.is_dir():
-      found, passed_over = data.find_images(path)
+      found, passed_over = labelled.find_images(path)
       if passed_over:
         logging.warning(
           'Passing over %d entries of %s:\n  %s', len(passed_over), path, '\n  '.join(passed_over)

@@ -29,7 +29,7 @@ from pathlib import Path
 import ml_collections
 from tqdm import tqdm
 
-from captcha_jax import data, predict, train
+from captcha_jax import labelled, predict, train
 from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError, DataError
 
@@ -68,7 +68,7 @@ def round_config(
 
 def kept_readings(config: ml_collections.ConfigDict, readings: Path) -> int:
   """How many of the readings in `readings` are confident enough to train on."""
-  return len(data.read_readings(readings, config.pseudo_min_confidence)[0])
+  return len(labelled.read_readings(readings, config.pseudo_min_confidence)[0])
 
 
 def round_epochs(
@@ -78,11 +78,11 @@ def round_epochs(
   (whose config is `config`) trained: its labelled images and these readings, in its batches;
   a `restart`ed round at least RESTART_MIN_EPOCHS."""
   trained = run_folder.read_split(workdir)['train']['images']
-  labelled = trained
+  labelled_count = trained
   if config.get('pseudo_labels') and Path(config.pseudo_labels).is_file():
-    labelled -= kept_readings(config, Path(config.pseudo_labels))  # its own readings
+    labelled_count -= kept_readings(config, Path(config.pseudo_labels))  # its own readings
   steps = config.num_epochs * (trained // config.batch_size)
-  per_epoch = max(1, (labelled + kept_readings(config, readings)) // config.batch_size)
+  per_epoch = max(1, (labelled_count + kept_readings(config, readings)) // config.batch_size)
   return max(round(steps / per_epoch), RESTART_MIN_EPOCHS if restart else 1)
 
 
@@ -141,7 +141,7 @@ def check_teacher(student: Path, teacher: Path) -> None:
 def check_readings_of(readings: Path, unlabelled: Sequence[str]) -> None:
   """Raises ConfigError when a round's readings, written by an earlier invocation, read images
   that `unlabelled` no longer gives (another folder): the round would train on those."""
-  read = {os.path.abspath(e.path) for e in data.read_readings(readings, 0.0)[0]}
+  read = {os.path.abspath(e.path) for e in labelled.read_readings(readings, 0.0)[0]}
   given = {os.path.abspath(path) for path in predict.expand_paths(unlabelled)}
   if other := sorted(read - given):
     raise ConfigError(

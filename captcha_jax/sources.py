@@ -17,7 +17,7 @@ from typing import Protocol
 import ml_collections
 import numpy as np
 
-from captcha_jax import data, fonts, images, settings, synthetic
+from captcha_jax import data, fonts, images, labelled, settings, synthetic
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.vocab import Vocab
 
@@ -50,7 +50,7 @@ class RecordSource:
   """
 
   def __init__(
-    self, records: Sequence[bytes], examples: Sequence[data.Example], height: int, width: int
+    self, records: Sequence[bytes], examples: Sequence[labelled.Example], height: int, width: int
   ):
     """`records`: the split's serialized records, `as_data_source(split,
     deserialize_method=RAW_BYTES)`. Parsed here with the compiled proto parser: reading a record
@@ -97,7 +97,7 @@ def _file_names(records: Sequence[bytes]) -> list[str]:
 
 
 def open_records(
-  config: ml_collections.ConfigDict, examples: dict[str, list[data.Example]]
+  config: ml_collections.ConfigDict, examples: dict[str, list[labelled.Example]]
 ) -> dict[str, RecordSource]:
   """Each split as a RecordSource of the tfds copy prepared (once) from `resolve`'s examples;
   examples missing from the copy are skipped with one warning (or fatal, see
@@ -119,7 +119,7 @@ def open_records(
       f'{path}: not in the tfds copy (undecodable when it was made)' for path in source.missing
     ]
     sources[name] = source
-  data.report_problems(problems, repr(config.data_dir), config.skip_bad_files)
+  labelled.report_problems(problems, repr(config.data_dir), config.skip_bad_files)
   for name, source in sources.items():
     if not len(source):
       raise data.empty_split(name, len(examples[name]))
@@ -292,7 +292,7 @@ def prepare(
   if config.data_source == 'synthetic':
     config = synthetic_settings(config)
     steps = output_steps(config.image_height, config.image_width)
-    longest = [data.Example('the longest label', 'x' * config.max_label_length)]
+    longest = [labelled.Example('the longest label', 'x' * config.max_label_length)]
     data.check_label_fit({'train': longest}, Vocab('x'), steps)
     _resolve_blank_prior(config, steps)
     return config, synthetic_splits(config)

@@ -1,7 +1,7 @@
 """Synthetic captchas of many styles: a renderer, a wide random style and an endless indexed stream.
 
 - `generate(out_dir, count)` writes a folder of LABEL.png files in the dataset's own style (the
-  `captcha` package's ImageCaptcha, 200×50, 5 symbols), the layout `data.py` reads; `style=`
+  `captcha` package's ImageCaptcha, 200×50, 5 symbols), the layout `labelled.py` reads; `style=`
   picks another look, and `labels_file=True` names files by index and writes labels.csv.
 - `sample(index, seed)` is element `index` of an endless synthetic dataset: the same (seed, index)
   gives the same image and text in any process, so a loader can resume at any index and shard.

@@ -18,7 +18,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from captcha_jax import data, images
+from captcha_jax import images, labelled
 from captcha_jax.errors import DataError
 
 TFDS_SPLITS = {'train': 'train', 'val': 'validation', 'test': 'test'}
@@ -92,7 +92,9 @@ def part_names(split: str, count: int, size: int) -> list[str]:
   return [name] if parts == 1 else [f'{name}_part{i}' for i in range(parts)]
 
 
-def fingerprint(config: ml_collections.ConfigDict, examples: dict[str, list[data.Example]]) -> str:
+def fingerprint(
+  config: ml_collections.ConfigDict, examples: dict[str, list[labelled.Example]]
+) -> str:
   """A hash of the settings and of every source file's path, size and modification time."""
   digest = hashlib.sha256()
   fields = [config.image_height, config.image_width, config.alphabet, config.max_label_length]
@@ -106,7 +108,7 @@ def fingerprint(config: ml_collections.ConfigDict, examples: dict[str, list[data
 
 
 def builder(
-  config: ml_collections.ConfigDict, examples: dict[str, list[data.Example]]
+  config: ml_collections.ConfigDict, examples: dict[str, list[labelled.Example]]
 ) -> CaptchaImages:
   """The builder of these examples, prepared (once per fingerprint) under config.tfds_data_dir."""
   builder_config = CaptchaConfig(

@@ -1,12 +1,15 @@
-"""Shared fixtures: a folder of synthetic captchas and the tiny config pointed at it."""
+"""Shared fixtures: a folder of synthetic captchas and the tiny config pointed at it; the tiny
+config on any folder, resolved as a run resolves it."""
 
 import atexit
+import functools
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+import ml_collections
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +27,22 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 FAST_COMPILE = '--xla_backend_optimization_level=0'
 os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {FAST_COMPILE}'.strip()
 
-from captcha_jax import synthetic, train  # noqa: E402
+from captcha_jax import data, models, synthetic, train  # noqa: E402
 from configs import tiny  # noqa: E402
+
+
+def config_for(folder, **overrides) -> ml_collections.ConfigDict:
+  """The tiny config reading `folder`, with `overrides` set."""
+  config = tiny.get_config()
+  config.data_dir = str(folder)
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def resolve(config):
+  """`data.resolve` with the config's own model: (the resolved config, {split: examples})."""
+  return data.resolve(config, functools.partial(models.output_steps, config.model))
 
 
 def cpu_devices_env(devices: int) -> dict[str, str]:

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from captcha_jax import batches, data, images, sources, synthetic
+from captcha_jax import batches, data, images, labelled, sources, synthetic
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.vocab import Vocab
 from configs import tiny
@@ -177,7 +177,7 @@ def test_a_split_larger_than_tfds_write_buffer_is_written_in_parts(splits, tmp_p
   config = config.copy_and_resolve_references()
   config.tfds_data_dir = str(tmp_path)
   examples = {
-    n: [data.Example(p, t) for p, t in zip(memory[n].paths, memory[n].texts, strict=True)]
+    n: [labelled.Example(p, t) for p, t in zip(memory[n].paths, memory[n].texts, strict=True)]
     for n in data.SPLITS
   }
   records = sources.open_records(config, examples)
@@ -302,7 +302,7 @@ def test_bad_sources_get_clear_errors(splits):
 def test_record_source_refuses_a_copy_made_from_other_examples(splits):
   _, memory, records = splits
   train = memory['train']
-  others = [data.Example(p, t) for p, t in zip(train.paths[1:], train.texts[1:], strict=True)]
+  others = [labelled.Example(p, t) for p, t in zip(train.paths[1:], train.texts[1:], strict=True)]
   with pytest.raises(DataError, match='prepared from other examples'):
     sources.RecordSource(records['train'].records, others, 32, 96)
 

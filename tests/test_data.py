@@ -1,5 +1,5 @@
-"""Data: labels from names or a labels file, the split, the settings read from the data,
-batches, and the errors bad input gets."""
+"""Data: the split, the settings read from the data, decoding, batches, augmentation, and the
+errors bad input gets."""
 
 import functools
 import logging
@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captcha_jax import batches, data, models, sources, synthetic
+from captcha_jax import batches, data, labelled, models, sources, synthetic
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.vocab import Vocab
 from configs import tiny
+from tests.conftest import config_for, resolve
 
 VOCAB = Vocab('2345678bcdefgmnpwxy')
 AUGMENT = ml_collections.ConfigDict(
@@ -25,23 +26,11 @@ AUGMENT = ml_collections.ConfigDict(
 )
 
 
-def config_for(folder, **overrides) -> ml_collections.ConfigDict:
-  config = tiny.get_config()
-  config.data_dir = str(folder)
-  for key, value in overrides.items():
-    config[key] = value
-  return config
-
-
-def resolve(config):
-  return data.resolve(config, functools.partial(models.output_steps, config.model))
-
-
 def load(folder, **overrides) -> data.Dataset:
   """Every usable image of `folder` as one Dataset (no split)."""
   config = config_for(folder, max_label_length=5, **overrides)
-  examples, problems = data.find_examples(config, Path(folder))
-  data.report_problems(problems, str(folder), config.skip_bad_files)
+  examples, problems = labelled.find_examples(config, Path(folder))
+  labelled.report_problems(problems, str(folder), config.skip_bad_files)
   usable = [e for e in examples if not VOCAB.unknown_chars(e.text) and len(e.text) <= 5]
   return data.load_in_memory(config, {'all': usable})['all']
 
@@ -59,34 +48,6 @@ def test_vocab_round_trip_and_blank():
     VOCAB.encode('2a1')
   with pytest.raises(ValueError, match='repeats'):
     Vocab('abca')
-
-
-def test_label_from_path_strips_extension_and_copy_suffix():
-  assert data.label_from_path('/x/226md.png') == '226md'
-  assert data.label_from_path('abcde (1).jpg') == 'abcde'
-  for copy in ('abcde(2)', 'abcde copy', 'abcde copy 2', 'abcde - Copy', 'abcde - Copy (3)'):
-    assert data.label_from_path(f'/x/{copy}.png') == 'abcde', copy
-  assert data.label_from_path(' 4795 .png') == '4795'  # no captcha's text has spaces around it
-  assert data.label_from_path('5371.png.png') == '5371' and data.label_from_path('a.b.png') == 'a.b'
-  assert data.label_from_path('copy.png') == 'copy' and data.label_from_path('ab_2.png') == 'ab_2'
-
-
-def test_label_pattern_picks_the_text_out_of_longer_names(tmp_path, caplog):
-  folder = tmp_path / 'scraped'
-  folder.mkdir()
-  texts = ['226md', 'x3b4k', 'bcdef', '226md']
-  for i, text in enumerate(texts):
-    Image.new('RGB', (100, 40), 'white').save(folder / f'{text}_{1700000000 + i}.png')
-  caplog.set_level(logging.INFO)
-  examples, problems = data.find_examples(config_for(folder), folder)
-  assert sorted(e.text for e in examples) == sorted(texts) and not problems
-  assert "with '^([^_]+)': names like '226md_1700000000'" in caplog.text
-  examples, _ = data.find_examples(config_for(folder, label_pattern=''), folder)
-  assert sorted(e.text for e in examples)[0] == '226md_1700000000'
-  Image.new('RGB', (100, 40), 'white').save(folder / 'bcdef.png')
-  examples, problems = data.find_examples(config_for(folder, label_pattern='(.+)_'), folder)
-  assert sorted(e.text for e in examples) == sorted(texts)
-  assert problems == [f"{folder / 'bcdef.png'}: its name does not match label_pattern '(.+)_'"]
 
 
 def test_a_set_that_comes_split_into_folders_keeps_its_split(tmp_path, caplog):
@@ -115,30 +76,7 @@ def test_a_set_that_comes_split_into_folders_keeps_its_split(tmp_path, caplog):
   assert {e.path for e in splits['test']} == test and len(splits['val']) == len(paths['val'])
   assert 'validation holds images named by number, not by their text' in caplog.text
   (tmp_path / 'stray.png').write_bytes(Path(sorted(test)[0]).read_bytes())
-  assert data.split_folders(tmp_path) == {}  # images of its own: the sub-folders are not splits
-
-
-def test_a_folder_that_holds_one_folder_alone_is_read_inside(tmp_path, caplog):
-  inner = tmp_path / 'samples' / 'samples'
-  paths = synthetic.generate(inner, 8, seed=1)
-  (tmp_path / 'samples' / '__MACOSX').mkdir()  # a zip's macOS metadata does not count
-  caplog.set_level(logging.INFO)
-  resolved, splits = resolve(config_for(tmp_path))
-  assert resolved.data_dir == str(inner)
-  assert sorted(e.path for name in data.SPLITS for e in splits[name]) == sorted(map(str, paths))
-  assert f'{tmp_path} holds only the folder samples: reading that' in caplog.text
-  looped = tmp_path / 'looped'
-  looped.mkdir()
-  (looped / 'back').symlink_to(looped)
-  with pytest.raises(DataError, match='holds no images'):  # not a walk without end
-    resolve(config_for(looped))
-
-
-def test_a_folder_of_sub_folders_only_says_so(tmp_path):
-  synthetic.generate(tmp_path / 'site_a', 2, seed=1)
-  (tmp_path / 'site_b').mkdir()
-  with pytest.raises(DataError, match=r'holds no images .* only the sub-folders site_a, site_b\.'):
-    resolve(config_for(tmp_path))
+  assert labelled.split_folders(tmp_path) == {}  # images of its own: the sub-folders are not splits
 
 
 def test_load_dataset_shapes_and_labels(captcha_dir):
@@ -437,167 +375,6 @@ def test_a_character_only_test_holds_is_not_fatal_again_when_the_run_is_resolved
   resolved.alphabet = 'abcdefg'
   with pytest.raises(DataError, match=r"zzzz.png: 'z' is not in the alphabet \(or training\)"):
     resolve(resolved)
-
-
-def test_labels_file_with_a_header_and_its_problems_named_by_line(captcha_dir, copy_of, caplog):
-  folder = copy_of(captcha_dir)
-  names = sorted(p.name for p in folder.glob('*.png'))
-  renamed = []
-  for i, name in enumerate(names):
-    (folder / name).rename(folder / f'img{i:03d}.png')
-    renamed.append((f'img{i:03d}.png', Path(name).stem))
-  lines = ['file,text'] + [f'{f},{t}' for f, t in renamed]
-  lines += ['missing.png,abcde', f'{renamed[0][0]},22222', f'{renamed[1][0]},']
-  lines += [f'{renamed[2][0]},ab,cd']  # a text holding the delimiter, unquoted
-  lines += [f'./{renamed[3][0]},33333']  # the same file again, by another path
-  (folder / 'labels.csv').write_text('\n'.join(lines) + '\n')
-  caplog.set_level(logging.WARNING)
-  examples, problems = data.find_examples(config_for(folder, labels_file='labels.csv'), folder)
-  assert [(Path(e.path).name, e.text) for e in examples] == renamed
-  assert len(problems) == 5
-  assert 'labels.csv, line 62: ' in problems[0] and 'missing.png' in problems[0]
-  assert 'line 63' in problems[1] and 'listed again (first on line 2)' in problems[1]
-  assert 'line 64' in problems[2] and 'empty text' in problems[2]
-  assert 'line 65: 3 fields' in problems[3] and "holding ',' must be quoted" in problems[3]
-  assert 'line 66' in problems[4] and 'listed again (first on line 5)' in problems[4]
-  named = folder / 'named.csv'  # columns a header names are the file's own
-  named.write_text('file,text,source\n' + ''.join(f'{f},{t},site\n' for f, t in renamed))
-  examples, problems = data.find_examples(config_for(folder, labels_file=str(named)), folder)
-  assert len(examples) == 60 and not problems
-  tsv = folder / 'labels.tsv'
-  tsv.write_text(''.join(f'{f}\t{t}\n' for f, t in renamed))
-  examples, problems = data.find_examples(config_for(folder, labels_file=str(tsv)), folder)
-  assert len(examples) == 60 and not problems
-  # A ';' locale's CSV, with spaces after the separators: the texts are the labels themselves.
-  spaced = folder / 'spaced.csv'
-  spaced.write_text('file; text\n' + ''.join(f'{f}; "{t} "\n' for f, t in renamed))
-  examples, problems = data.find_examples(config_for(folder, labels_file=str(spaced)), folder)
-  assert [(Path(e.path).name, e.text) for e in examples] == renamed and not problems
-  listed = folder / 'labels.txt'  # an OCR set's label list: `path text`, spaces repeated
-  listed.write_text(''.join(f'{f}  {t}\n' for f, t in renamed))
-  examples, problems = data.find_examples(config_for(folder, labels_file=str(listed)), folder)
-  assert [(Path(e.path).name, e.text) for e in examples] == renamed and not problems
-  wrong = folder / 'wrong.csv'  # paths relative to another folder: every line names its file
-  wrong.write_text('file,text\n' + ''.join(f'images/{f},{t}\n' for f, t in renamed))
-  with pytest.raises(DataError, match=r'lists no usable image(.|\n)*line 2: .*images/img000.png'):
-    data.find_examples(config_for(folder, labels_file=str(wrong)), folder)
-
-
-def test_the_file_that_lists_a_folders_images_gives_their_texts(tmp_path, caplog):
-  synthetic.generate(tmp_path, 12, seed=4, labels_file=True)  # 000000.png ... and labels.csv
-  rows = (tmp_path / 'labels.csv').read_text().splitlines()[1:]
-  texts = {str(tmp_path / name): text for name, text in (row.split(',') for row in rows)}
-  (tmp_path / 'README.txt').write_text('Captchas of example.com, saved in May.\n')
-  sizes = ''.join(f'{name},200,50\n' for name in texts)  # lists the images, but not their texts
-  (tmp_path / 'sizes.csv').write_text('file,width,height\n' + sizes)
-  caplog.set_level(logging.INFO)
-  resolved, splits = resolve(config_for(tmp_path))
-  assert resolved.labels_file == str(tmp_path / 'labels.csv')
-  assert {e.path: e.text for name in data.SPLITS for e in splits[name]} == texts
-  assert f'The texts are those {tmp_path / "labels.csv"} gives' in caplog.text
-  names, _ = resolve(config_for(tmp_path, alphabet='auto', labels_file=''))
-  assert names.labels_file == '' and names.max_label_length == 6  # the names: 000000 ...
-  (tmp_path / 'test.tsv').write_text((tmp_path / 'labels.csv').read_text().replace(',', '\t'))
-  with pytest.raises(ConfigError, match='labels.csv, test.tsv in .* each give the texts') as e:
-    resolve(config_for(tmp_path))
-  assert f'--data_dir {tmp_path} --labels_file test.tsv`' in str(e.value)
-
-
-def test_pseudo_labels_join_the_train_split_alone(captcha_dir, tmp_path, caplog):
-  """Confident readings of unlabelled images join training only; val and test stay the labels'
-  own; a labelled image keeps its label; bad lines are named, not taken."""
-  unlabelled = tmp_path / 'unlabelled'
-  synthetic.generate(unlabelled, 8, seed=5)
-  images = sorted(unlabelled.glob('*.png'))
-  labelled = sorted(captcha_dir.glob('*.png'))[0]
-  rows = [f'{p},{p.stem},{p.stem},0.95' for p in images[:4]]
-  rows += [f'{p},{p.stem},{p.stem},0.5' for p in images[4:6]]  # below the threshold
-  rows += [f'{images[5]},{images[5].stem},,nan']  # a reading the model could not score
-  rows += [f'unlabelled/{images[6].name},{images[6].stem},,0.9']  # from the file's folder
-  rows += [f'{labelled},{labelled.stem[::-1]},,0.99']  # labelled already
-  rows += [f'{tmp_path / "gone.png"},bcdef,,0.99', f'{images[7]},bcd!f,,0.99']
-  rows += [f'{images[7]},bcdef,,high']
-  rows += [f'{images[0].parent}/../unlabelled/{images[0].name},{images[0].stem},,0.97']  # again
-  readings = tmp_path / 'readings.csv'
-  readings.write_text('file,text,raw_text,confidence\n' + '\n'.join(rows) + '\n')
-  _, base = resolve(config_for(captcha_dir))
-  caplog.set_level(logging.INFO)
-  resolved, splits = resolve(config_for(captcha_dir, pseudo_labels=str(readings)))
-  assert splits['val'] == base['val'] and splits['test'] == base['test']
-  assert splits['train'][: len(base['train'])] == base['train']
-  added = splits['train'][len(base['train']) :]
-  assert [(Path(e.path).name, e.text) for e in added] == [
-    (p.name, p.stem) for p in images[:4] + images[6:7]
-  ]
-  assert '5 of the 13 readings' in caplog.text
-  assert 'readings.csv, line 11: ' in caplog.text and 'gone.png' in caplog.text
-  assert "reading 'bcd!f': '!' is not in the alphabet" in caplog.text
-  assert "line 13: confidence 'high' is not a number" in caplog.text
-  assert 'line 14: ' in caplog.text and 'is read again (first on line 2)' in caplog.text
-  assert resolved.pseudo_labels == str(readings)  # absolute, so a resumed run finds it
-  readings.write_text('file,text\n')
-  with pytest.raises(DataError, match='readings.csv.*no file, text and confidence columns'):
-    resolve(config_for(captcha_dir, pseudo_labels=str(readings)))
-
-
-def test_readings_of_copies_of_labelled_images_are_left_out(captcha_dir, tmp_path, caplog):
-  """A folder scraped from a site and labelled by copying some of its images keeps those copies:
-  their readings would train on validation and test images by another name."""
-  other = synthetic.generate(tmp_path / 'unlabelled', 1, seed=7)[0]
-  labelled = sorted(captcha_dir.glob('*.png'))[3]
-  copy = tmp_path / 'unlabelled' / 'scraped-0001.png'
-  shutil.copyfile(labelled, copy)
-  readings = tmp_path / 'readings.csv'
-  rows = [f'{copy},{labelled.stem},,0.99', f'{other},{other.stem},,0.99']
-  readings.write_text('file,text,raw_text,confidence\n' + '\n'.join(rows) + '\n')
-  caplog.set_level(logging.INFO)
-  _, splits = resolve(config_for(captcha_dir, pseudo_labels=str(readings)))
-  added = [e for e in splits['train'] if 'unlabelled' in e.path]
-  assert [Path(e.path).name for e in added] == [other.name]
-  assert f'1 readings in {readings} are of copies' in caplog.text
-  assert f'({copy} holds the bytes of {labelled})' in caplog.text
-
-
-def test_copies_are_the_same_bytes_not_the_same_size(tmp_path):
-  def file(name: str, content: bytes) -> str:
-    (tmp_path / name).write_bytes(content)
-    return str(tmp_path / name)
-
-  original, twin = file('a.png', b'abcd'), file('b.png', b'abcd')
-  same_size, other_size = file('c.png', b'abce'), file('d.png', b'abcde')
-  gone = str(tmp_path / 'gone.png')
-  paths = [twin, same_size, other_size, gone, original]
-  assert data.copies_of(paths, [gone, original, twin]) == {twin: original, original: original}
-  assert data.copies_of(paths, []) == {}
-
-
-def test_readings_are_folded_and_those_the_model_cannot_learn_are_named(
-  captcha_dir, tmp_path, caplog
-):
-  images = synthetic.generate(tmp_path / 'unlabelled', 3, seed=6)
-  readings = tmp_path / 'readings.csv'
-  rows = [f'{images[0]},BCDEF,,0.95', f'{images[1]},bcdefg,,0.95', f'{images[2]},bbbbb,,0.95']
-  readings.write_text('file,text,raw_text,confidence\n' + '\n'.join(rows) + '\n')
-  config = config_for(captcha_dir, pseudo_labels=str(readings), case='lower', max_label_length=5)
-  caplog.set_level(logging.INFO)
-  _, splits = data.resolve(config, lambda height, width: 8)  # 'bbbbb' needs 9 steps
-  added = [e for e in splits['train'] if 'unlabelled' in e.path]
-  assert [(Path(e.path).name, e.text) for e in added] == [(images[0].name, 'bcdef')]
-  assert "reading 'bcdefg' is longer than max_label_length" in caplog.text
-  assert "reading 'bbbbb' needs more than the 8 CTC steps" in caplog.text
-  assert '1 of the 3 readings' in caplog.text
-
-
-def test_case_folds_labels(tmp_path):
-  for text in ('AbCd', 'xYz1'):
-    Image.new('RGB', (100, 40), 'white').save(tmp_path / f'{text}.png')
-  for case, expected in (
-    ('keep', ['AbCd', 'xYz1']),
-    ('lower', ['abcd', 'xyz1']),
-    ('upper', ['ABCD', 'XYZ1']),
-  ):
-    examples, _ = data.find_examples(config_for(tmp_path, case=case), tmp_path)
-    assert [e.text for e in examples] == expected
 
 
 def test_labels_typed_in_either_case_are_warned_of(tmp_path, caplog):

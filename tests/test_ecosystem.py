@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captcha_jax import cli, data, evaluate, export, sources, synthetic, train
+from captcha_jax import cli, evaluate, export, labelled, sources, synthetic, train
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
 
@@ -189,7 +189,7 @@ def test_export_runs_without_model_code_and_agrees(trained, captcha_dir, tmp_pat
   )
   assert result.returncode == 0, result.stderr[-2000:]
   predictor = Predictor.from_workdir(workdir)
-  images = np.stack([predictor.decode(p) for p in data.find_images(captcha_dir)[0][:5]])
+  images = np.stack([predictor.decode(p) for p in labelled.find_images(captcha_dir)[0][:5]])
   np.save(tmp_path / 'images.npy', images)
   loaded = subprocess.run(
     [sys.executable, '-c', EXPORT_LOADER, str(out), str(tmp_path / 'images.npy')],
@@ -208,7 +208,7 @@ def test_export_runs_without_model_code_and_agrees(trained, captcha_dir, tmp_pat
     atol=1e-5,
   )
   assert reader.meta['alphabet'] == predictor.config.alphabet
-  paths = data.find_images(captcha_dir)[0][:5]  # any source, as every reader takes
+  paths = labelled.find_images(captcha_dir)[0][:5]  # any source, as every reader takes
   got, want = reader.predict(paths, allowed='bcd'), predictor.predict(paths, allowed='bcd')
   assert [r.text for r in got] == [r.text for r in want]
   np.testing.assert_allclose([r.confidence for r in got], [r.confidence for r in want], rtol=1e-4)

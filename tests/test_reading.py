@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captcha_jax import cli, data
+from captcha_jax import cli, labelled
 from captcha_jax.predict import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def test_predict_streams_a_folder_in_batches(trained, captcha_dir, monkeypatch):
   sizes = []
   real = predictor.read_pixels
   monkeypatch.setattr(predictor, 'read_pixels', lambda p, *a: sizes.append(len(p)) or real(p, *a))
-  paths = data.find_images(captcha_dir)[0][:10]
+  paths = labelled.find_images(captcha_dir)[0][:10]
   readings = [r for _, r in predict.read_files(predictor, iter(paths))]
   assert sizes == [4, 4, 2]
   assert readings == predictor.predict(paths)
@@ -132,7 +132,7 @@ def test_onnx_export_of_a_run_reads_like_the_predictor_without_jax(trained, capt
   model = tmp_path / 'reader.ONNX'  # the format from the extension, in either case
   done = run('captcha_jax.export', f'--workdir={workdir}', f'--out={model}')
   assert done.returncode == 0 and 'Wrote' in done.stdout, done.stderr[-2000:]
-  paths = [str(p) for p in data.find_images(captcha_dir)[0][:20]]
+  paths = [str(p) for p in labelled.find_images(captcha_dir)[0][:20]]
   out = subprocess.run(
     [sys.executable, '-c', ONNX_READER, str(model), *paths], capture_output=True, text=True
   )
@@ -160,7 +160,7 @@ def test_the_service_reads_a_run_over_http(trained, captcha_dir):
     time.sleep(0.05)
   port = server.servers[0].sockets[0].getsockname()[1]
   try:
-    paths = data.find_images(captcha_dir)[0][:3]
+    paths = labelled.find_images(captcha_dir)[0][:3]
     for path in paths:
       request = urllib.request.Request(
         f'http://127.0.0.1:{port}/read', data=path.read_bytes(), method='POST'

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from captcha_jax import ctc, data, models, steps, train
+from captcha_jax import ctc, data, labelled, models, steps, train
 from captcha_jax.predict import Predictor
 from tests.conftest import train_command
 
@@ -203,7 +203,7 @@ def test_duplicate_labels_are_both_kept(tmp_path, tiny_config):
   image = Image.new('RGB', (200, 50), 'white')
   image.save(tmp_path / 'bcdef.png')
   image.save(tmp_path / 'bcdef (1).png')
-  examples, _ = data.find_examples(tiny_config, tmp_path)
+  examples, _ = labelled.find_examples(tiny_config, tmp_path)
   assert [e.text for e in examples] == ['bcdef', 'bcdef']
 
 

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from captcha_jax import data, metrics, sources, train
+from captcha_jax import labelled, metrics, sources, train
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
 from tests.conftest import cpu_devices_env
@@ -129,12 +129,12 @@ SPLIT_SCRIPT = textwrap.dedent(
     import json, sys
     sys.path.insert(0, {root!r})
     import jax, numpy as np
-    from captcha_jax import data, serve
+    from captcha_jax import labelled, serve
     from captcha_jax.predict import Predictor
     split = Predictor.from_workdir({workdir!r})  # every device
     one = Predictor.from_workdir({workdir!r}, mesh=jax.make_mesh((1,), ('data',)))
     size = split.config.image_height, split.config.image_width
-    pixels = [split.decode(p) for p in data.find_images({data_dir!r})[0][:40]]
+    pixels = [split.decode(p) for p in labelled.find_images({data_dir!r})[0][:40]]
     a, b = split.predict(pixels), one.predict(pixels)  # batches of 32 (split) and 8 (not)
     used = split._log_probs(np.stack(pixels[:33]), split=True).sharding
     serve.warm_up(split, 8)
@@ -166,7 +166,7 @@ def test_predictor_splits_batches_over_devices(trained, captcha_dir):
 @pytest.mark.slow
 def test_predict_cli(trained, captcha_dir):
   _, workdir, _ = trained
-  image = data.find_images(captcha_dir)[0][0]
+  image = labelled.find_images(captcha_dir)[0][0]
   out = subprocess.run(
     [sys.executable, '-m', 'captcha_jax.predict', f'--workdir={workdir}', str(image)],
     capture_output=True,

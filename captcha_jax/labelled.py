@@ -1,0 +1,428 @@
+"""The labelled examples of a data folder: which of its files are captchas, and the text each one
+shows (its name, a labels file beside the images, or a confident reading for self-training).
+
+    data folder (or config.data_url, unpacked) → image files → (path, text) `Example`s → data.py
+
+Nothing here decodes pixels: a few headers are read at most (`unreadable_odd_files`).
+"""
+
+import csv
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+
+from captcha_jax import ctc, images, settings
+from captcha_jax.errors import ConfigError, DataError
+from captcha_jax.vocab import Vocab
+
+# How browsers and file managers name another copy of `abcde.png`: `abcde (1).png` (browsers,
+# Windows, Linux), `abcde(1).png`, `abcde copy.png` and `abcde copy 2.png` (macOS), `abcde -
+# Copy.png` and `abcde - Copy (2).png` (Windows).
+_COPY_SUFFIX = re.compile(r'(?: ?\(\d+\)| (?:- )?copy(?: \d+| \(\d+\))?)$', re.IGNORECASE)
+LABEL_LISTS = ('.csv', '.tsv', '.txt')  # the files config.labels_file 'auto' looks at
+# What their headers call the texts' column.
+_TEXT_COLUMN = re.compile(
+  r'text|label|captcha|answer|solution|code|word|string|target|truth|transcri|content|chars'
+  r'|^\s*(gt|y|value)\s*$',
+  re.IGNORECASE,
+)
+# The names sets that come split give their splits' sub-folders (in any case).
+SPLIT_FOLDERS = {
+  'train': ('train', 'training'),
+  'val': ('val', 'valid', 'validation', 'dev'),
+  'test': ('test', 'testing'),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  path: str
+  text: str
+
+
+def label_from_path(path: str | Path, pattern: str = '') -> str | None:
+  """The text an image shows: its file name without its extension (twice, as in `abcde.png.png`),
+  a copy's suffix (` (1)`, ` copy`, ...) or spaces around it; of that, the first group (or the
+  match) of the regular expression `pattern` where one is given (config.label_pattern), None
+  where it does not match."""
+  stem = Path(path).stem
+  if Path(stem).suffix.lower() in images.IMAGE_EXTENSIONS:
+    stem = Path(stem).stem
+  name = _COPY_SUFFIX.sub('', stem.strip()).strip()
+  if not pattern:
+    return name
+  found = re.search(pattern, name)
+  return None if found is None else found.group(1 if found.re.groups else 0).strip()
+
+
+def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
+  """Image files directly in `folder`, sorted by name so every OS sees one order; and what was
+  passed over there (sub-folders, broken links, other files), one line each. DataError when it
+  holds none."""
+  folder = Path(folder).expanduser()
+  if not folder.is_dir():
+    raise DataError(f'Data folder {str(folder)!r} does not exist or is not a folder.')
+  found, passed_over = [], []
+  for path in sorted(folder.iterdir()):
+    if path.is_dir():
+      passed_over.append(f'{path}: a folder (only images directly in {str(folder)!r} are read)')
+    elif not path.exists():
+      passed_over.append(f'{path}: a link to nothing')
+    elif path.suffix.lower() not in images.IMAGE_EXTENSIONS:
+      passed_over.append(f'{path}: not an image file name ({"/".join(images.IMAGE_EXTENSIONS)})')
+    elif path.name.startswith('._'):  # macOS copies each file's metadata as ._NAME beside it
+      passed_over.append(f'{path}: macOS metadata beside {path.name[2:]!r}, not an image')
+    elif not _utf8(path.name):  # from a zip made where names are not UTF-8 (cp437, GBK)
+      passed_over.append(f'{path}: its name is not UTF-8, so its text cannot be read; rename it')
+    elif not path.stat().st_size:  # before its name counts towards the inferred settings
+      passed_over.append(f'{path}: an empty file')
+    else:
+      found.append(path)
+  if not found:
+    extensions = '/'.join(images.IMAGE_EXTENSIONS)
+    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    inside = f' directly, only the sub-folders {", ".join(subfolders)}' if subfolders else ''
+    raise DataError(f'Folder {str(folder)!r} holds no images ({extensions}){inside}.')
+  return found, passed_over
+
+
+def split_folders(folder: Path) -> dict[str, Path]:
+  """{split: its sub-folder} of a set that comes split (train/ and val/ or test/, or the other
+  names of SPLIT_FOLDERS) into sub-folders of `folder`, which holds no image itself; else {}."""
+  if not folder.is_dir():
+    return {}
+  entries = list(folder.iterdir())
+  if any(p.suffix.lower() in images.IMAGE_EXTENSIONS and p.is_file() for p in entries):
+    return {}
+  named = {p.name.lower(): p for p in entries if p.is_dir()}
+  found = {
+    split: named[name] for split, names in SPLIT_FOLDERS.items() for name in names if name in named
+  }
+  return found if 'train' in found and len(found) > 1 else {}
+
+
+def _utf8(name: str) -> bool:
+  """False for a name the OS gave as bytes that are not UTF-8 (held as lone surrogates)."""
+  try:
+    name.encode('utf-8')
+  except UnicodeEncodeError:
+    return False
+  return True
+
+
+def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str], list[str]]:
+  """(path, text) rows of a CSV (',' or ';'), TSV or space-separated file, paths relative to
+  `folder`; its bad lines; and its header ([] where it has none).
+
+  A first row whose path is not a file is taken as a header. Missing files, empty texts and
+  repeated paths are reported with their line numbers; the first row of a repeated path is kept.
+  """
+  try:
+    content = path.read_text(encoding='utf-8-sig')
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f'Labels file {str(path)!r} cannot be read ({e}).') from e
+  first = content.split('\n', 1)[0]
+  # TSV, CSV, CSV of a ';' locale, or `path text` lines (OCR sets' label lists).
+  delimiter = next((d for d in '\t,; ' if d in first), ',')
+  examples, problems, seen, header = [], [], {}, []
+  columns = 2  # the fields a row may fill: more only under a header naming them
+  rows = csv.reader(content.splitlines(), delimiter=delimiter, skipinitialspace=True)
+  for number, row in enumerate(rows, 1):
+    if not row or not any(field.strip() for field in row):
+      continue
+    where = f'{path}, line {number}'
+    if len(row) < 2:
+      problems.append(f'{where}: expected a path and a text, got {row!r}')
+      continue
+    file, text = row[0].strip(), row[1].strip()  # no captcha's text starts or ends with a space
+    image = folder / file
+    if not image.is_file() and number == 1:
+      header, columns = row, len(row)
+      continue
+    if any(field.strip() for field in row[columns:]):  # a text cut at a delimiter it holds
+      problems.append(
+        f'{where}: {len(row)} fields where a path and a text were expected, got {row!r} '
+        f'(a text holding {delimiter!r} must be quoted)'
+      )
+    elif not image.is_file():
+      problems.append(f'{where}: {str(image)!r} is not a file')
+    elif not text:
+      problems.append(f'{where}: empty text for {file!r}')
+    elif (same := os.path.abspath(image)) in seen:  # also as ./a.png or sub/../a.png
+      problems.append(f'{where}: {file!r} is listed again (first on line {seen[same]})')
+    else:
+      seen[same] = number
+      examples.append(Example(str(image), text))
+  if not examples:
+    shown = ''.join(f'\n  {problem}' for problem in problems[:5])
+    raise DataError(
+      f'Labels file {str(path)!r} lists no usable image: each line should hold an image path '
+      f'(relative to {str(folder)!r}) and its text.{shown}'
+    )
+  return examples, problems, header
+
+
+def find_labels_file(folder: Path) -> Path | None:
+  """config.labels_file 'auto': the one CSV, TSV or text file directly in `folder` that gives the
+  texts of half its images or more (under a header, if it has one, that names them so); None
+  where none does (the names are the texts).
+  ConfigError where several do: which one holds the texts is the user's to say."""
+  if not folder.is_dir():
+    return None
+  entries = list(folder.iterdir())
+  files = sorted(p for p in entries if p.suffix.lower() in LABEL_LISTS and p.is_file())
+  count = sum(p.suffix.lower() in images.IMAGE_EXTENSIONS for p in entries)
+  listing = []
+  for file in files:
+    try:
+      examples, _, header = read_labels_file(file, folder)
+    except DataError:  # not a list of this folder's images
+      continue
+    # A header must name its second column as the texts: 'file,width,height' lists other things.
+    if len(examples) >= max(count / 2, 1) and (not header or _TEXT_COLUMN.search(header[1])):
+      listing.append(file)
+  if len(listing) > 1:
+    splits = {name for names in SPLIT_FOLDERS.values() for name in names}
+    other = next((p.name for p in listing if p.stem.lower() in splits - {'train'}), 'test.csv')
+    raise ConfigError(
+      f'{", ".join(p.name for p in listing)} in {str(folder)!r} each give the texts of its '
+      "images: set config.labels_file to the one to read, or to '' for the file names. Where "
+      'they are the splits of the set, train on the training one and score the run on another '
+      f'with `python -m captcha_jax.evaluate --workdir RUN --data_dir {folder} --labels_file '
+      f'{other}`.'
+    )
+  return listing[0] if listing else None
+
+
+def find_examples(
+  config: ml_collections.ConfigDict, folder: Path
+) -> tuple[list[Example], list[str]]:
+  """Every labelled image of the set, with `config.case` applied; and the problems met."""
+  labels_file = config.labels_file
+  if labels_file == settings.AUTO:
+    labels_file = find_labels_file(folder)
+  if labels_file:
+    labels = Path(labels_file).expanduser()
+    labels = labels if labels.is_absolute() else folder / labels
+    if not labels.is_file():
+      raise DataError(f'Labels file {str(labels)!r} does not exist (config.labels_file).')
+    examples, problems, _ = read_labels_file(labels, folder)
+  else:
+    paths, problems = [], []
+    for where in split_folders(folder).values() or [folder]:
+      try:
+        found, passed_over = find_images(where)
+      except DataError as e:
+        raise DataError(
+          f'{e} It should hold images named by their text, like 226md.png (or sub-folders train/ '
+          'and val/ or test/ of them), or set config.labels_file.'
+        ) from None
+      paths += found
+      problems += passed_over
+    pattern = config.get('label_pattern', '')
+    if pattern == settings.AUTO:
+      pattern, why = settings.text_pattern([label_from_path(path) for path in paths])
+      if pattern:
+        logging.info('Labels read from the file names of %s with %r: %s.', folder, pattern, why)
+    examples = []
+    for path in paths:
+      text = label_from_path(path, pattern)
+      if text:
+        examples.append(Example(str(path), text))
+      elif text is None:
+        problems.append(f'{path}: its name does not match label_pattern {pattern!r}')
+      else:
+        problems.append(f'{path}: empty label (the file name is the label)')
+  return [Example(e.path, _fold(config, e.text)) for e in examples], problems
+
+
+def _fold(config: ml_collections.ConfigDict, text: str) -> str:
+  return {'keep': str, 'lower': str.lower, 'upper': str.upper}[config.case](text)
+
+
+def read_readings(path: Path, min_confidence: float) -> tuple[list[Example], int, list[str]]:
+  """The readings of a `captcha-jax-predict --output FILE.csv` at confidence ≥ min_confidence,
+  as examples (predict writes absolute paths; relative ones are taken from the file's folder);
+  how many readings the file holds; and its bad lines."""
+  try:
+    content = path.read_text(encoding='utf-8-sig')
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f'Pseudo-labels file {str(path)!r} cannot be read ({e}).') from e
+  rows = csv.DictReader(content.splitlines())
+  if not {'file', 'text', 'confidence'} <= set(rows.fieldnames or ()):
+    raise DataError(
+      f'Pseudo-labels file {str(path)!r} has no file, text and confidence columns: write it '
+      'with captcha-jax-predict --output FILE.csv.'
+    )
+  examples, problems, total, seen = [], [], 0, {}
+  for number, row in enumerate(rows, 2):
+    total += 1
+    try:
+      confidence = float(row['confidence'])
+    except (TypeError, ValueError):
+      problems.append(f'{path}, line {number}: confidence {row["confidence"]!r} is not a number')
+      continue
+    # `not >=`: a nan confidence (a reading the model could not score) is not a confident one
+    if not confidence >= min_confidence or not row['text']:
+      continue
+    image = path.parent / Path(row['file']).expanduser()
+    if not image.is_file():
+      problems.append(f'{path}, line {number}: {str(image)!r} is not a file')
+    elif (same := os.path.abspath(image)) in seen:  # one image, trained on once
+      problems.append(f'{path}, line {number}: {same!r} is read again (first on line {seen[same]})')
+    else:
+      seen[same] = number
+      examples.append(Example(str(image), row['text']))
+  return examples, total, problems
+
+
+def pseudo_labelled(
+  config: ml_collections.ConfigDict, vocab: Vocab, ctc_steps: int, labelled: Sequence[Example]
+) -> list[Example]:
+  """The readings in config.pseudo_labels confident enough to train on (at least
+  config.pseudo_min_confidence), that the model can read and whose images are not labelled
+  already: they join the train split alone, so validation and test stay the labels' own."""
+  path = Path(config.pseudo_labels)
+  readings, total, problems = read_readings(path, config.pseudo_min_confidence)
+  known = {Path(e.path).resolve() for e in labelled}
+  kept = []
+  for e in readings:
+    text = _fold(config, e.text)
+    if unknown := vocab.unknown_chars(text):
+      problems.append(f'{e.path}: reading {text!r}: {unknown!r} is not in the alphabet')
+    elif 0 < config.max_label_length < len(text):
+      problems.append(f'{e.path}: reading {text!r} is longer than max_label_length')
+    elif ctc.required_steps(vocab.encode(text)) > ctc_steps:
+      problems.append(f'{e.path}: reading {text!r} needs more than the {ctc_steps} CTC steps')
+    elif Path(e.path).resolve() not in known:
+      kept.append(Example(e.path, text))
+  report_problems(problems, repr(str(path)), config.skip_bad_files)
+  if copies := copies_of([e.path for e in kept], [e.path for e in labelled]):
+    kept = [e for e in kept if e.path not in copies]
+    copy, original = next(iter(copies.items()))
+    logging.warning(
+      '%d readings in %s are of copies of labelled images (%s holds the bytes of %s): left out, '
+      'so no labelled image, of validation and test least of all, is trained on by another name.',
+      len(copies),
+      path,
+      copy,
+      original,
+    )
+  logging.info(
+    '%d of the %d readings in %s (confidence ≥ %g) join the train split.',
+    len(kept),
+    total,
+    path,
+    config.pseudo_min_confidence,
+  )
+  return kept
+
+
+def copies_of(paths: Sequence[str], originals: Sequence[str]) -> dict[str, str]:
+  """{path: the original it is a byte-for-byte copy of} for those of `paths` that are one.
+
+  Sizes are compared first; only files of an original's size are hashed. A file that cannot be
+  read is no copy (it is reported where it is decoded)."""
+  by_size: dict[int, list[str]] = {}
+  for original in originals:
+    if (size := _size(original)) is not None:
+      by_size.setdefault(size, []).append(original)
+  digests_of_size: dict[int, dict[bytes, str]] = {}
+  copies = {}
+  for path in paths:
+    size = _size(path)
+    if size not in by_size:
+      continue
+    if size not in digests_of_size:
+      digests_of_size[size] = {}
+      for original in by_size[size]:
+        if (digest := _digest(original)) is not None:
+          digests_of_size[size].setdefault(digest, original)
+    digest = _digest(path)
+    if digest is not None and digest in digests_of_size[size]:
+      copies[path] = digests_of_size[size][digest]
+  return copies
+
+
+def _size(path: str) -> int | None:
+  try:
+    return os.path.getsize(path)
+  except OSError:
+    return None
+
+
+def _digest(path: str) -> bytes | None:
+  try:
+    return hashlib.sha256(Path(path).read_bytes()).digest()
+  except OSError:
+    return None
+
+
+def report_problems(problems: Sequence[str], where: str, skip: bool) -> None:
+  """Logs every unusable file in one warning, or raises DataError when `skip` is False."""
+  if not problems:
+    return
+  listing = '\n  '.join(problems)
+  if not skip:
+    raise DataError(
+      f'{len(problems)} unusable file(s) in {where}:\n  {listing}\n'
+      'Fix or remove them, or set --config.skip_bad_files=True to skip them.'
+    )
+  logging.warning('Skipping %d unusable file(s) in %s:\n  %s', len(problems), where, listing)
+
+
+def data_folder(config: ml_collections.ConfigDict) -> Path:
+  """config.data_dir, or the folder config.data_url unpacks to (downloaded once, then cached)."""
+  if config.data_dir:
+    folder = Path(config.data_dir).expanduser()
+    if not folder.is_dir():
+      raise DataError(
+        f'Data folder {str(folder)!r} (config.data_dir) does not exist. Point it at a folder of '
+        'images named by their text, or leave it empty to download config.data_url.'
+      )
+    return _inside_lone_folders(folder)
+  if not config.data_url:
+    raise DataError('No data: set --config.data_dir to a folder of images named by their text.')
+  from captcha_jax import download
+
+  return download.fetch(
+    config.data_url,
+    config.download_dir,
+    sha256=config.data_sha256,
+    git_blob_sha1=config.data_git_blob,
+    min_images=config.data_min_images,
+  )
+
+
+def unreadable_odd_files(examples: Sequence[Example]) -> dict[str, str]:
+  """{path: the problem} of the examples whose names are unlike the others' (`odd_labels`:
+  'broken', 'Thumbs') and whose files are no images. Any file that is no image counts in the
+  settings read from the names until decoding finds it out, and such a name would set them; only
+  these headers are read, which costs a few reads."""
+  unreadable = {}
+  for path, _ in settings.odd_labels([(e.path, e.text) for e in examples]):
+    try:
+      images.image_size(path)
+    except DataError as error:
+      unreadable[path] = str(error)
+  return unreadable
+
+
+def _inside_lone_folders(folder: Path) -> Path:
+  """`folder`, or the folder it holds and nothing else, and so on down: a zip often unpacks to
+  `samples/samples/`. Hidden entries and macOS's __MACOSX/ do not count."""
+  seen = set()
+  while folder.resolve() not in seen:  # a link back up ends the walk
+    seen.add(folder.resolve())
+    entries = [p for p in folder.iterdir() if not p.name.startswith('.') and p.name != '__MACOSX']
+    if len(entries) != 1 or not entries[0].is_dir():
+      break
+    logging.info('%s holds only the folder %s: reading that.', folder, entries[0].name)
+    folder = entries[0]
+  return folder
