@@ -414,7 +414,9 @@ def serving_reader(
 ):
   """The reader `serve` serves (`load_reader`): `max_batch` images a call, and an ONNX one on
   cores / `workers` threads, since `workers` calls run side by side."""
-  threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+  from captcha_jax import host
+
+  threads = max(1, host.available_cores() // max(workers, 1))
   return load_reader(workdir, onnx, pretrained, onnx_threads=threads, batch_size=max_batch)
 
 

@@ -22,6 +22,14 @@ import jax
 HUGE_PAGES = 'glibc.malloc.hugetlb=1'
 
 
+def available_cores() -> int:
+  """The cores this process may run on (its CPU affinity, which a container's cpuset narrows),
+  not the machine's: `os.cpu_count()` counts a 64-core host's in a 2-core container."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
 def use_cpu_cores(*batch_sizes: int) -> int | None:
   """Makes JAX's CPU backend one device per core this process may run on; returns that count.
 
@@ -34,8 +42,7 @@ def use_cpu_cores(*batch_sizes: int) -> int | None:
     or jax.config.jax_num_cpu_devices != -1
   ):
     return None
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  count = max(n for n in range(1, (cores or 1) + 1) if all(b % n == 0 for b in batch_sizes))
+  count = max(n for n in range(1, available_cores() + 1) if all(b % n == 0 for b in batch_sizes))
   jax.config.update('jax_num_cpu_devices', count)
   return count
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from captcha_jax import host
+from captcha_jax import cli, host
 from tests.conftest import FAST_COMPILE, ROOT
 
 # A jitted function with a 64 MB intermediate (the sort's output), run 4 times after warm-up;
@@ -76,6 +76,17 @@ def device_count_after(batch_sizes: str, env: dict[str, str]) -> str:
   )
   assert out.returncode == 0, out.stderr[-2000:]
   return out.stdout.split()
+
+
+def test_an_onnx_service_divides_the_cores_it_may_run_on_among_its_workers(monkeypatch):
+  """In a container pinned to 4 of a host's 64 cores, 2 workers get 2 threads each, not 32."""
+  monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1, 2, 3}, raising=False)
+  monkeypatch.setattr(os, 'cpu_count', lambda: 64)
+  given = {}
+  monkeypatch.setattr(cli, 'load_reader', lambda *args, **kwargs: given.update(kwargs))
+  cli.serving_reader(None, 'model.onnx', False, workers=2, max_batch=8)
+  assert given == {'onnx_threads': 2, 'batch_size': 8}
+  assert host.available_cores() == 4
 
 
 def test_use_cpu_cores_splits_the_cpu_into_devices_that_divide_the_batches(monkeypatch):
