@@ -402,11 +402,16 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
 
 def unreadable_odd_files(examples: Sequence[Example]) -> dict[str, str]:
   """{path: the problem} of the examples whose names are unlike the others' (`odd_labels`:
-  'broken', 'Thumbs') and whose files are no images. Any file that is no image counts in the
-  settings read from the names until decoding finds it out, and such a name would set them; only
-  these headers are read, which costs a few reads."""
+  'broken', 'Thumbs') and whose files are no images; of every example in a set too small to tell
+  odd names (under `ODD_LABELS_MIN`). Any file that is no image counts in the settings read from
+  the names until decoding finds it out, and such a name would set them; only these headers are
+  read, which costs a few reads."""
+  if len(examples) < settings.ODD_LABELS_MIN:
+    suspects = [e.path for e in examples]
+  else:
+    suspects = [path for path, _ in settings.odd_labels([(e.path, e.text) for e in examples])]
   unreadable = {}
-  for path, _ in settings.odd_labels([(e.path, e.text) for e in examples]):
+  for path in suspects:
     try:
       images.image_size(path)
     except DataError as error:

@@ -258,12 +258,16 @@ def _one_word(parts: Sequence[str]) -> bool:
   return len(parts) > 1 and len(set(parts)) == 1
 
 
+# The fewest labels in which one can be told odd: under 1% of them needs a hundred.
+ODD_LABELS_MIN = 100
+
+
 def odd_labels(examples: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
   """The labels (path, text) unlike the rest: a length that under 1% of the labels have, or a
   character that under 1% of them hold, in a set of a hundred or more. Such a label is more often
   a stray file's name ('Thumbs_db', 'logo', '0814 old') than a captcha, and it alone sets the
   longest label, makes the length vary, and adds a character."""
-  if len(examples) < 100:
+  if len(examples) < ODD_LABELS_MIN:
     return []
   rare = len(examples) / 100
   lengths = collections.Counter(len(text) for _, text in examples)

@@ -253,6 +253,14 @@ def test_stray_files_do_not_pass_unnoticed_into_the_inferred_settings(tmp_path, 
   resolved, _ = resolve(config)
   assert resolved.max_label_length == resolved.fixed_label_length == 4
   assert 'unlike the rest' not in caplog.text
+  small = tmp_path / 'small'  # too few names to tell an odd one: every header is read
+  synthetic.generate(small, 8, alphabet='0123456789', length=4, width=120, height=40, seed=3)
+  (small / 'broken.png').write_text('<html>Not found</html>')
+  resolved, _ = resolve(
+    config_for(small, alphabet='auto', max_label_length=0, split=(0.5, 0.25, 0.25))
+  )
+  assert set(resolved.alphabet) <= set('0123456789')
+  assert resolved.max_label_length == 4 and "broken.png' is not a readable image" in caplog.text
 
 
 def test_a_split_left_empty_names_its_files_first(tmp_path, caplog):
