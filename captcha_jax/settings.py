@@ -242,8 +242,9 @@ def text_pattern(stems: Sequence[str]) -> tuple[str, str]:
 
 
 def _is_tag(part: str) -> bool:
-  """A counter, a date or time, or a hash (hex, a UUID): what names carry beside a text."""
-  return re.fullmatch(r'[0-9_]+|[0-9a-fA-F_-]{8,}', part) is not None
+  """A counter, a date or time (1700000000.123456, 2024-01-05T12-30-00), or a hash (hex, a UUID):
+  what names carry beside a text."""
+  return re.fullmatch(r'[0-9_]+|[0-9a-fA-F_-]{8,}|\d[\d._:T -]{7,}', part) is not None
 
 
 def counting(parts: Sequence[str]) -> bool:

@@ -219,6 +219,8 @@ def test_case_warning_tells_labels_typed_in_either_case_from_a_mixed_case_site()
     (['abcd_1591234567', 'efgh_1591234999'], settings.BEFORE_FIRST),  # timestamps
     (['abcd_2024_01_05', 'efgh_2024_01_06'], settings.BEFORE_FIRST),  # dates
     (['abcd_3f2a9c1e0b', 'efgh_9e8d7c6b5a'], settings.BEFORE_FIRST),  # hashes
+    (['abcd_1700000000.123456', 'efgh_1700000001.5'], settings.BEFORE_FIRST),  # time.time()
+    (['abcd_2024-01-05T12-30-00', 'efgh_2024-01-05 12.31.07'], settings.BEFORE_FIRST),  # ISO
     (['abcd_captcha', 'efgh_captcha'], settings.BEFORE_FIRST),
     (['1234_1', '5678_1', '1234_2', '9012_1', '3456_1'], settings.BEFORE_FIRST),  # counters
     (['0001_abcd', '0002_efgh'], settings.AFTER_LAST),  # an index
