@@ -70,9 +70,12 @@ def split_by_text(
   for i, text in enumerate(texts):
     groups.setdefault(text, []).append(i)
   members = list(groups.values())
+  what = 'image(s)'
+  if len(members) < len(texts):
+    what = f'distinct text(s) (of {len(texts)} images; the images of one text share a split)'
   return tuple(
     np.array([i for g in part for i in members[g]], np.int64)
-    for part in split_indices(len(members), fractions, seed)
+    for part in split_indices(len(members), fractions, seed, what)
   )
 
 
@@ -89,6 +92,25 @@ def numbered_splits(examples: Sequence[Example], folders: dict[str, Path]) -> di
     for name, where in folders.items()
     if name != 'train' and settings.counting(texts.get(where, []))
   }
+
+
+def named_by_number(folder: Path, folders: dict[str, Path]) -> DataError:
+  """The error for a set whose images are named 0, 1, 2, ... (with no labels file found, their
+  numbers would be trained on as their texts), naming the lists beside them that were not read."""
+  lists = sorted(
+    str(path.relative_to(folder))
+    for where in (folder, *folders.values())
+    for path in where.iterdir()
+    if path.suffix.lower() in labelled.LABEL_LISTS
+  )
+  unread = ''
+  if lists:
+    unread = f'; {", ".join(lists)} {"was" if len(lists) == 1 else "were"} not read as one'
+  return DataError(
+    f'The images in {str(folder)!r} are named by number, not by their text: give their texts in '
+    'one labels file of that folder, a `file,text` line each, paths relative to it '
+    f"(config.labels_file){unread}. If the numbers are the texts, set config.labels_file to ''."
+  )
 
 
 def split_by_folder(
@@ -110,8 +132,11 @@ def split_by_folder(
   )
 
 
-def split_indices(n: int, fractions: Sequence[float], seed: int) -> tuple[np.ndarray, ...]:
-  """Disjoint train/val/test index arrays covering range(n), from a seeded permutation.
+def split_indices(
+  n: int, fractions: Sequence[float], seed: int, what: str = 'image(s)'
+) -> tuple[np.ndarray, ...]:
+  """Disjoint train/val/test index arrays covering range(n), from a seeded permutation; `what`
+  the n are, for the error where they are too few.
 
   Val and test get round(fraction·n) items each and train the rest (940 → 752/94/94).
   """
@@ -122,7 +147,7 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> tuple[np.nda
   sizes = (n_train, n_val, n_test)
   if any(size == 0 and f > 0 for size, f in zip(sizes, fractions, strict=True)):
     raise DataError(
-      f'{n} image(s) are too few for a {"/".join(f"{f:g}" for f in fractions)} split '
+      f'{n} {what} are too few for a {"/".join(f"{f:g}" for f in fractions)} split '
       f'(train/val/test would get {n_train}/{n_val}/{n_test}); add images.'
     )
   order = np.random.default_rng(seed).permutation(n)
@@ -183,9 +208,11 @@ def resolve(
   config.data_dir = str(folder)
   if config.get('pseudo_labels'):
     config.pseudo_labels = os.path.abspath(Path(config.pseudo_labels).expanduser())
+  from_names = config.labels_file == settings.AUTO  # unless a labels file is found
   if config.labels_file == settings.AUTO:
     listing = labelled.find_labels_file(folder)
     config.labels_file = str(listing) if listing else ''
+    from_names = not listing
     if listing:
       logging.info('The texts are those %s gives (config.labels_file).', listing)
   examples, problems = labelled.find_examples(config, folder)
@@ -211,6 +238,9 @@ def resolve(
     )
     usable = [e for e in usable if Path(e.path).parent != where]
     del folders[name]
+  trained = folders.get('train', folder)
+  if from_names and settings.counting([e.text for e in usable if Path(e.path).parent == trained]):
+    raise named_by_number(folder, folders)
   if not usable:
     raise DataError(f'No usable images in {str(folder)!r}: every file was skipped.')
 

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,8 +24,8 @@ from captcha_jax.vocab import Vocab
 
 # How browsers and file managers name another copy of `abcde.png`: `abcde (1).png` (browsers,
 # Windows, Linux), `abcde(1).png`, `abcde copy.png` and `abcde copy 2.png` (macOS), `abcde -
-# Copy.png` and `abcde - Copy (2).png` (Windows).
-_COPY_SUFFIX = re.compile(r'(?: ?\(\d+\)| (?:- )?copy(?: \d+| \(\d+\))?)$', re.IGNORECASE)
+# Copy.png` and `abcde - Copy (2).png` (Windows); a copy of a copy, `abcde - Copy - Copy.png`.
+_COPY_SUFFIX = re.compile(r'(?: ?\(\d+\)| (?:- )?copy(?: \d+| \(\d+\))?)+$', re.IGNORECASE)
 LABEL_LISTS = ('.csv', '.tsv', '.txt')  # the files config.labels_file 'auto' looks at
 # What their headers call the texts' column.
 _TEXT_COLUMN = re.compile(
@@ -51,7 +52,7 @@ def label_from_path(path: str | Path, pattern: str = '') -> str | None:
   a copy's suffix (` (1)`, ` copy`, ...) or spaces around it; of that, the first group (or the
   match) of the regular expression `pattern` where one is given (config.label_pattern), None
   where it does not match."""
-  stem = Path(path).stem
+  stem = unicodedata.normalize('NFC', Path(path).stem)  # macOS writes names decomposed (NFD)
   if Path(stem).suffix.lower() in images.IMAGE_EXTENSIONS:
     stem = Path(stem).stem
   name = _COPY_SUFFIX.sub('', stem.strip()).strip()
@@ -69,7 +70,7 @@ def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
   if not folder.is_dir():
     raise DataError(f'Data folder {str(folder)!r} does not exist or is not a folder.')
   found, passed_over = [], []
-  for path in sorted(folder.iterdir()):
+  for path in sorted(_entries(folder)):
     if path.is_dir():
       passed_over.append(f'{path}: a folder (only images directly in {str(folder)!r} are read)')
     elif not path.exists():
@@ -86,10 +87,18 @@ def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
       found.append(path)
   if not found:
     extensions = '/'.join(images.IMAGE_EXTENSIONS)
-    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    subfolders = sorted(p.name for p in _entries(folder) if p.is_dir())
     inside = f' directly, only the sub-folders {", ".join(subfolders)}' if subfolders else ''
     raise DataError(f'Folder {str(folder)!r} holds no images ({extensions}){inside}.')
   return found, passed_over
+
+
+def _entries(folder: Path) -> list[Path]:
+  """What `folder` holds; DataError where it cannot be listed (its permissions, say)."""
+  try:
+    return list(folder.iterdir())
+  except OSError as e:
+    raise DataError(f'Folder {str(folder)!r} cannot be read ({e.strerror or e}).') from e
 
 
 def split_folders(folder: Path) -> dict[str, Path]:
@@ -97,14 +106,21 @@ def split_folders(folder: Path) -> dict[str, Path]:
   names of SPLIT_FOLDERS) into sub-folders of `folder`, which holds no image itself; else {}."""
   if not folder.is_dir():
     return {}
-  entries = list(folder.iterdir())
+  entries = _entries(folder)
   if any(p.suffix.lower() in images.IMAGE_EXTENSIONS and p.is_file() for p in entries):
     return {}
-  named = {p.name.lower(): p for p in entries if p.is_dir()}
-  found = {
-    split: named[name] for split, names in SPLIT_FOLDERS.items() for name in names if name in named
-  }
-  return found if 'train' in found and len(found) > 1 else {}
+  found = {}
+  for split, names in SPLIT_FOLDERS.items():
+    if folders := sorted(p for p in entries if p.is_dir() and p.name.lower() in names):
+      found[split] = folders
+  if 'train' not in found or len(found) == 1:
+    return {}
+  if twice := next((folders for folders in found.values() if len(folders) > 1), None):
+    raise DataError(
+      f'{str(folder)!r} holds {" and ".join(p.name + "/" for p in twice)}, which both name one '
+      'split: merge them, or move one away.'
+    )
+  return {split: folders[0] for split, folders in found.items()}
 
 
 def _utf8(name: str) -> bool:
@@ -120,20 +136,19 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
   """(path, text) rows of a CSV (',' or ';'), TSV or space-separated file, paths relative to
   `folder`; its bad lines; and its header ([] where it has none).
 
-  A first row whose path is not a file is taken as a header. Missing files, empty texts and
-  repeated paths are reported with their line numbers; the first row of a repeated path is kept.
+  A first row whose path is neither a file nor an image's name is taken as a header; a path
+  without an extension names the image of that name with one (a competition's `id,solution`).
+  Missing files, empty texts and repeated paths are reported with their line numbers; the first
+  row of a repeated path is kept.
   """
-  try:
-    content = path.read_text(encoding='utf-8-sig')
-  except (OSError, UnicodeDecodeError) as e:
-    raise DataError(f'Labels file {str(path)!r} cannot be read ({e}).') from e
+  content = _read_text(path, 'Labels file')
   first = content.split('\n', 1)[0]
   # TSV, CSV, CSV of a ';' locale, or `path text` lines (OCR sets' label lists).
   delimiter = next((d for d in '\t,; ' if d in first), ',')
   examples, problems, seen, header = [], [], {}, []
   columns = 2  # the fields a row may fill: more only under a header naming them
   rows = csv.reader(content.splitlines(), delimiter=delimiter, skipinitialspace=True)
-  for number, row in enumerate(rows, 1):
+  for number, row in _rows(rows, path):
     if not row or not any(field.strip() for field in row):
       continue
     where = f'{path}, line {number}'
@@ -141,8 +156,12 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
       problems.append(f'{where}: expected a path and a text, got {row!r}')
       continue
     file, text = row[0].strip(), row[1].strip()  # no captcha's text starts or ends with a space
-    image = folder / file
-    if not image.is_file() and number == 1:
+    image = _listed_image(folder, file)
+    if (
+      number == 1
+      and not image.is_file()
+      and Path(file).suffix.lower() not in images.IMAGE_EXTENSIONS
+    ):
       header, columns = row, len(row)
       continue
     if any(field.strip() for field in row[columns:]):  # a text cut at a delimiter it holds
@@ -168,6 +187,40 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
   return examples, problems, header
 
 
+def _read_text(path: Path, what: str) -> str:
+  """The text of a list file: UTF-8 (with or without its BOM), or UTF-16 with its BOM (what
+  Excel's "Unicode Text" writes)."""
+  try:
+    raw = path.read_bytes()
+    return raw.decode('utf-16' if raw[:2] in (b'\xff\xfe', b'\xfe\xff') else 'utf-8-sig')
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f'{what} {str(path)!r} cannot be read ({e}).') from e
+
+
+def _rows(rows, path: Path):
+  """(line number, row) of a csv reader; DataError naming the line where the file is no CSV (an
+  unclosed quote running on for 128 KB)."""
+  try:
+    for row in rows:
+      yield rows.line_num, row
+  except csv.Error as e:
+    raise DataError(f'{path}, line {rows.line_num}: not a list of images ({e}).') from e
+
+
+def _listed_image(folder: Path, file: str) -> Path:
+  """The image a labels file's row names: `folder/file`, or where `file` has no extension and
+  that is no file, the one image named `file` with one."""
+  image = folder / file
+  if Path(file).suffix or image.is_file():
+    return image
+  named = (
+    folder / f'{file}{extension}'
+    for lower in images.IMAGE_EXTENSIONS
+    for extension in (lower, lower.upper())
+  )
+  return next((candidate for candidate in named if candidate.is_file()), image)
+
+
 def find_labels_file(folder: Path) -> Path | None:
   """config.labels_file 'auto': the one CSV, TSV or text file directly in `folder` that gives the
   texts of half its images or more (under a header, if it has one, that names them so); None
@@ -175,14 +228,23 @@ def find_labels_file(folder: Path) -> Path | None:
   ConfigError where several do: which one holds the texts is the user's to say."""
   if not folder.is_dir():
     return None
-  entries = list(folder.iterdir())
+  entries = _entries(folder)
   files = sorted(p for p in entries if p.suffix.lower() in LABEL_LISTS and p.is_file())
-  count = sum(p.suffix.lower() in images.IMAGE_EXTENSIONS for p in entries)
+  count = sum(
+    p.suffix.lower() in images.IMAGE_EXTENSIONS and not p.name.startswith('._') for p in entries
+  )
   listing = []
   for file in files:
     try:
       examples, _, header = read_labels_file(file, folder)
     except DataError:  # not a list of this folder's images
+      continue
+    if 'confidence' in header:  # predict --output's columns
+      logging.warning(
+        '%s holds readings (captcha-jax-predict --output), not labels: not taken for the texts '
+        '(self-training reads it through config.pseudo_labels).',
+        file,
+      )
       continue
     # A header must name its second column as the texts: 'file,width,height' lists other things.
     if len(examples) >= max(count / 2, 1) and (not header or _TEXT_COLUMN.search(header[1])):
@@ -250,18 +312,18 @@ def read_readings(path: Path, min_confidence: float) -> tuple[list[Example], int
   """The readings of a `captcha-jax-predict --output FILE.csv` at confidence ≥ min_confidence,
   as examples (predict writes absolute paths; relative ones are taken from the file's folder);
   how many readings the file holds; and its bad lines."""
+  rows = csv.DictReader(_read_text(path, 'Pseudo-labels file').splitlines())
   try:
-    content = path.read_text(encoding='utf-8-sig')
-  except (OSError, UnicodeDecodeError) as e:
-    raise DataError(f'Pseudo-labels file {str(path)!r} cannot be read ({e}).') from e
-  rows = csv.DictReader(content.splitlines())
-  if not {'file', 'text', 'confidence'} <= set(rows.fieldnames or ()):
+    columns = set(rows.fieldnames or ())
+  except csv.Error as e:
+    raise DataError(f'{path}, line 1: not a readings file ({e}).') from e
+  if not {'file', 'text', 'confidence'} <= columns:
     raise DataError(
       f'Pseudo-labels file {str(path)!r} has no file, text and confidence columns: write it '
       'with captcha-jax-predict --output FILE.csv.'
     )
   examples, problems, total, seen = [], [], 0, {}
-  for number, row in enumerate(rows, 2):
+  for number, row in _rows(rows, path):
     total += 1
     try:
       confidence = float(row['confidence'])
@@ -425,7 +487,7 @@ def _inside_lone_folders(folder: Path) -> Path:
   seen = set()
   while folder.resolve() not in seen:  # a link back up ends the walk
     seen.add(folder.resolve())
-    entries = [p for p in folder.iterdir() if not p.name.startswith('.') and p.name != '__MACOSX']
+    entries = [p for p in _entries(folder) if not p.name.startswith('.') and p.name != '__MACOSX']
     if len(entries) != 1 or not entries[0].is_dir():
       break
     logging.info('%s holds only the folder %s: reading that.', folder, entries[0].name)

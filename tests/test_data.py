@@ -117,6 +117,8 @@ def test_copies_of_an_image_land_in_one_split(captcha_dir, copy_of):
 def test_split_too_small_names_the_problem():
   with pytest.raises(DataError, match='1 image.*too few'):
     data.split_indices(1, (0.8, 0.1, 0.1), seed=0)
+  with pytest.raises(DataError, match=r'^2 distinct text\(s\) \(of 20 images; .*too few'):
+    data.split_by_text(['abcde', 'bcdef'] * 10, (0.8, 0.1, 0.1), seed=0)
   with pytest.raises(DataError, match='summing to 1'):
     data.split_indices(10, (0.8, 0.1), seed=0)
 
@@ -264,8 +266,11 @@ def test_stray_files_do_not_pass_unnoticed_into_the_inferred_settings(tmp_path, 
 
 
 def test_a_split_left_empty_names_its_files_first(tmp_path, caplog):
+  Image.new('RGB', (100, 40), 'white').save(tmp_path / 'whole.png')
+  cut = (tmp_path / 'whole.png').read_bytes()[:60]  # its header whole, its pixels cut off
+  (tmp_path / 'whole.png').unlink()
   for text in ('abcde', 'bcdef', 'cdefg', 'defgh', 'efghi', 'fghij', 'ghijk', 'hijkl'):
-    (tmp_path / f'{text}.png').write_bytes(b'not a png')
+    (tmp_path / f'{text}.png').write_bytes(cut)
   caplog.set_level(logging.WARNING)
   config = config_for(tmp_path, alphabet='auto')
   steps = functools.partial(models.output_steps, tiny.get_config().model)

@@ -3,6 +3,7 @@ labels file beside the images, or a confident reading; and the errors bad input 
 
 import logging
 import shutil
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from tests.conftest import config_for, resolve
 def test_label_from_path_strips_extension_and_copy_suffix():
   assert labelled.label_from_path('/x/226md.png') == '226md'
   assert labelled.label_from_path('abcde (1).jpg') == 'abcde'
-  for copy in ('abcde(2)', 'abcde copy', 'abcde copy 2', 'abcde - Copy', 'abcde - Copy (3)'):
+  copies = ('abcde(2)', 'abcde copy', 'abcde copy 2', 'abcde - Copy', 'abcde - Copy (3)')
+  for copy in (*copies, 'abcde - Copy - Copy', 'abcde (1) (1)', 'abcde copy copy 2'):
     assert labelled.label_from_path(f'/x/{copy}.png') == 'abcde', copy
   assert labelled.label_from_path(' 4795 .png') == '4795'  # no captcha's text has spaces around it
   assert (
@@ -27,6 +29,8 @@ def test_label_from_path_strips_extension_and_copy_suffix():
     labelled.label_from_path('copy.png') == 'copy'
     and labelled.label_from_path('ab_2.png') == 'ab_2'
   )
+  decomposed = unicodedata.normalize('NFD', 'çé12')  # as macOS writes names
+  assert labelled.label_from_path(f'{decomposed}.png') == unicodedata.normalize('NFC', 'çé12')
 
 
 def test_label_pattern_picks_the_text_out_of_longer_names(tmp_path, caplog):
@@ -229,3 +233,77 @@ def test_case_folds_labels(tmp_path):
   ):
     examples, _ = labelled.find_examples(config_for(tmp_path, case=case), tmp_path)
     assert [e.text for e in examples] == expected
+
+
+def test_lists_of_texts_as_spreadsheets_and_competitions_write_them(tmp_path, caplog):
+  """UTF-16 (Excel's "Unicode Text"), ids without their extension (`id,solution`), a list beside
+  macOS's `._` files, a readings file beside the list: each list read as the texts."""
+  synthetic.generate(tmp_path, 12, seed=4, labels_file=True)  # 000000.png ... and labels.csv
+  rows = (tmp_path / 'labels.csv').read_text().splitlines()[1:]
+  texts = {str(tmp_path / name): text for name, text in (row.split(',') for row in rows)}
+  (tmp_path / 'labels.csv').unlink()
+  listing = tmp_path / 'labels.txt'
+
+  def read() -> dict[str, str]:
+    resolved, splits = resolve(config_for(tmp_path))
+    assert resolved.labels_file == str(listing)
+    return {e.path: e.text for name in data.SPLITS for e in splits[name]}
+
+  listing.write_text(''.join(f'{Path(p).name}\t{t}\n' for p, t in texts.items()), 'utf-16')
+  assert read() == texts
+  listing.write_text('id,solution\n' + ''.join(f'{Path(p).stem},{t}\n' for p, t in texts.items()))
+  assert read() == texts
+  readings = ''.join(f'{p},x{t[1:]},x{t[1:]},0.31\n' for p, t in texts.items())
+  (tmp_path / 'readings.csv').write_text('file,text,raw_text,confidence\n' + readings)
+  caplog.set_level(logging.WARNING)
+  assert read() == texts
+  assert 'readings.csv holds readings (captcha-jax-predict --output), not labels' in caplog.text
+  for path in texts:  # macOS's metadata beside each image, not counted as images
+    Path(path).with_name(f'._{Path(path).name}').write_bytes(b'\x00\x05\x16\x07')
+  some = dict(list(texts.items())[:7])
+  listing.write_text(''.join(f'{Path(p).name},{t}\n' for p, t in some.items()))
+  assert read() == some
+
+
+def test_a_lists_bad_lines_are_named_not_taken_for_its_header(tmp_path):
+  synthetic.generate(tmp_path, 4, seed=4, labels_file=True)
+  names = sorted(tmp_path.glob('*.png'))
+  listing = tmp_path / 'labels.csv'
+  listing.write_text(''.join(f'{p.name},{p.stem}\n' for p in names))  # no header
+  names[0].unlink()
+  examples, problems, header = labelled.read_labels_file(listing, tmp_path)
+  assert header == [] and [Path(e.path) for e in examples] == names[1:]
+  assert problems == [f'{listing}, line 1: {str(names[0])!r} is not a file']
+  listing.write_text('file,text\n"' + 'x' * 140_000)  # a quote left open for 140 KB
+  with pytest.raises(DataError, match=r'labels.csv, line 2: not a list of images \(field larger'):
+    labelled.read_labels_file(listing, tmp_path)
+
+
+def test_a_set_named_by_number_with_no_list_of_its_texts_is_refused(tmp_path):
+  """Sub-folders that each hold their own labels.csv: no list of the data folder gives the texts,
+  and the numbers are not trained on as texts."""
+  synthetic.generate(tmp_path / 'train', 30, seed=1, labels_file=True)
+  synthetic.generate(tmp_path / 'test', 8, seed=2, labels_file=True)
+  with pytest.raises(DataError, match=r'named by number, not by their text: give') as e:
+    resolve(config_for(tmp_path, alphabet='auto', max_label_length=0))
+  assert 'test/labels.csv, train/labels.csv were not read as one.' in str(e.value)
+  resolved, _ = resolve(config_for(tmp_path, alphabet='auto', max_label_length=0, labels_file=''))
+  assert resolved.alphabet == '0123456789'[: len(resolved.alphabet)]  # asked for: the numbers
+
+
+def test_two_folders_of_one_split_are_refused(tmp_path):
+  for seed, name in enumerate(('train', 'val', 'dev')):
+    synthetic.generate(tmp_path / name, 4, seed=seed)
+  with pytest.raises(DataError, match=r'holds dev/ and val/, which both name one split'):
+    resolve(config_for(tmp_path))
+
+
+def test_a_folder_that_cannot_be_listed_is_named(tmp_path, monkeypatch):
+  synthetic.generate(tmp_path, 4, seed=1)
+
+  def refused(self):
+    raise PermissionError(13, 'Permission denied', str(self))
+
+  monkeypatch.setattr(Path, 'iterdir', refused)
+  with pytest.raises(DataError, match=r'cannot be read \(Permission denied\)'):
+    resolve(config_for(tmp_path))
