@@ -227,7 +227,7 @@ class Batcher:
         break
       try:
         batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-      except asyncio.TimeoutError:
+      except TimeoutError:
         break
 
   async def _read_batch(self, batch: list[_Pending]) -> None:
