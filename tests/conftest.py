@@ -3,6 +3,7 @@ config on any folder, resolved as a run resolves it."""
 
 import atexit
 import functools
+import io
 import os
 import shutil
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import ml_collections
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `configs` is a folder of the repo, not an installed package
@@ -43,6 +45,14 @@ def config_for(folder, **overrides) -> ml_collections.ConfigDict:
 def resolve(config):
   """`data.resolve` with the config's own model: (the resolved config, {split: examples})."""
   return data.resolve(config, functools.partial(models.output_steps, config.model))
+
+
+def cut_png() -> bytes:
+  """A PNG cut off after its header: its size reads, its pixels do not decode (a download cut
+  short). Files that are no image at all are found out before decoding, in small sets."""
+  out = io.BytesIO()
+  Image.new('RGB', (100, 40), 'white').save(out, 'PNG')
+  return out.getvalue()[:60]
 
 
 def cpu_devices_env(devices: int) -> dict[str, str]:

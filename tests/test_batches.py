@@ -18,6 +18,7 @@ from captcha_jax import batches, data, images, labelled, sources, synthetic
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.vocab import Vocab
 from configs import tiny
+from tests.conftest import cut_png
 
 pytest.importorskip('grain', reason='pip install grain')
 
@@ -124,7 +125,7 @@ def splits(captcha_dir, tmp_path_factory):
   folder = tmp_path_factory.mktemp('streamed') / 'data'
   shutil.copytree(captcha_dir, folder)
   for name in BROKEN:
-    (folder / f'{name}.png').write_bytes(b'not a png')
+    (folder / f'{name}.png').write_bytes(cut_png())
   config = tiny.get_config()
   config.data_dir = str(folder)
   config.tfds_data_dir = str(tmp_path_factory.mktemp('tfds'))

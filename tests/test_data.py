@@ -16,7 +16,7 @@ from captcha_jax import batches, data, labelled, models, sources, synthetic
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.vocab import Vocab
 from configs import tiny
-from tests.conftest import config_for, resolve
+from tests.conftest import config_for, cut_png, resolve
 
 VOCAB = Vocab('2345678bcdefgmnpwxy')
 AUGMENT = ml_collections.ConfigDict(
@@ -266,11 +266,8 @@ def test_stray_files_do_not_pass_unnoticed_into_the_inferred_settings(tmp_path, 
 
 
 def test_a_split_left_empty_names_its_files_first(tmp_path, caplog):
-  Image.new('RGB', (100, 40), 'white').save(tmp_path / 'whole.png')
-  cut = (tmp_path / 'whole.png').read_bytes()[:60]  # its header whole, its pixels cut off
-  (tmp_path / 'whole.png').unlink()
   for text in ('abcde', 'bcdef', 'cdefg', 'defgh', 'efghi', 'fghij', 'ghijk', 'hijkl'):
-    (tmp_path / f'{text}.png').write_bytes(cut)
+    (tmp_path / f'{text}.png').write_bytes(cut_png())
   caplog.set_level(logging.WARNING)
   config = config_for(tmp_path, alphabet='auto')
   steps = functools.partial(models.output_steps, tiny.get_config().model)

@@ -110,7 +110,7 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   with caplog.at_level(logging.INFO):
     report = evaluate.evaluate_workdir(workdir, str(other))
   assert list(report) == ['all'] and report['all']['images'] == 14
-  assert f'Data {other}: all 13;' in caplog.text  # one set, not a train split
+  assert f'Data {other}: all 12;' in caplog.text  # one set, not a train split
   assert 'Scoring 2 image(s) whose labels the model cannot read' in caplog.text
   paths = sorted(p for p in other.glob('*.png') if p.name != 'bcdef.png')
   readings = Predictor.from_workdir(workdir).predict(paths)  # read file by file, as a user would
