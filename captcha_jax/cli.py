@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from captcha_jax.errors import UserError
+from captcha_jax.errors import Stopped, UserError
 from captcha_jax.settings import MIN_SIDE
 
 EXIT_USER_ERROR = 2
@@ -38,8 +38,6 @@ EXIT_SOME_FAILED = 1  # predict: some files could not be read, the others were
 
 def _run(action: Callable[[], int | None]) -> None:
   """Runs a command's action and exits with its status; user errors become one line."""
-  from captcha_jax.train import Stopped
-
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s', force=True)
   logging.getLogger('jax').setLevel(logging.WARNING)  # its backend probing is not news
   try:
@@ -318,6 +316,8 @@ def predict(argv: Sequence[str] | None = None) -> None:
     parser.error('--output must end in .csv or .jsonl')
   if args.output:
     _check_folder_of(parser, '--output', args.output)
+    if Path(args.output).expanduser().is_dir():
+      parser.error(f'--output {args.output} is a folder: give a file name (.csv or .jsonl)')
   _check_reading_flags(parser, args)
 
   def action() -> int:

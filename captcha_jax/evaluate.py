@@ -13,7 +13,6 @@ import collections
 import difflib
 import functools
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from captcha_jax import (
 from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
+from captcha_jax.vocab import Vocab
 
 MISSING = '∅'
 
@@ -67,18 +67,15 @@ def evaluate_workdir(
   config = predictor.config.copy_and_resolve_references()
   output_steps = functools.partial(models.output_steps, config.model)
   suffix, shown = '', 'test'
-  # Another file of the run's own folder (its test.csv beside the train.csv it trained on) is
-  # another set too.
-  listing = labels_file not in ('', settings.AUTO)
-  listed = os.path.abspath(Path(data_dir or '', labels_file)) if listing else config.labels_file
-  if data_dir and (
-    Path(data_dir).resolve() != Path(config.data_dir).resolve() or listed != config.labels_file
-  ):
+  if data_dir and not own_data(config, data_dir, labels_file):
     suffix, shown = f'-{Path(data_dir).resolve().name}', 'all'
-    suffix += f'-{Path(labels_file).stem}' if listing else ''
-    # One set, labelled by name (or by `labels_file`), however it splits for training.
+    suffix += f'-{Path(labels_file).stem}' if labels_file not in ('', settings.AUTO) else ''
+    # One set, labelled by name (or by `labels_file`), however it splits for training; a label
+    # the model cannot read is scored below, as misread, not refused.
     with config.unlocked():  # a run older than some of these settings lacks them
-      config.update(data_dir=data_dir, data_source='folder', labels_file=labels_file)
+      config.update(
+        data_dir=data_dir, data_source='folder', labels_file=labels_file, skip_bad_files=True
+      )
     config, examples = data.resolve(config, output_steps, one_set=True)
     beyond = labels_beyond_the_model(config, examples['all'])
     if examples['all']:
@@ -87,6 +84,9 @@ def evaluate_workdir(
       nothing = np.zeros((0, config.image_height, config.image_width, 3), np.uint8)
       splits = {'all': data.Dataset(nothing, (), ())}
   else:
+    # The labels alone: readings a run trained on (config.pseudo_labels) are not scored as labels.
+    with config.unlocked():
+      config.pseudo_labels = ''
     _, splits = sources.prepare(config, output_steps)
     check_same_split(workdir, splits)
     beyond = []
@@ -143,20 +143,47 @@ def evaluate_workdir(
   return report
 
 
+def own_data(config: ml_collections.ConfigDict, data_dir: str, labels_file: str) -> bool:
+  """Whether `data_dir` (read inside lone folders, as training reads it) with `labels_file` is the
+  data the run trained on, to be scored by its own splits; a generated set's run has none."""
+  given = Path(data_dir).expanduser()
+  if config.get('data_source', 'folder') != 'folder' or not config.data_dir or not given.is_dir():
+    return False
+  folder = Path(config.data_dir).resolve()
+  if labelled.inside_lone_folders(given).resolve() != folder:
+    return False
+  trained = config.labels_file and (folder / Path(config.labels_file).expanduser()).resolve()
+  if labels_file == settings.AUTO:
+    return True  # the run's own choice, saved resolved
+  return (labels_file and (folder / Path(labels_file).expanduser()).resolve()) == trained
+
+
 def labels_beyond_the_model(
   config: ml_collections.ConfigDict, kept: Sequence[labelled.Example]
 ) -> list[labelled.Example]:
   """The images of config.data_dir that `data.resolve` left out for their labels alone: a
-  character the model lacks, or more characters than it reads."""
-  found, _ = labelled.find_examples(config, Path(config.data_dir))
+  character the model lacks, or more characters than it reads (not those left out for other
+  reasons: a folder of numbered images, a file that is no image)."""
+  folder = Path(config.data_dir)
+  found, _ = labelled.find_examples(config, folder)
+  numbered = data.numbered_splits(found, labelled.split_folders(folder)).values()
   paths = {e.path for e in kept}
-  return [e for e in found if e.path not in paths]
+  vocab = Vocab(config.alphabet)
+  return [
+    e
+    for e in found
+    if e.path not in paths
+    and Path(e.path).parent not in numbered
+    and (vocab.unknown_chars(e.text) or 0 < config.max_label_length < len(e.text))
+  ]
 
 
 def check_same_split(workdir: Path, splits: dict) -> None:
   """Raises ConfigError when the run's data now splits otherwise than when it trained: its
-  test images would include some it trained on."""
-  if changed := run_folder.split_changes(workdir, data.split_fingerprint(splits)):
+  test images would include some it trained on. Val and test are compared: the train split holds
+  the readings a self-trained run trained on, which it is not scored on."""
+  fingerprint = data.split_fingerprint(splits)
+  if changed := run_folder.split_changes(workdir, fingerprint, names=('val', 'test')):
     raise ConfigError(
       f'The data of {str(workdir)!r} has changed since it trained (its {", ".join(changed)}): '
       'the splits are not those it trained and was chosen on. Score other images as one set '

@@ -448,7 +448,7 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
         f'Data folder {str(folder)!r} (config.data_dir) does not exist. Point it at a folder of '
         'images named by their text, or leave it empty to download config.data_url.'
       )
-    return _inside_lone_folders(folder)
+    return inside_lone_folders(folder)
   if not config.data_url:
     raise DataError('No data: set --config.data_dir to a folder of images named by their text.')
   from captcha_jax import download
@@ -481,7 +481,7 @@ def unreadable_odd_files(examples: Sequence[Example]) -> dict[str, str]:
   return unreadable
 
 
-def _inside_lone_folders(folder: Path) -> Path:
+def inside_lone_folders(folder: Path) -> Path:
   """`folder`, or the folder it holds and nothing else, and so on down: a zip often unpacks to
   `samples/samples/`. Hidden entries and macOS's __MACOSX/ do not count."""
   seen = set()

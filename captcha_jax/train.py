@@ -34,13 +34,9 @@ from captcha_jax import (
   steps,
 )
 from captcha_jax import workdir as run_folder
-from captcha_jax.errors import ConfigError, UserError
+from captcha_jax.errors import ConfigError, Stopped, UserError
 from captcha_jax.metric_writer import MetricWriter
 from captcha_jax.vocab import Vocab
-
-
-class Stopped(Exception):  # noqa: N818 - what happened, not an error
-  """A stop signal ended the run after a checkpoint was saved; rerunning resumes it."""
 
 
 class Diverged(UserError):

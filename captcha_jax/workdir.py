@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,13 +112,15 @@ def read_config(workdir: Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(saved)
 
 
-def split_changes(workdir: Path, fingerprint: dict[str, list[str]]) -> list[str]:
-  """How the splits of `fingerprint` differ from WORKDIR's split.json ('train split (752 → 753
-  images)', ...); none for a run older than split.json."""
+def split_changes(
+  workdir: Path, fingerprint: dict[str, list[str]], names: Sequence[str] = ('train', 'val', 'test')
+) -> list[str]:
+  """How the splits `names` of `fingerprint` differ from WORKDIR's split.json ('train split (752
+  → 753 images)', ...); none for a run older than split.json."""
   if not (workdir / 'split.json').exists():
     return []
   saved, now = read_split(workdir), split_digest(fingerprint)
-  counts = {name: (saved[name]['images'], now[name]['images']) for name in now}
+  counts = {name: (saved[name]['images'], now[name]['images']) for name in now if name in names}
   return [
     f'{name} split ({was} → {count} images)' if was != count else f'{name} split (other files)'
     for name, (was, count) in counts.items()

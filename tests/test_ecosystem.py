@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -62,6 +63,28 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(trained, tmp_path):
   scalars = read_scalars(resumed / 'tensorboard')
   assert [s for s, _ in scalars['val_loss']] == [r['step'] for r in rows]
   np.testing.assert_allclose([v for _, v in scalars['val_loss']], [r['val_loss'] for r in rows])
+
+
+def test_only_the_runs_own_folder_and_list_are_scored_by_its_own_splits(tmp_path):
+  folder = tmp_path / 'set'
+  synthetic.generate(folder, 3, seed=1)
+  (tmp_path / 'zip').mkdir()
+  (tmp_path / 'zip' / 'set').symlink_to(folder)  # as a zip unpacks: the folder in another
+  (folder / 'labels.csv').write_text('file,text\n')
+  config = ml_collections.ConfigDict(
+    dict(data_source='folder', data_dir=str(folder), labels_file='')
+  )
+  for given in (folder, tmp_path / 'zip'):
+    assert evaluate.own_data(config, str(given), 'auto') and evaluate.own_data(
+      config, str(given), ''
+    )
+  assert not evaluate.own_data(config, str(folder), 'labels.csv')
+  assert not evaluate.own_data(config, str(tmp_path), 'auto')
+  config.labels_file = 'labels.csv'  # as given: relative to the folder
+  assert evaluate.own_data(config, str(folder), str(folder / 'labels.csv'))
+  assert not evaluate.own_data(config, str(folder), '')  # the names: another set
+  generated = ml_collections.ConfigDict(dict(data_source='synthetic', data_dir='', labels_file=''))
+  assert not evaluate.own_data(generated, '.', 'auto')  # no folder of its own
 
 
 def test_confusions_hand_worked():
@@ -133,8 +156,16 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   shutil.copytree(workdir, older)
   saved = json.loads((older / 'config.json').read_text())
   del saved['pseudo_labels'], saved['pseudo_min_confidence']
+  saved['skip_bad_files'] = False  # and one that refused bad files: labels it cannot read score
   (older / 'config.json').write_text(json.dumps(saved))
   assert evaluate.evaluate_workdir(older, str(other)) == report
+  # A split folder of numbered images (unlabelled) is left out, not scored as misread.
+  split = tmp_path / 'split'
+  shutil.copytree(other, split / 'train')
+  (split / 'test').mkdir()
+  for i, path in enumerate(paths[:3]):
+    shutil.copy(path, split / 'test' / f'{i + 1:04d}.png')
+  assert evaluate.evaluate_workdir(workdir, str(split))['all']['images'] == 14
   # A folder of which the model can read no label (another case, say) is scored all the same.
   unreadable = tmp_path / 'unreadable'
   unreadable.mkdir()

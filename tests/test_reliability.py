@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from captcha_jax import ctc, data, labelled, models, steps, train
+from captcha_jax.errors import Stopped
 from captcha_jax.predict import Predictor
 from tests.conftest import train_command
 
@@ -117,7 +118,7 @@ def test_mid_epoch_stop_resumes_at_the_same_batch(
   workdir = tmp_path / 'run'
   with monkeypatch.context() as m:
     m.setattr(train, 'StopSignals', StopAfter)
-    with pytest.raises(train.Stopped, match='Stopped by TEST at epoch 2, batch 3; saved step 9'):
+    with pytest.raises(Stopped, match='Stopped by TEST at epoch 2, batch 3; saved step 9'):
       train.train_and_evaluate(tiny_config, workdir)
   assert [r['epoch'] for r in rows_of(workdir)] == [1]
   with caplog.at_level(logging.INFO):

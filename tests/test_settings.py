@@ -135,6 +135,7 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
       "the folder '{tmp}/no' does not exist",
     ),
     ('predict', ['--pretrained', '--output={tmp}/no/r.csv', '{tmp}/a.png'], "'{tmp}/no' does not"),
+    ('predict', ['--pretrained', '--output={tmp}/f.csv', '{tmp}/a.png'], 'f.csv is a folder'),
     (
       'serve',
       ['--pretrained', '--host=nowhere.invalid', '--no_warmup'],
@@ -146,6 +147,7 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
 )
 def test_commands_report_user_errors_in_one_line(tmp_path, module, args, message):
   (tmp_path / 'a_file').write_text('not a folder')
+  (tmp_path / 'f.csv').mkdir()
   Image.new('RGB', (200, 50), 'white').save(tmp_path / 'a.png')
   out = run(module, *(a.format(tmp=tmp_path) for a in args))
   assert out.returncode == 2, (out.returncode, out.stderr[-2000:])

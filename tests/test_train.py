@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from captcha_jax import labelled, metrics, sources, train
-from captcha_jax.errors import ConfigError, DataError
+from captcha_jax.errors import ConfigError, DataError, Stopped
 from captcha_jax.predict import Predictor
 from tests.conftest import cpu_devices_env
 
@@ -72,7 +72,7 @@ def test_a_stop_agreed_at_an_epochs_last_batch_still_validates_it(trained, tmp_p
   monkeypatch.setattr(
     train.StopSignals, '__bool__', lambda self: asked.append(1) or len(asked) >= steps_per_epoch - 1
   )
-  with pytest.raises(train.Stopped, match=f'epoch 1, batch {steps_per_epoch}'):
+  with pytest.raises(Stopped, match=f'epoch 1, batch {steps_per_epoch}'):
     train.train_and_evaluate(config, tmp_path / 'run')
   monkeypatch.undo()
   assert [r['epoch'] for r in read_rows(tmp_path / 'run')] == [1]
