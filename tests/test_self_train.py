@@ -8,7 +8,7 @@ import shutil
 import ml_collections
 import pytest
 
-from captcha_jax import cli, synthetic
+from captcha_jax import cli, evaluate, synthetic
 from captcha_jax import self_train as rounds
 from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError
@@ -180,6 +180,12 @@ def test_each_round_reads_with_the_run_before_and_trains_from_it(trained, tmp_pa
     rounds.run_rounds(first, [str(unlabelled)], rounds=2, epochs=3)
   with pytest.raises(ConfigError, match=f"'{one}' holds a round trained with another init_from"):
     rounds.run_rounds(first, [str(unlabelled)], rounds=2, epochs=1, restart=True)
+  # A round is scored on its labels, so also once the unlabelled images have moved away.
+  unlabelled.rename(tmp_path / 'moved')
+  report = evaluate.evaluate_workdir(two)
+  assert {name: report[name]['images'] for name in report} == {
+    name: labelled[name]['images'] for name in ('train', 'val', 'test')
+  }
 
 
 @pytest.mark.slow
