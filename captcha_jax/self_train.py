@@ -67,8 +67,16 @@ def round_config(
 
 
 def kept_readings(config: ml_collections.ConfigDict, readings: Path) -> int:
-  """How many of the readings in `readings` are confident enough to train on."""
-  return len(labelled.read_readings(readings, config.pseudo_min_confidence)[0])
+  """How many of the readings in `readings` join a round's training: those confident enough,
+  but for readings of the run's labelled images or of copies of them, which
+  `labelled.pseudo_labelled` leaves out (a folder the labels were copied from)."""
+  confident = [e.path for e in labelled.read_readings(readings, config.pseudo_min_confidence)[0]]
+  if not config.get('data_dir'):  # a generated set's run: no labelled images to meet
+    return len(confident)
+  own = [e.path for e in labelled.find_examples(config, Path(config.data_dir))[0]]
+  known = {Path(path).resolve() for path in own}
+  fresh = [path for path in confident if Path(path).resolve() not in known]
+  return len(fresh) - len(labelled.copies_of(fresh, own))
 
 
 def round_epochs(

@@ -74,6 +74,21 @@ def test_a_round_trains_as_many_steps_as_the_first_run(tmp_path):
   config.pseudo_labels = str(own)
   _write_readings(readings, [0.95] * 40)
   assert rounds.round_epochs(config, tmp_path / 'again', readings) == 13  # 160 / (200 // 16)
+  # Readings of its labelled images and of copies of them (a folder they were copied from) do
+  # not join a round, so they do not count towards its epochs.
+  folder = tmp_path / 'data'
+  images = synthetic.generate(folder, 20, seed=3)
+  config = _run_of(tmp_path / 'labelled', 160, num_epochs=40, batch_size=16)
+  config.update(data_dir=str(folder), labels_file='', label_pattern='', case='keep')
+  scraped = tmp_path / 'scraped'
+  scraped.mkdir()
+  for i, image in enumerate(images[:10]):
+    shutil.copy(image, scraped / f'copy{i}.png')
+  _write_readings(readings, [0.95] * 120)
+  rows = readings.read_text().splitlines()
+  rows += [f'{path},abc,abc,0.95' for path in images + sorted(scraped.iterdir())]
+  readings.write_text('\n'.join(rows) + '\n')
+  assert rounds.round_epochs(config, tmp_path / 'labelled', readings) == 24  # 400 / (280 // 16)
 
 
 @pytest.mark.parametrize('restart', [False, True])
