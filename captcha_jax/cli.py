@@ -270,10 +270,17 @@ def evaluate(argv: Sequence[str] | None = None) -> None:
     help='With --data_dir: its texts in a file, as config.labels_file takes (path,text lines); '
     "by default the file there that lists its images, else the names; '' for the names.",
   )
+  parser.add_argument(
+    '--label_pattern',
+    help="With --data_dir: the text's part of the names, as config.label_pattern takes ('auto': "
+    "worked out from the names; a regular expression; '' for the whole name); by default the "
+    "run's own.",
+  )
   _cpu_tuning_flag(parser)
   args = parser.parse_args(argv)
-  if args.labels_file is not None and not args.data_dir:
-    parser.error('--labels_file goes with --data_dir (a run scores its own data as it trained)')
+  for flag in ('labels_file', 'label_pattern'):
+    if getattr(args, flag) is not None and not args.data_dir:
+      parser.error(f'--{flag} goes with --data_dir (a run scores its own data as it trained)')
 
   def action():
     from captcha_jax import evaluate, host, predict
@@ -282,7 +289,9 @@ def evaluate(argv: Sequence[str] | None = None) -> None:
       host.tune_cpu(predict.BATCH_SIZE)
     _quiet_orbax()
     labels_file = 'auto' if args.labels_file is None else args.labels_file
-    report = evaluate.evaluate_workdir(args.workdir, args.data_dir, labels_file=labels_file)
+    report = evaluate.evaluate_workdir(
+      args.workdir, args.data_dir, labels_file=labels_file, label_pattern=args.label_pattern
+    )
     print(evaluate.format_report(report), end='')
 
   _run(action)

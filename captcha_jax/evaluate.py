@@ -56,12 +56,17 @@ def confusions(predictions: Sequence[str], targets: Sequence[str]) -> collection
 
 
 def evaluate_workdir(
-  workdir: str | Path, data_dir: str | None = None, top: int = 10, labels_file: str = 'auto'
+  workdir: str | Path,
+  data_dir: str | None = None,
+  top: int = 10,
+  labels_file: str = 'auto',
+  label_pattern: str | None = None,
 ) -> dict:
   """Metrics of WORKDIR's chosen checkpoint on each split of its data, or on every image of
-  `data_dir`, another folder of captchas named by their text (or listed with their texts in
-  `labels_file`, as config.labels_file), as one set ('all', where a label the model cannot read
-  counts as misread); writes the report files."""
+  `data_dir`, another folder of captchas named by their text (its part `label_pattern` of the
+  name, as config.label_pattern; None: the run's) or listed with their texts in `labels_file` (as
+  config.labels_file), as one set ('all', where a label the model cannot read counts as
+  misread); writes the report files."""
   workdir = Path(workdir)
   predictor = Predictor.from_workdir(workdir)
   config = predictor.config.copy_and_resolve_references()
@@ -76,6 +81,8 @@ def evaluate_workdir(
       config.update(
         data_dir=data_dir, data_source='folder', labels_file=labels_file, skip_bad_files=True
       )
+      if label_pattern is not None:
+        config.label_pattern = label_pattern
     config, examples = data.resolve(config, output_steps, one_set=True)
     beyond = labels_beyond_the_model(config, examples['all'])
     if examples['all']:

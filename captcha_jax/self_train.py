@@ -97,9 +97,10 @@ def round_epochs(
 def write_readings(teacher: Path, unlabelled: Sequence[str], out: Path) -> int:
   """Reads every image of `unlabelled` (files and folders) with the run `teacher` into the
   readings file `out`, written whole once all are read; returns how many it read. A file that
-  cannot be read is named in a warning and left out."""
+  cannot be read is named in a warning and left out; one given twice (a folder and a file in it)
+  is read once."""
   reader = predict.Predictor.from_workdir(teacher)
-  paths = list(predict.expand_paths(unlabelled))
+  paths = list({os.path.abspath(path): path for path in predict.expand_paths(unlabelled)}.values())
   text = io.StringIO()
   rows = csv.writer(text)
   rows.writerow(predict.READINGS_COLUMNS)

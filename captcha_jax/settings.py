@@ -231,8 +231,9 @@ def text_pattern(stems: Sequence[str]) -> tuple[str, str]:
   if before and after:
     raise ConfigError(
       f'The file names are two parts joined by {SEPARATOR!r}, like {example}, and either could '
-      f"be the text: set config.label_pattern to '{BEFORE_FIRST}' (the part before the first "
-      f"{SEPARATOR!r}) or '{AFTER_LAST}' (after the last), or '' (the whole name)."
+      f"be the text: set config.label_pattern (evaluate: --label_pattern) to '{BEFORE_FIRST}' "
+      f"(the part before the first {SEPARATOR!r}) or '{AFTER_LAST}' (after the last), or '' (the "
+      'whole name).'
     )
   if before:
     return BEFORE_FIRST, f'{where} before the first {SEPARATOR!r}'

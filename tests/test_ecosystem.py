@@ -159,6 +159,16 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   saved['skip_bad_files'] = False  # and one that refused bad files: labels it cannot read score
   (older / 'config.json').write_text(json.dumps(saved))
   assert evaluate.evaluate_workdir(older, str(other)) == report
+  # Names either part of which could be the text: the run's 'auto' asks, --label_pattern tells.
+  ambiguous = tmp_path / 'ambiguous'
+  ambiguous.mkdir()
+  for name in ('23456_0001', '34567_0002'):
+    shutil.copy(first, ambiguous / f'{name}.png')
+  with pytest.raises(ConfigError, match='either could be the text.*--label_pattern'):
+    evaluate.evaluate_workdir(workdir, str(ambiguous))
+  told = evaluate.evaluate_workdir(workdir, str(ambiguous), label_pattern='^([^_]+)')
+  assert {e['true'] for e in told['all']['errors']} <= {'23456', '34567'}
+  assert told['all']['images'] == 2
   # A split folder of numbered images (unlabelled) is left out, not scored as misread.
   split = tmp_path / 'split'
   shutil.copytree(other, split / 'train')

@@ -170,10 +170,11 @@ def test_each_round_reads_with_the_run_before_and_trains_from_it(trained, tmp_pa
   images = synthetic.generate(unlabelled, 6, seed=7)
   (unlabelled / 'broken.png').write_bytes(b'not an image')
 
-  last = rounds.run_rounds(first, [str(unlabelled)], rounds=2, epochs=1)
+  last = rounds.run_rounds(first, [str(unlabelled), str(images[0])], rounds=2, epochs=1)
 
   one, two = rounds.round_dir(first, 1), rounds.round_dir(first, 2)
   assert last == two
+  assert len((one / rounds.READINGS).read_text().splitlines()) == 1 + len(images)  # read once
   assert 'broken.png' in caplog.text  # named, and left out
   for teacher, student in ((first, one), (one, two)):
     assert _readings(student / rounds.READINGS) == _expected(teacher, images)

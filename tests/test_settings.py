@@ -121,6 +121,7 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
     ('train', ['--config=configs/tiny.py'], 'error: --workdir is required'),
     ('train', ['--workdir={tmp}/run', '--config'], 'error: Missing value for flag --config'),
     ('evaluate', ['--workdir={tmp}'], "error: '{tmp}' has no config.json"),
+    ('evaluate', ['--workdir={tmp}', '--label_pattern=x'], '--label_pattern goes with --data_dir'),
     ('predict', ['--workdir={tmp}', 'x.png'], "error: '{tmp}' has no config.json"),
     ('predict', ['--onnx={tmp}/model.onnx', 'x.png'], 'error: '),
     ('export', ['--workdir={tmp}', '--out={tmp}/m.bin'], "error: '{tmp}' has no config.json"),
