@@ -28,6 +28,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from captcha_jax import settings
 from captcha_jax.errors import Stopped, UserError
 from captcha_jax.settings import MIN_SIDE
 
@@ -281,6 +282,10 @@ def evaluate(argv: Sequence[str] | None = None) -> None:
   for flag in ('labels_file', 'label_pattern'):
     if getattr(args, flag) is not None and not args.data_dir:
       parser.error(f'--{flag} goes with --data_dir (a run scores its own data as it trained)')
+  if args.label_pattern is not None and (
+    problem := settings.field_problem('label_pattern', args.label_pattern)
+  ):
+    parser.error(f'--label_pattern {args.label_pattern!r} {problem}')
 
   def action():
     from captcha_jax import evaluate, host, predict

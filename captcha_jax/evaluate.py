@@ -72,7 +72,7 @@ def evaluate_workdir(
   config = predictor.config.copy_and_resolve_references()
   output_steps = functools.partial(models.output_steps, config.model)
   suffix, shown = '', 'test'
-  if data_dir and not own_data(config, data_dir, labels_file):
+  if data_dir and not own_data(config, data_dir, labels_file, label_pattern):
     suffix, shown = f'-{Path(data_dir).resolve().name}', 'all'
     suffix += f'-{Path(labels_file).stem}' if labels_file not in ('', settings.AUTO) else ''
     # One set, labelled by name (or by `labels_file`), however it splits for training; a label
@@ -150,11 +150,19 @@ def evaluate_workdir(
   return report
 
 
-def own_data(config: ml_collections.ConfigDict, data_dir: str, labels_file: str) -> bool:
-  """Whether `data_dir` (read inside lone folders, as training reads it) with `labels_file` is the
-  data the run trained on, to be scored by its own splits; a generated set's run has none."""
+def own_data(
+  config: ml_collections.ConfigDict,
+  data_dir: str,
+  labels_file: str,
+  label_pattern: str | None = None,
+) -> bool:
+  """Whether `data_dir` (read inside lone folders, as training reads it) with `labels_file` and
+  `label_pattern` (None: the run's) is the data the run trained on, to be scored by its own
+  splits; a generated set's run has none."""
   given = Path(data_dir).expanduser()
-  if config.get('data_source', 'folder') != 'folder' or not config.data_dir or not given.is_dir():
+  if config.get('data_source') == 'synthetic' or not config.data_dir or not given.is_dir():
+    return False
+  if label_pattern is not None and label_pattern != config.get('label_pattern', ''):
     return False
   folder = Path(config.data_dir).resolve()
   if labelled.inside_lone_folders(given).resolve() != folder:

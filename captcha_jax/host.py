@@ -17,8 +17,6 @@ import os
 import platform
 import sys
 
-import jax
-
 HUGE_PAGES = 'glibc.malloc.hugetlb=1'
 
 
@@ -37,6 +35,8 @@ def use_cpu_cores(*batch_sizes: int) -> int | None:
   splits batches evenly), and left as it is (None) when set already (XLA_FLAGS' device count, or
   `jax_num_cpu_devices`).
   """
+  import jax  # here, not above: `available_cores` serves readers that never import JAX
+
   if (
     'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', '')
     or jax.config.jax_num_cpu_devices != -1
@@ -60,6 +60,8 @@ def release_free_memory() -> None:
 def huge_pages_hint() -> str | None:
   """A line suggesting the huge-pages tunable, when JAX computes on this CPU under glibc ≥ 2.35
   without it; None otherwise."""
+  import jax
+
   name, version = platform.libc_ver()
   if (
     not sys.platform.startswith('linux')

@@ -136,10 +136,10 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
   """(path, text) rows of a CSV (',' or ';'), TSV or space-separated file, paths relative to
   `folder`; its bad lines; and its header ([] where it has none).
 
-  A first row whose path is neither a file nor an image's name is taken as a header; a path
-  without an extension names the image of that name with one (a competition's `id,solution`).
-  Missing files, empty texts and repeated paths are reported with their line numbers; the first
-  row of a repeated path is kept.
+  A first row whose path is neither a file nor an image's name (nor a number: an id) is taken as
+  a header; a path without an extension names the image of that name with one (a competition's
+  `id,solution`). Missing files, empty texts and repeated paths are reported with their line
+  numbers; the first row of a repeated path is kept.
   """
   content = _read_text(path, 'Labels file')
   first = content.split('\n', 1)[0]
@@ -157,11 +157,8 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
       continue
     file, text = row[0].strip(), row[1].strip()  # no captcha's text starts or ends with a space
     image = _listed_image(folder, file)
-    if (
-      number == 1
-      and not image.is_file()
-      and Path(file).suffix.lower() not in images.IMAGE_EXTENSIONS
-    ):
+    named_image = Path(file).suffix.lower() in images.IMAGE_EXTENSIONS or file.isdigit()
+    if number == 1 and not image.is_file() and not named_image:
       header, columns = row, len(row)
       continue
     if any(field.strip() for field in row[columns:]):  # a text cut at a delimiter it holds

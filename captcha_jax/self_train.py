@@ -71,7 +71,7 @@ def kept_readings(config: ml_collections.ConfigDict, readings: Path) -> int:
   but for readings of the run's labelled images or of copies of them, which
   `labelled.pseudo_labelled` leaves out (a folder the labels were copied from)."""
   confident = [e.path for e in labelled.read_readings(readings, config.pseudo_min_confidence)[0]]
-  if not config.get('data_dir'):  # a generated set's run: no labelled images to meet
+  if not config.get('data_dir') or not Path(config.data_dir).is_dir():  # generated, or moved
     return len(confident)
   own = [e.path for e in labelled.find_examples(config, Path(config.data_dir))[0]]
   known = {Path(path).resolve() for path in own}

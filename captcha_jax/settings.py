@@ -70,7 +70,7 @@ def _number(value) -> bool:
   return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check(name: str, value) -> str | None:
+def field_problem(name: str, value) -> str | None:
   """What is wrong with config.<name> = value, or None."""
   if name in WHOLE_POSITIVE:
     return None if _int(value) and value > 0 else 'must be a whole number > 0'
@@ -136,7 +136,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   problems = []
   flat = _flatten(config)
   for name, value in flat.items():
-    problem = _check(name, value)
+    problem = field_problem(name, value)
     if problem:
       problems.append(f'config.{name} = {value!r}: {problem}')
   layers, strides = flat.get('model.backbone_layers'), flat.get('model.backbone_strides')
@@ -249,11 +249,13 @@ def _is_tag(part: str) -> bool:
 
 
 def counting(parts: Sequence[str]) -> bool:
-  """Whether `parts` are numbers that count up one by one (0001, 0002, ...), in any order."""
+  """Whether `parts` are numbers that count up one by one (0001, 0002, ...), in any order, a
+  tenth of them missing at most (files deleted since they were numbered)."""
   if len(parts) < 2 or not all(part.isdigit() for part in parts):
     return False
   numbers = sorted(map(int, parts))
-  return numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+  distinct = len(set(numbers)) == len(numbers)
+  return distinct and numbers[-1] - numbers[0] + 1 <= len(numbers) + len(numbers) // 10
 
 
 def _one_word(parts: Sequence[str]) -> bool:

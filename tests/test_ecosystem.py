@@ -83,6 +83,11 @@ def test_only_the_runs_own_folder_and_list_are_scored_by_its_own_splits(tmp_path
   config.labels_file = 'labels.csv'  # as given: relative to the folder
   assert evaluate.own_data(config, str(folder), str(folder / 'labels.csv'))
   assert not evaluate.own_data(config, str(folder), '')  # the names: another set
+  config.data_source = 'tfds'  # records made of the folder: its own data still
+  assert evaluate.own_data(config, str(folder), 'auto')
+  assert not evaluate.own_data(
+    config, str(folder), 'auto', label_pattern='^(.+)_'
+  )  # read otherwise
   generated = ml_collections.ConfigDict(dict(data_source='synthetic', data_dir='', labels_file=''))
   assert not evaluate.own_data(generated, '.', 'auto')  # no folder of its own
 

@@ -87,6 +87,13 @@ def test_an_onnx_service_divides_the_cores_it_may_run_on_among_its_workers(monke
   cli.serving_reader(None, 'model.onnx', False, workers=2, max_batch=8)
   assert given == {'onnx_threads': 2, 'batch_size': 8}
   assert host.available_cores() == 4
+  script = (
+    'import sys\nfrom captcha_jax import cli\ncli.load_reader = lambda *args, **kwargs: None\n'
+    "cli.serving_reader(None, 'model.onnx', False, 2, 8)\n"
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib')))"
+  )
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, cwd=ROOT)
+  assert out.stdout.strip() == '[]', out.stderr[-2000:]  # an ONNX service never imports JAX
 
 
 def test_use_cpu_cores_splits_the_cpu_into_devices_that_divide_the_batches(monkeypatch):

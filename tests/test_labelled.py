@@ -274,6 +274,14 @@ def test_a_lists_bad_lines_are_named_not_taken_for_its_header(tmp_path):
   examples, problems, header = labelled.read_labels_file(listing, tmp_path)
   assert header == [] and [Path(e.path) for e in examples] == names[1:]
   assert problems == [f'{listing}, line 1: {str(names[0])!r} is not a file']
+  ids = tmp_path / 'ids.csv'  # a list of ids whose first image is gone
+  ids.write_text(''.join(f'{p.stem},{p.stem}\n' for p in names))
+  examples, problems, header = labelled.read_labels_file(ids, tmp_path)
+  assert (
+    header == []
+    and len(examples) == 3
+    and f'line 1: {str(tmp_path / names[0].stem)!r}' in problems[0]
+  )
   listing.write_text('file,text\n"' + 'x' * 140_000)  # a quote left open for 140 KB
   with pytest.raises(DataError, match=r'labels.csv, line 2: not a list of images \(field larger'):
     labelled.read_labels_file(listing, tmp_path)
@@ -287,6 +295,9 @@ def test_a_set_named_by_number_with_no_list_of_its_texts_is_refused(tmp_path):
   with pytest.raises(DataError, match=r'named by number, not by their text: give') as e:
     resolve(config_for(tmp_path, alphabet='auto', max_label_length=0))
   assert 'test/labels.csv, train/labels.csv were not read as one.' in str(e.value)
+  sorted((tmp_path / 'train').glob('*.png'))[13].unlink()  # one number gone: still numbers
+  with pytest.raises(DataError, match=r'named by number'):
+    resolve(config_for(tmp_path, alphabet='auto', max_label_length=0))
   resolved, _ = resolve(config_for(tmp_path, alphabet='auto', max_label_length=0, labels_file=''))
   assert resolved.alphabet == '0123456789'[: len(resolved.alphabet)]  # asked for: the numbers
 

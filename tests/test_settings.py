@@ -122,6 +122,11 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
     ('train', ['--workdir={tmp}/run', '--config'], 'error: Missing value for flag --config'),
     ('evaluate', ['--workdir={tmp}'], "error: '{tmp}' has no config.json"),
     ('evaluate', ['--workdir={tmp}', '--label_pattern=x'], '--label_pattern goes with --data_dir'),
+    (
+      'evaluate',
+      ['--workdir={tmp}', '--data_dir={tmp}', '--label_pattern=('],
+      "--label_pattern '(' is not a regular expression",
+    ),
     ('predict', ['--workdir={tmp}', 'x.png'], "error: '{tmp}' has no config.json"),
     ('predict', ['--onnx={tmp}/model.onnx', 'x.png'], 'error: '),
     ('export', ['--workdir={tmp}', '--out={tmp}/m.bin'], "error: '{tmp}' has no config.json"),
@@ -235,6 +240,13 @@ def test_case_warning_tells_labels_typed_in_either_case_from_a_mixed_case_site()
 )
 def test_the_text_is_found_in_names_that_carry_more(stems, pattern):
   assert settings.text_pattern(stems)[0] == pattern
+
+
+def test_numbers_count_up_with_a_tenth_of_them_gone_at_most():
+  assert settings.counting([f'{i:06d}' for i in range(30) if i != 13])  # a file deleted
+  assert not settings.counting([f'{i:06d}' for i in range(0, 60, 2)])  # every other one
+  assert not settings.counting(['0001', '0002', '0002'])  # a number twice: not an index
+  assert not settings.counting(['4821', '7356', '1209'])  # 4-digit captchas' texts
 
 
 def test_names_either_part_of_which_could_be_the_text_are_refused():
