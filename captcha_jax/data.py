@@ -94,6 +94,25 @@ def numbered_splits(examples: Sequence[Example], folders: dict[str, Path]) -> di
   }
 
 
+def split_lists(folders: dict[str, Path]) -> list[Path]:
+  """The labels files of the split folders of a set that comes split (`train/labels.csv`, ...):
+  those config.labels_file 'auto' would read in each, were it the data folder."""
+  return [found for where in folders.values() if (found := labelled.find_labels_file(where))]
+
+
+def lists_in_split_folders(folder: Path, folders: dict[str, Path], lists: list[Path]) -> DataError:
+  """The error for a set split into folders that each list their texts: a run reads one list, of
+  its data folder, so each split's folder is a data folder of its own."""
+  other = next(folders[name] for name in ('test', 'val') if name in folders)
+  return DataError(
+    f"{', '.join(str(p.relative_to(folder)) for p in lists)} give the texts of their folders' "
+    'images, and a run reads one labels file, of its data folder (config.labels_file). Train on '
+    f'the training folder with its list (--config.data_dir={folders["train"]}) and score the run '
+    f'on another (python -m captcha_jax.evaluate --workdir RUN --data_dir {other}); or set '
+    "config.labels_file to '' if the names are the texts."
+  )
+
+
 def named_by_number(folder: Path, folders: dict[str, Path]) -> DataError:
   """The error for a set whose images are named 0, 1, 2, ... (with no labels file found, their
   numbers would be trained on as their texts), naming the lists beside them that were not read."""
@@ -229,6 +248,8 @@ def resolve(
   usable = [e for e in usable if e.path not in unreadable]
   labelled.report_problems(problems, repr(str(folder)), config.skip_bad_files)
   folders = {} if config.labels_file else labelled.split_folders(folder)
+  if from_names and (lists := split_lists(folders)):
+    raise lists_in_split_folders(folder, folders, lists)
   for name, where in numbered_splits(usable, folders).items():
     logging.warning(
       "%s holds images named by number, not by their text (a competition's unlabelled test "

@@ -147,6 +147,7 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
   delimiter = next((d for d in '\t,; ' if d in first), ',')
   examples, problems, seen, header = [], [], {}, []
   columns = 2  # the fields a row may fill: more only under a header naming them
+  text_at = 1  # the texts' column: the second, or the one a header names so
   rows = csv.reader(content.splitlines(), delimiter=delimiter, skipinitialspace=True)
   for number, row in _rows(rows, path):
     if not row or not any(field.strip() for field in row):
@@ -155,12 +156,14 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
     if len(row) < 2:
       problems.append(f'{where}: expected a path and a text, got {row!r}')
       continue
-    file, text = row[0].strip(), row[1].strip()  # no captcha's text starts or ends with a space
+    file = row[0].strip()
     image = _listed_image(folder, file)
     named_image = Path(file).suffix.lower() in images.IMAGE_EXTENSIONS or file.isdigit()
     if number == 1 and not image.is_file() and not named_image:
-      header, columns = row, len(row)
+      header, columns, text_at = row, len(row), _text_column(row)
       continue
+    # No captcha's text starts or ends with a space.
+    text = row[text_at].strip() if len(row) > text_at else ''
     if any(field.strip() for field in row[columns:]):  # a text cut at a delimiter it holds
       problems.append(
         f'{where}: {len(row)} fields where a path and a text were expected, got {row!r} '
@@ -218,6 +221,12 @@ def _listed_image(folder: Path, file: str) -> Path:
   return next((candidate for candidate in named if candidate.is_file()), image)
 
 
+def _text_column(header: Sequence[str]) -> int:
+  """The column of the texts under `header`: the first after the paths that it names as the texts
+  (`file,id,label`: 2), else the second."""
+  return next((i for i, name in enumerate(header) if i and _TEXT_COLUMN.search(name)), 1)
+
+
 def find_labels_file(folder: Path) -> Path | None:
   """config.labels_file 'auto': the one CSV, TSV or text file directly in `folder` that gives the
   texts of half its images or more (under a header, if it has one, that names them so); None
@@ -243,9 +252,19 @@ def find_labels_file(folder: Path) -> Path | None:
         file,
       )
       continue
-    # A header must name its second column as the texts: 'file,width,height' lists other things.
-    if len(examples) >= max(count / 2, 1) and (not header or _TEXT_COLUMN.search(header[1])):
+    # A header must name a column as the texts: 'file,width,height' lists other things.
+    if header and not any(_TEXT_COLUMN.search(name) for name in header[1:]):
+      continue
+    if len(examples) >= max(count / 2, 1):
       listing.append(file)
+    else:
+      logging.warning(
+        '%s gives the texts of %d of the %d images, under half: not read. Set config.labels_file '
+        'to it to read it (the images it does not list are then left out).',
+        file,
+        len(examples),
+        count,
+      )
   if len(listing) > 1:
     splits = {name for names in SPLIT_FOLDERS.values() for name in names}
     other = next((p.name for p in listing if p.stem.lower() in splits - {'train'}), 'test.csv')
@@ -440,6 +459,12 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
   """config.data_dir, or the folder config.data_url unpacks to (downloaded once, then cached)."""
   if config.data_dir:
     folder = Path(config.data_dir).expanduser()
+    if folder.is_file():
+      unpack = f' (unpack it: unzip {folder} -d data)' if folder.suffix.lower() == '.zip' else ''
+      raise DataError(
+        f'Data folder {str(folder)!r} (config.data_dir) is a file, not a folder{unpack}: point it '
+        'at the folder of images.'
+      )
     if not folder.is_dir():
       raise DataError(
         f'Data folder {str(folder)!r} (config.data_dir) does not exist. Point it at a folder of '

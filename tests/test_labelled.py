@@ -253,6 +253,9 @@ def test_lists_of_texts_as_spreadsheets_and_competitions_write_them(tmp_path, ca
   assert read() == texts
   listing.write_text('id,solution\n' + ''.join(f'{Path(p).stem},{t}\n' for p, t in texts.items()))
   assert read() == texts
+  named = ''.join(f'{Path(p).name},{i},{t}\n' for i, (p, t) in enumerate(texts.items()))
+  listing.write_text('file,id,label\n' + named)  # the column the header names, not the second
+  assert read() == texts
   readings = ''.join(f'{p},x{t[1:]},x{t[1:]},0.31\n' for p, t in texts.items())
   (tmp_path / 'readings.csv').write_text('file,text,raw_text,confidence\n' + readings)
   caplog.set_level(logging.WARNING)
@@ -263,6 +266,21 @@ def test_lists_of_texts_as_spreadsheets_and_competitions_write_them(tmp_path, ca
   some = dict(list(texts.items())[:7])
   listing.write_text(''.join(f'{Path(p).name},{t}\n' for p, t in some.items()))
   assert read() == some
+
+
+def test_a_list_of_a_few_images_is_named_and_a_zip_is_no_folder(tmp_path, caplog):
+  paths = synthetic.generate(tmp_path / 'set', 12, seed=4)
+  rows = ''.join(f'{p.name},{p.stem}\n' for p in paths[:3])
+  (tmp_path / 'set' / 'some.csv').write_text('file,text\n' + rows)
+  caplog.set_level(logging.WARNING)
+  resolved, _ = resolve(config_for(tmp_path / 'set'))
+  assert resolved.labels_file == ''  # the names
+  assert 'some.csv gives the texts of 3 of the 12 images, under half: not read.' in caplog.text
+  (tmp_path / 'set.zip').write_bytes(b'PK\x05\x06' + bytes(18))
+  with pytest.raises(
+    DataError, match=r'set.zip\' \(config.data_dir\) is a file, not a folder \(unpack'
+  ):
+    resolve(config_for(tmp_path / 'set.zip'))
 
 
 def test_a_lists_bad_lines_are_named_not_taken_for_its_header(tmp_path):
@@ -288,13 +306,20 @@ def test_a_lists_bad_lines_are_named_not_taken_for_its_header(tmp_path):
 
 
 def test_a_set_named_by_number_with_no_list_of_its_texts_is_refused(tmp_path):
-  """Sub-folders that each hold their own labels.csv: no list of the data folder gives the texts,
-  and the numbers are not trained on as texts."""
-  synthetic.generate(tmp_path / 'train', 30, seed=1, labels_file=True)
+  """Split folders that each list their texts are data folders of their own, and a set named by
+  number whose texts no list gives does not train on the numbers."""
+  synthetic.generate(tmp_path / 'train', 30, seed=1, labels_file=True)  # 000000.png, labels.csv
   synthetic.generate(tmp_path / 'test', 8, seed=2, labels_file=True)
-  with pytest.raises(DataError, match=r'named by number, not by their text: give') as e:
+  with pytest.raises(DataError, match=r'train/labels.csv, test/labels.csv give the texts') as e:
     resolve(config_for(tmp_path, alphabet='auto', max_label_length=0))
-  assert 'test/labels.csv, train/labels.csv were not read as one.' in str(e.value)
+  assert f'--config.data_dir={tmp_path / "train"})' in str(e.value)
+  assert f'--data_dir {tmp_path / "test"})' in str(e.value)
+  resolved, _ = resolve(config_for(tmp_path / 'train', alphabet='auto', max_label_length=0))
+  assert resolved.labels_file == str(tmp_path / 'train' / 'labels.csv')
+  for listing in tmp_path.glob('*/labels.csv'):
+    listing.rename(listing.with_name('texts.ods.bak'))
+  with pytest.raises(DataError, match=r'named by number, not by their text: give'):
+    resolve(config_for(tmp_path, alphabet='auto', max_label_length=0))
   sorted((tmp_path / 'train').glob('*.png'))[13].unlink()  # one number gone: still numbers
   with pytest.raises(DataError, match=r'named by number'):
     resolve(config_for(tmp_path, alphabet='auto', max_label_length=0))
