@@ -368,8 +368,7 @@ def pseudo_labelled(
   already: they join the train split alone, so validation and test stay the labels' own."""
   path = Path(config.pseudo_labels)
   readings, total, problems = read_readings(path, config.pseudo_min_confidence)
-  known = {Path(e.path).resolve() for e in labelled}
-  kept = []
+  readable = []
   for e in readings:
     text = _fold(config, e.text)
     if unknown := vocab.unknown_chars(text):
@@ -378,11 +377,12 @@ def pseudo_labelled(
       problems.append(f'{e.path}: reading {text!r} is longer than max_label_length')
     elif ctc.required_steps(vocab.encode(text)) > ctc_steps:
       problems.append(f'{e.path}: reading {text!r} needs more than the {ctc_steps} CTC steps')
-    elif Path(e.path).resolve() not in known:
-      kept.append(Example(e.path, text))
+    else:
+      readable.append(Example(e.path, text))
   report_problems(problems, repr(str(path)), config.skip_bad_files)
-  if copies := copies_of([e.path for e in kept], [e.path for e in labelled]):
-    kept = [e for e in kept if e.path not in copies]
+  fresh, copies = not_labelled([e.path for e in readable], [e.path for e in labelled])
+  kept = [e for e in readable if e.path in set(fresh)]
+  if copies:
     copy, original = next(iter(copies.items()))
     logging.warning(
       '%d readings in %s are of copies of labelled images (%s holds the bytes of %s): left out, '
@@ -400,6 +400,15 @@ def pseudo_labelled(
     config.pseudo_min_confidence,
   )
   return kept
+
+
+def not_labelled(paths: Sequence[str], labelled: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+  """Those of `paths` that are neither one of the `labelled` images (where they resolve to) nor a
+  byte-for-byte copy of one, in order; and {copy: its original} of those left out as copies."""
+  known = {Path(path).resolve() for path in labelled}
+  fresh = [path for path in paths if Path(path).resolve() not in known]
+  copies = copies_of(fresh, labelled)
+  return [path for path in fresh if path not in copies], copies
 
 
 def copies_of(paths: Sequence[str], originals: Sequence[str]) -> dict[str, str]:

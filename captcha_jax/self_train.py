@@ -74,9 +74,7 @@ def kept_readings(config: ml_collections.ConfigDict, readings: Path) -> int:
   if not config.get('data_dir') or not Path(config.data_dir).is_dir():  # generated, or moved
     return len(confident)
   own = [e.path for e in labelled.find_examples(config, Path(config.data_dir))[0]]
-  known = {Path(path).resolve() for path in own}
-  fresh = [path for path in confident if Path(path).resolve() not in known]
-  return len(fresh) - len(labelled.copies_of(fresh, own))
+  return len(labelled.not_labelled(confident, own)[0])
 
 
 def round_epochs(
