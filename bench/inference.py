@@ -41,6 +41,8 @@ import numpy as np
 from common import ROOT, dataset_config
 from ddddocr_reader import DDDDOCR_VERSION, Ddddocr
 
+from captcha_jax import host  # JAX-free: JAX starts later, in the runs
+
 DEFAULT_IMAGES = ROOT.parent / 'shared' / 'data' / 'captcha_v2'
 BATCH = 64
 
@@ -204,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument(
     '--threads',
     type=int,
-    default=len(os.sched_getaffinity(0)),
+    default=host.available_cores(),
     help='onnxruntime and torch threads (default: the cores this process may use, as JAX takes).',
   )
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
@@ -217,8 +219,6 @@ def main(argv: Sequence[str] | None = None) -> None:
   # Set before JAX starts: one CPU device per core (as --cpu_tuning does), and on a GPU no
   # preallocation of most of its memory, which torch shares here.
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
-  from captcha_jax import host
-
   host.tune_cpu(BATCH)
   import jax
 

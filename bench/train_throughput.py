@@ -71,10 +71,10 @@ def run_torch(config, batch_size, num_steps, warmup, cpu_tuning):
   del cpu_tuning  # PyTorch uses every core by itself
   import torch
 
-  from captcha_jax import data
+  from captcha_jax import data, host
   from captcha_jax.torch_reference import TorchCRNN, normalized_nchw
 
-  torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores JAX's devices count
+  torch.set_num_threads(host.available_cores())  # the cores JAX's devices count
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   num_classes = len(config.alphabet) + 1
   model = TorchCRNN.from_config(config, num_classes).to(device)
@@ -177,7 +177,7 @@ def main():
       results.append(json.loads(out.stdout.strip().splitlines()[-1]))
   results = {name: median_result(rs) for name, rs in runs.items()}
   tuning = 'CPU tuning on' if args.cpu_tuning else 'no CPU tuning'
-  cores = len(os.sched_getaffinity(0))
+  cores = host.available_cores()
   print(f'batch {args.batch_size}, {args.dtype}, {args.config}, {cores} CPU threads, {tuning}')
   print(
     f'{"framework":32s} {"images/s":>9s} {"step ms":>8s} {"compile/first s":>16s} {"peak MB":>8s}'
