@@ -149,12 +149,13 @@ class Predictor(readers.ImageReader):
 
 
 def expand_paths(inputs: Iterable[str]) -> Iterator[Path]:
-  """Files as given, and the images directly inside any folder given, lazily; what a folder
-  holds besides (sub-folders, other files) is named in a warning."""
+  """Files as given, and the images directly inside any folder given (or inside the folder it
+  alone holds, as a zip unpacks: `labelled.inside_lone_folders`), lazily; what a folder holds
+  besides (sub-folders, other files) is named in a warning."""
   for item in inputs:
     path = Path(item)
     if path.is_dir():
-      found, passed_over = labelled.find_images(path)
+      found, passed_over = labelled.find_images(labelled.inside_lone_folders(path))
       if passed_over:
         logging.warning(
           'Passing over %d entries of %s:\n  %s', len(passed_over), path, '\n  '.join(passed_over)

@@ -67,6 +67,20 @@ def test_a_folder_that_holds_one_folder_alone_is_read_inside(tmp_path, caplog):
     resolve(config_for(looped))
 
 
+def test_the_images_to_read_are_found_inside_a_folder_holding_one_folder_alone(tmp_path):
+  """predict and self-training read a folder given as training does: `captchas/` beside a zip's
+  `__MACOSX/` is read inside."""
+  from captcha_jax import predict
+
+  inner = tmp_path / 'unzipped' / 'captchas'
+  paths = synthetic.generate(inner, 3, seed=1)
+  (tmp_path / 'unzipped' / '__MACOSX').mkdir()
+  one = tmp_path / 'one.png'
+  shutil.copy(paths[0], one)
+  found = list(predict.expand_paths([str(tmp_path / 'unzipped'), str(one)]))
+  assert found == [*sorted(paths), one]
+
+
 def test_a_folder_of_sub_folders_only_says_so(tmp_path):
   synthetic.generate(tmp_path / 'site_a', 2, seed=1)
   (tmp_path / 'site_b').mkdir()
