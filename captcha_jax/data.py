@@ -262,7 +262,7 @@ def resolve(
   trained = folders.get('train', folder)
   if from_names and settings.counting([e.text for e in usable if Path(e.path).parent == trained]):
     raise named_by_number(folder, folders)
-  if not usable:
+  if not usable and not one_set:  # a set to be scored counts labels too long for the model
     raise DataError(f'No usable images in {str(folder)!r}: every file was skipped.')
 
   if config.case == 'keep' and (warning := settings.case_warning([e.text for e in usable])):

@@ -12,6 +12,8 @@ config.fixed_label_length.
 import collections
 import difflib
 import functools
+import itertools
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,8 +75,7 @@ def evaluate_workdir(
   output_steps = functools.partial(models.output_steps, config.model)
   suffix, shown = '', 'test'
   if data_dir and not own_data(config, data_dir, labels_file, label_pattern):
-    suffix, shown = f'-{Path(data_dir).resolve().name}', 'all'
-    suffix += f'-{Path(labels_file).stem}' if labels_file not in ('', settings.AUTO) else ''
+    shown = 'all'
     # One set, labelled by name (or by `labels_file`), however it splits for training; a label
     # the model cannot read is scored below, as misread, not refused.
     with config.unlocked():  # a run older than some of these settings lacks them
@@ -85,6 +86,12 @@ def evaluate_workdir(
         config.label_pattern = label_pattern
     config, examples = data.resolve(config, output_steps, one_set=True)
     beyond = labels_beyond_the_model(config, examples['all'])
+    listing = (
+      config.labels_file
+      and (Path(config.data_dir) / Path(config.labels_file).expanduser()).resolve()
+    )
+    scored = {'folder': config.data_dir, 'labels_file': str(listing or '')}
+    suffix = report_suffix(workdir, Path(data_dir), labels_file, scored)
     if examples['all']:
       splits = data.load_in_memory(config, examples)
     else:  # no label the model can read: each image is scored below, as misread
@@ -96,7 +103,7 @@ def evaluate_workdir(
       config.pseudo_labels = ''
     _, splits = sources.prepare(config, output_steps)
     check_same_split(workdir, splits)
-    beyond = []
+    beyond, scored = [], {}
   report = {}
   for name, source in splits.items():
     readings, targets, paths = [], [], []
@@ -130,6 +137,7 @@ def evaluate_workdir(
       )
     raw, fixed = decoding.texts(readings)
     report[name] = {
+      **scored,
       'images': len(targets),
       **metrics.reading_metrics(raw, fixed, targets),
       'confusions': [
@@ -148,6 +156,36 @@ def evaluate_workdir(
   run_folder.write_json(workdir / f'evaluation{suffix}.json', report)
   run_folder.write_atomic(workdir / f'evaluation{suffix}.txt', format_report(report))
   return report
+
+
+def report_suffix(workdir: Path, data_dir: Path, labels_file: str, scored: dict) -> str:
+  """'-NAME' of the report files for another folder (and '-STEM' of `labels_file`'s name):
+  '-PARENT-NAME', then '-PARENT-NAME-2', ..., where a report of that name scored other images
+  (`scored`: the folder and labels file, as the report records them), so none is overwritten."""
+  stem = f'-{Path(labels_file).stem}' if labels_file not in ('', settings.AUTO) else ''
+  folder = data_dir.resolve()
+  named = f'-{folder.name}{stem}'
+  wider = f'-{folder.parent.name}{named}'
+  candidates = itertools.chain((named, wider), (f'{wider}-{i}' for i in itertools.count(2)))
+  return next(
+    suffix
+    for suffix in candidates
+    if not _reports_other(workdir / f'evaluation{suffix}.json', scored)
+  )
+
+
+def _reports_other(path: Path, scored: dict) -> bool:
+  """Whether the report at `path` scored other images than `scored` says; False where there is
+  none, or it does not say (a report from before it was recorded), or cannot be read."""
+  try:
+    before = json.loads(path.read_text())['all']
+  except (OSError, ValueError, TypeError, KeyError):
+    return False
+  return (
+    isinstance(before, dict)
+    and 'folder' in before
+    and any(before.get(k) != v for k, v in scored.items())
+  )
 
 
 def own_data(

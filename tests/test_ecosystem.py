@@ -154,7 +154,19 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   assert report['all']['accuracy'] == pytest.approx(1 - len(wrong) / 14)
   assert {str(other / 'aaaaa.png'), str(other / '2345678.png')} <= wrong
   assert json.loads((workdir / 'evaluation-other.json').read_text()) == report
+  assert report['all']['folder'] == str(other)
   assert (workdir / 'predictions-other.png').is_file()
+  # Another folder of the same name gets report files of its own; the first is scored in place.
+  namesake = tmp_path / 'elsewhere' / 'other'
+  shutil.copytree(other, namesake)
+  (namesake / 'aaaaa.png').unlink()
+  assert evaluate.evaluate_workdir(workdir, str(namesake))['all']['images'] == 13
+  assert (
+    json.loads((workdir / 'evaluation-elsewhere-other.json').read_text())['all']['images'] == 13
+  )
+  assert json.loads((workdir / 'evaluation-other.json').read_text()) == report
+  assert evaluate.evaluate_workdir(workdir, str(other)) == report
+  assert not (workdir / 'evaluation-elsewhere-other-2.json').exists()
   assert (workdir / 'evaluation.json').read_text() == own
   # A run from before config.pseudo_labels existed scores another folder all the same.
   older = tmp_path / 'older'
@@ -188,6 +200,10 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   shutil.copy(first, unreadable / 'zzzzz.png')
   report = evaluate.evaluate_workdir(workdir, str(unreadable))
   assert report['all']['images'] == 2 and report['all']['accuracy'] == 0
+  too_long = tmp_path / 'too_long'  # or no label short enough
+  too_long.mkdir()
+  shutil.copy(first, too_long / '2345678.png')
+  assert evaluate.evaluate_workdir(workdir, str(too_long))['all']['images'] == 1
   # A folder whose texts are in a labels file scores as the same images named by their text.
   listed = tmp_path / 'listed'
   listed.mkdir()
