@@ -222,7 +222,8 @@ def resolve(
   split. Files that later fail to decode leave their split without moving any other file.
   """
   config = config.copy_and_resolve_references()
-  # Absolute (and pseudo_labels), so a resumed or evaluated run finds its data from any folder.
+  # Absolute (and pseudo_labels, labels_file), so a resumed or evaluated run finds its data from
+  # any folder.
   folder = Path(os.path.abspath(labelled.data_folder(config)))
   config.data_dir = str(folder)
   if config.get('pseudo_labels'):
@@ -234,6 +235,8 @@ def resolve(
     from_names = not listing
     if listing:
       logging.info('The texts are those %s gives (config.labels_file).', listing)
+  elif config.labels_file:  # as found, so a run resumes whichever way the file is named
+    config.labels_file = os.path.join(folder, os.path.expanduser(config.labels_file))
   examples, problems = labelled.find_examples(config, folder)
   usable = []
   for e in examples:

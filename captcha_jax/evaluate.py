@@ -86,11 +86,7 @@ def evaluate_workdir(
         config.label_pattern = label_pattern
     config, examples = data.resolve(config, output_steps, one_set=True)
     beyond = labels_beyond_the_model(config, examples['all'])
-    listing = (
-      config.labels_file
-      and (Path(config.data_dir) / Path(config.labels_file).expanduser()).resolve()
-    )
-    scored = {'folder': config.data_dir, 'labels_file': str(listing or '')}
+    scored = {'folder': config.data_dir, 'labels_file': config.labels_file}
     suffix = report_suffix(workdir, Path(data_dir), labels_file, scored)
     if examples['all']:
       splits = data.load_in_memory(config, examples)

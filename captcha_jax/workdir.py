@@ -168,8 +168,10 @@ def check_resumable(
   # A key a run's config.json lacks came after it (e.g. pseudo_labels): the split digest below
   # still tells whether the files changed.
   keys = [k for k in (*MODEL_KEYS, *SPLIT_KEYS, *STEP_KEYS) if k in saved]
-  if 'data_dir' in saved:  # runs before data_dir was saved absolute: as seen from here
+  if 'data_dir' in saved:  # runs before data_dir (then labels_file) was saved absolute
     saved['data_dir'] = os.path.abspath(saved['data_dir'])
+    if saved.get('labels_file') not in (None, '', 'auto'):
+      saved['labels_file'] = os.path.join(saved['data_dir'], saved['labels_file'])
   changed = [k for k in keys if saved[k] != current.get(k)]
   changed = changed or split_changes(workdir, fingerprint)
   if changed:

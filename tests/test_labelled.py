@@ -144,6 +144,8 @@ def test_the_file_that_lists_a_folders_images_gives_their_texts(tmp_path, caplog
   assert resolved.labels_file == str(tmp_path / 'labels.csv')
   assert {e.path: e.text for name in data.SPLITS for e in splits[name]} == texts
   assert f'The texts are those {tmp_path / "labels.csv"} gives' in caplog.text
+  # Named relative to the folder, it resolves as found, so a run resumes either way.
+  assert resolve(config_for(tmp_path, labels_file='labels.csv'))[0] == resolved
   names, _ = resolve(config_for(tmp_path, alphabet='auto', labels_file=''))
   assert names.labels_file == '' and names.max_label_length == 6  # the names: 000000 ...
   (tmp_path / 'test.tsv').write_text((tmp_path / 'labels.csv').read_text().replace(',', '\t'))

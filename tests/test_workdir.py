@@ -104,6 +104,20 @@ def test_a_resume_that_would_read_its_step_otherwise_is_refused(tmp_path, tiny_c
     run_folder.check_resumable(tmp_path, changed, fingerprint)
 
 
+def test_a_run_that_saved_its_labels_file_relative_resumes_with_it_absolute(tmp_path, tiny_config):
+  fingerprint = {'train': ['a.png', 'b.png'], 'val': ['c.png'], 'test': ['d.png']}
+  older = tiny_config.copy_and_resolve_references()
+  older.update(data_dir=str(tmp_path / 'set'), labels_file='labels.csv')
+  run_folder.save_run_settings(tmp_path, older, fingerprint)
+  (tmp_path / 'checkpoints' / '6').mkdir(parents=True)
+  now = older.copy_and_resolve_references()
+  now.labels_file = str(tmp_path / 'set' / 'labels.csv')  # as resolve saves it now
+  run_folder.check_resumable(tmp_path, now, fingerprint)
+  now.labels_file = str(tmp_path / 'other.csv')
+  with pytest.raises(ConfigError, match='different labels_file'):
+    run_folder.check_resumable(tmp_path, now, fingerprint)
+
+
 @pytest.mark.slow
 def test_a_line_cut_by_a_crash_does_not_stop_the_rerun(copy_of_run):
   config, workdir, _ = copy_of_run
