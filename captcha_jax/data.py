@@ -29,6 +29,8 @@ from captcha_jax.labelled import Example
 from captcha_jax.vocab import Vocab
 
 SPLITS = ('train', 'val', 'test')
+# `resolve(one_set=True)`'s images whose labels the model cannot read: scored as misread.
+BEYOND_THE_MODEL = 'beyond_the_model'
 
 Batch = dict[str, np.ndarray]
 
@@ -216,7 +218,9 @@ def resolve(
 
   `output_steps(height, width)`: the CTC steps the model emits for that image size;
   `min_width`: the narrowest width `settings.auto_width` may choose; `one_set`: every image in
-  one split, 'all', for a trained run to be scored on (no split, no readings). What was
+  one split, 'all', for a trained run to be scored on (no split, no readings), and those whose
+  labels the model cannot read (a character outside config.alphabet, or too long) in another,
+  BEYOND_THE_MODEL, to be scored as misread rather than skipped. What was
   inferred is logged; unusable files are skipped with one warning (or fatal, see
   config.skip_bad_files). A resolved config (a run's config.json) gives back the same config and
   split. Files that later fail to decode leave their split without moving any other file.
@@ -238,14 +242,16 @@ def resolve(
   elif config.labels_file:  # as found, so a run resumes whichever way the file is named
     config.labels_file = os.path.join(folder, os.path.expanduser(config.labels_file))
   examples, problems = labelled.find_examples(config, folder)
-  usable = []
+  usable, beyond = [], []
   for e in examples:
-    if 0 < config.max_label_length < len(e.text):
+    if not 0 < config.max_label_length < len(e.text):
+      usable.append(e)
+    elif one_set:
+      beyond.append(e)
+    else:
       problems.append(
         f'{e.path}: label {e.text!r} is longer than max_label_length={config.max_label_length}'
       )
-    else:
-      usable.append(e)
   unreadable = labelled.unreadable_odd_files(usable)
   problems += unreadable.values()
   usable = [e for e in usable if e.path not in unreadable]
@@ -261,11 +267,12 @@ def resolve(
       '' if one_set else f', and the {name} split drawn from the train images',
     )
     usable = [e for e in usable if Path(e.path).parent != where]
+    beyond = [e for e in beyond if Path(e.path).parent != where]
     del folders[name]
   trained = folders.get('train', folder)
   if from_names and settings.counting([e.text for e in usable if Path(e.path).parent == trained]):
     raise named_by_number(folder, folders)
-  if not usable and not one_set:  # a set to be scored counts labels too long for the model
+  if not usable and not one_set:
     raise DataError(f'No usable images in {str(folder)!r}: every file was skipped.')
 
   if config.case == 'keep' and (warning := settings.case_warning([e.text for e in usable])):
@@ -316,6 +323,8 @@ def resolve(
       unknown = vocab.unknown_chars(usable[i].text)
       if not unknown:
         splits[name].append(usable[i])
+      elif one_set:
+        beyond.append(usable[i])
       elif name == 'train':
         unreadable.append(
           f'{usable[i].path}: {unknown!r} is not in the alphabet {config.alphabet!r}'
@@ -349,6 +358,8 @@ def resolve(
     config.image_width,
     config.image_height,
   )
+  if one_set:
+    splits[BEYOND_THE_MODEL] = beyond
   return config, splits
 
 

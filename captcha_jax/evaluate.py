@@ -36,7 +36,6 @@ from captcha_jax import (
 from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
-from captcha_jax.vocab import Vocab
 
 MISSING = '∅'
 
@@ -85,7 +84,7 @@ def evaluate_workdir(
       if label_pattern is not None:
         config.label_pattern = label_pattern
     config, examples = data.resolve(config, output_steps, one_set=True)
-    beyond = labels_beyond_the_model(config, examples['all'])
+    beyond = examples.pop(data.BEYOND_THE_MODEL)
     scored = {'folder': config.data_dir, 'labels_file': config.labels_file}
     suffix = report_suffix(workdir, Path(data_dir), labels_file, scored)
     if examples['all']:
@@ -205,26 +204,6 @@ def own_data(
   if labels_file == settings.AUTO:
     return True  # the run's own choice, saved resolved
   return (labels_file and (folder / Path(labels_file).expanduser()).resolve()) == trained
-
-
-def labels_beyond_the_model(
-  config: ml_collections.ConfigDict, kept: Sequence[labelled.Example]
-) -> list[labelled.Example]:
-  """The images of config.data_dir that `data.resolve` left out for their labels alone: a
-  character the model lacks, or more characters than it reads (not those left out for other
-  reasons: a folder of numbered images, a file that is no image)."""
-  folder = Path(config.data_dir)
-  found, _ = labelled.find_examples(config, folder)
-  numbered = data.numbered_splits(found, labelled.split_folders(folder)).values()
-  paths = {e.path for e in kept}
-  vocab = Vocab(config.alphabet)
-  return [
-    e
-    for e in found
-    if e.path not in paths
-    and Path(e.path).parent not in numbered
-    and (vocab.unknown_chars(e.text) or 0 < config.max_label_length < len(e.text))
-  ]
 
 
 def check_same_split(workdir: Path, splits: dict) -> None:

@@ -140,6 +140,7 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   assert list(report) == ['all'] and report['all']['images'] == 14
   assert f'Data {other}: all 12;' in caplog.text  # one set, not a train split
   assert 'Scoring 2 image(s) whose labels the model cannot read' in caplog.text
+  assert 'of labels the model cannot read' not in caplog.text  # scored, not skipped
   paths = sorted(p for p in other.glob('*.png') if p.name != 'bcdef.png')
   readings = Predictor.from_workdir(workdir).predict(paths)  # read file by file, as a user would
   wrong = {str(p) for p, r in zip(paths, readings, strict=True) if r.raw_text != p.stem}
