@@ -18,10 +18,21 @@ from captcha_jax.errors import ConfigError
 AUTO = 'auto'  # config.alphabet: the characters of the training split's labels
 AUTO_LENGTH = -1  # config.fixed_label_length: the common length when every label has one
 AUTO_PRIOR = -1  # config.blank_prior: 1 - (mean label length) / (CTC steps)
-# config.label_pattern 'auto' (`text_pattern`): names TEXT_TAG or INDEX_TEXT.
-SEPARATOR = '_'
-BEFORE_FIRST = '^([^_]+)'
-AFTER_LAST = '([^_]+)$'
+# config.label_pattern 'auto' (`text_pattern`): names TEXT_TAG or INDEX_TEXT, then TEXT-TAG or
+# INDEX-TEXT.
+SEPARATORS = ('_', '-')
+
+
+def before_first(separator: str) -> str:
+  """The pattern of the part of a name before the first `separator`."""
+  return f'^([^{separator}]+)'
+
+
+def after_last(separator: str) -> str:
+  """The pattern of the part of a name after the last `separator`."""
+  return f'([^{separator}]+)$'
+
+
 CHOICES = {
   'case': ('keep', 'lower', 'upper'),
   'data_source': ('folder', 'tfds', 'synthetic'),
@@ -208,38 +219,46 @@ def text_pattern(stems: Sequence[str]) -> tuple[str, str]:
   (the pattern, why) — '' where the whole name is the text.
 
   Sites' captchas saved in bulk are often named TEXT_TAG (a counter, a timestamp, a hash: two
-  images of one text need two names) or INDEX_TEXT. The text is the part before the first '_'
-  where every part after it is such a tag or one fixed word, else the part after the last '_'
-  where every name has one and every part before it is a tag or one fixed word. Where both
-  read the names, tags that repeat are counters after the text, and numbers that count up are an
-  index before it; else (1234_5678, 1236_9012) ConfigError: only the user knows which is the
-  text.
+  images of one text need two names) or INDEX_TEXT, or so with '-'. The text is the part before
+  the first '_' where every part after it is such a tag or one fixed word, else the part after
+  the last '_' where every name has one and every part before it is a tag or one fixed word; '-'
+  likewise where '_' says neither. Where both read the names, tags that repeat are counters
+  after the text, and numbers that count up are an index before it; else (1234_5678, 1236_9012)
+  ConfigError: only the user knows which is the text.
   """
-  split = [stem.split(SEPARATOR, 1) for stem in stems if SEPARATOR in stem]
+  for separator in SEPARATORS:
+    if found := _text_pattern(stems, separator):
+      return found
+  return '', ''
+
+
+def _text_pattern(stems: Sequence[str], separator: str) -> tuple[str, str] | None:
+  """`text_pattern` with one separator; None where it reads the whole name."""
+  split = [stem.split(separator, 1) for stem in stems if separator in stem]
   if not split:
-    return '', ''
+    return None
   tails = [tail for _, tail in split]
-  heads = [stem.rsplit(SEPARATOR, 1)[0] for stem in stems if SEPARATOR in stem]
+  heads = [stem.rsplit(separator, 1)[0] for stem in stems if separator in stem]
   before = all(map(_is_tag, tails)) or _one_word(tails)
   after = len(split) == len(stems) and (all(map(_is_tag, heads)) or _one_word(heads))
   if before and after and len(set(tails)) < len(tails) / 2:  # tags repeat: copies' counters
     after = False
   if before and after and counting(heads):  # 1, 2, 3, ...: an index
     before = False
-  example = repr(SEPARATOR.join(split[0]))
+  example = repr(separator.join(split[0]))
   where = f'names like {example}: the text is the part'
   if before and after:
     raise ConfigError(
-      f'The file names are two parts joined by {SEPARATOR!r}, like {example}, and either could '
-      f"be the text: set config.label_pattern (evaluate: --label_pattern) to '{BEFORE_FIRST}' "
-      f"(the part before the first {SEPARATOR!r}) or '{AFTER_LAST}' (after the last), or '' (the "
-      'whole name).'
+      f'The file names are two parts joined by {separator!r}, like {example}, and either could '
+      'be the text: set config.label_pattern (evaluate: --label_pattern) to '
+      f"'{before_first(separator)}' (the part before the first {separator!r}) or "
+      f"'{after_last(separator)}' (after the last), or '' (the whole name)."
     )
   if before:
-    return BEFORE_FIRST, f'{where} before the first {SEPARATOR!r}'
+    return before_first(separator), f'{where} before the first {separator!r}'
   if after:
-    return AFTER_LAST, f'{where} after the last {SEPARATOR!r}'
-  return '', ''
+    return after_last(separator), f'{where} after the last {separator!r}'
+  return None
 
 
 def _is_tag(part: str) -> bool:

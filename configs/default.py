@@ -27,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.labels_file = 'auto'
   # Which part of a file name is its text: a regular expression's first group (or its match);
   # '' = the whole name; 'auto' = the part before the first '_' of names like TEXT_1234 or
-  # TEXT_<hash>, after the last of names like 0001_TEXT, else the whole name (logged).
+  # TEXT_<hash>, after the last of names like 0001_TEXT, so with '-' where '_' says neither,
+  # else the whole name (logged).
   config.label_pattern = 'auto'
   # Readings of unlabelled images of the set (`captcha-jax-predict --output FILE.csv` of a run
   # trained on the labels) that join the train split: self-training (README, "Unlabelled

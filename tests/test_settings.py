@@ -219,23 +219,34 @@ def test_case_warning_tells_labels_typed_in_either_case_from_a_mixed_case_site()
   assert "config.case='upper' or 'lower'" in warning
 
 
+BEFORE, AFTER = '^([^_]+)', '([^_]+)$'
+
+
 @pytest.mark.parametrize(
   ('stems', 'pattern'),
   [
     (['226md', 'x3b4k'], ''),
-    (['226md', '226md_1', 'x3b4k'], settings.BEFORE_FIRST),  # a copy's counter
-    (['abcd_1591234567', 'efgh_1591234999'], settings.BEFORE_FIRST),  # timestamps
-    (['abcd_2024_01_05', 'efgh_2024_01_06'], settings.BEFORE_FIRST),  # dates
-    (['abcd_3f2a9c1e0b', 'efgh_9e8d7c6b5a'], settings.BEFORE_FIRST),  # hashes
-    (['abcd_1700000000.123456', 'efgh_1700000001.5'], settings.BEFORE_FIRST),  # time.time()
-    (['abcd_2024-01-05T12-30-00', 'efgh_2024-01-05 12.31.07'], settings.BEFORE_FIRST),  # ISO
-    (['abcd_captcha', 'efgh_captcha'], settings.BEFORE_FIRST),
-    (['1234_1', '5678_1', '1234_2', '9012_1', '3456_1'], settings.BEFORE_FIRST),  # counters
-    (['0001_abcd', '0002_efgh'], settings.AFTER_LAST),  # an index
-    (['0003_1234', '0001_5678', '0002_9012'], settings.AFTER_LAST),  # it counts up
-    (['captcha_abcd', 'captcha_efgh'], settings.AFTER_LAST),
+    (['226md', '226md_1', 'x3b4k'], BEFORE),  # a copy's counter
+    (['abcd_1591234567', 'efgh_1591234999'], BEFORE),  # timestamps
+    (['abcd_2024_01_05', 'efgh_2024_01_06'], BEFORE),  # dates
+    (['abcd_3f2a9c1e0b', 'efgh_9e8d7c6b5a'], BEFORE),  # hashes
+    (['abcd_1700000000.123456', 'efgh_1700000001.5'], BEFORE),  # time.time()
+    (['abcd_2024-01-05T12-30-00', 'efgh_2024-01-05 12.31.07'], BEFORE),  # ISO
+    (['abcd_captcha', 'efgh_captcha'], BEFORE),
+    (['1234_1', '5678_1', '1234_2', '9012_1', '3456_1'], BEFORE),  # counters
+    (['0001_abcd', '0002_efgh'], AFTER),  # an index
+    (['0003_1234', '0001_5678', '0002_9012'], AFTER),  # it counts up
+    (['captcha_abcd', 'captcha_efgh'], AFTER),
     (['ab_cd', 'efgh'], ''),  # one name's '_' is its own
     (['Thumbs_db', '226md', 'x3b4k'], ''),
+    (['abcd-1700000000', 'efgh-1700000001'], '^([^-]+)'),  # '-' where '_' says nothing
+    (
+      ['abcd-3f2a9c1e-0b1c-4d5e-8f90-123456789abc', 'efgh-9e8d7c6b-5a4f-4e3d-9c2b-1a0f9e8d7c6b'],
+      '^([^-]+)',
+    ),  # a UUID
+    (['0001-abcd', '0002-efgh'], '([^-]+)$'),
+    (['ab-cd', 'efgh'], ''),
+    (['ab_cd-1', 'ef_gh-2'], '^([^-]+)'),  # the text holds a '_'
   ],
 )
 def test_the_text_is_found_in_names_that_carry_more(stems, pattern):
@@ -252,3 +263,5 @@ def test_numbers_count_up_with_a_tenth_of_them_gone_at_most():
 def test_names_either_part_of_which_could_be_the_text_are_refused():
   with pytest.raises(ConfigError, match="like '0001_1234'.*config.label_pattern"):
     settings.text_pattern(['0001_1234', '0003_5678'])
+  with pytest.raises(ConfigError, match=r"by '-', like '0001-1234'.*'\^\(\[\^-\]\+\)'"):
+    settings.text_pattern(['0001-1234', '0003-5678'])
