@@ -9,6 +9,7 @@ Nothing here decodes pixels: a few headers are read at most (`unreadable_odd_fil
 import csv
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import re
@@ -26,7 +27,12 @@ from captcha_jax.vocab import Vocab
 # Windows, Linux), `abcde(1).png`, `abcde copy.png` and `abcde copy 2.png` (macOS), `abcde -
 # Copy.png` and `abcde - Copy (2).png` (Windows); a copy of a copy, `abcde - Copy - Copy.png`.
 _COPY_SUFFIX = re.compile(r'(?: ?\(\d+\)| (?:- )?copy(?: \d+| \(\d+\))?)+$', re.IGNORECASE)
-LABEL_LISTS = ('.csv', '.tsv', '.txt')  # the files config.labels_file 'auto' looks at
+# The files config.labels_file 'auto' looks at: tables, and JSON (Hugging Face's image folders
+# list theirs in a `metadata.jsonl` of {"file_name": ..., "text": ...} lines).
+JSON_LISTS = ('.json', '.jsonl')
+LABEL_LISTS = ('.csv', '.tsv', '.txt', *JSON_LISTS)
+# What JSON records call the image's path, the likelier first.
+_PATH_KEYS = (re.compile(r'file|path|image|img', re.IGNORECASE), re.compile('name', re.IGNORECASE))
 # What their headers call the texts' column.
 _TEXT_COLUMN = re.compile(
   r'text|label|captcha|answer|solution|code|word|string|target|truth|transcri|content|chars'
@@ -133,8 +139,9 @@ def _utf8(name: str) -> bool:
 
 
 def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str], list[str]]:
-  """(path, text) rows of a CSV (',' or ';'), TSV or space-separated file, paths relative to
-  `folder`; its bad lines; and its header ([] where it has none).
+  """(path, text) rows of a CSV (',' or ';'), TSV or space-separated file, or of a JSON one
+  (`_json_table`), paths relative to `folder`; its bad lines; and its header ([] where it has
+  none).
 
   A first row whose path is neither a file nor an image's name (nor a number: an id) is taken as
   a header; a path without an extension names the image of that name with one (a competition's
@@ -142,24 +149,31 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
   numbers; the first row of a repeated path is kept.
   """
   content = _read_text(path, 'Labels file')
-  first = content.split('\n', 1)[0]
-  # TSV, CSV, CSV of a ';' locale, or `path text` lines (OCR sets' label lists).
-  delimiter = next((d for d in '\t,; ' if d in first), ',')
   examples, problems, seen, header = [], [], {}, []
   columns = 2  # the fields a row may fill: more only under a header naming them
   text_at = 1  # the texts' column: the second, or the one a header names so
-  rows = csv.reader(content.splitlines(), delimiter=delimiter, skipinitialspace=True)
-  for number, row in _rows(rows, path):
+  if path.suffix.lower() in JSON_LISTS:
+    header, rows, problems = _json_table(content, path)
+    columns, text_at = (len(header), _text_column(header)) if header else (columns, text_at)
+    delimiter = ','
+  else:
+    first = content.split('\n', 1)[0]
+    # TSV, CSV, CSV of a ';' locale, or `path text` lines (OCR sets' label lists).
+    delimiter = next((d for d in '\t,; ' if d in first), ',')
+    reader = csv.reader(content.splitlines(), delimiter=delimiter, skipinitialspace=True)
+    rows = _rows(reader, path)
+  unit = 'item' if path.suffix.lower() == '.json' else 'line'  # a JSON list's, however laid out
+  for number, row in rows:
     if not row or not any(field.strip() for field in row):
       continue
-    where = f'{path}, line {number}'
+    where = f'{path}, {unit} {number}'
     if len(row) < 2:
       problems.append(f'{where}: expected a path and a text, got {row!r}')
       continue
     file = row[0].strip()
     image = _listed_image(folder, file)
     named_image = Path(file).suffix.lower() in images.IMAGE_EXTENSIONS or file.isdigit()
-    if number == 1 and not image.is_file() and not named_image:
+    if number == 1 and not header and not image.is_file() and not named_image:
       header, columns, text_at = row, len(row), _text_column(row)
       continue
     # No captcha's text starts or ends with a space.
@@ -174,7 +188,7 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
     elif not text:
       problems.append(f'{where}: empty text for {file!r}')
     elif (same := os.path.abspath(image)) in seen:  # also as ./a.png or sub/../a.png
-      problems.append(f'{where}: {file!r} is listed again (first on line {seen[same]})')
+      problems.append(f'{where}: {file!r} is listed again (first on {unit} {seen[same]})')
     else:
       seen[same] = number
       examples.append(Example(str(image), text))
@@ -185,6 +199,49 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
       f'(relative to {str(folder)!r}) and its text.{shown}'
     )
   return examples, problems, header
+
+
+def _json_table(
+  content: str, path: Path
+) -> tuple[list[str], list[tuple[int, list[str]]], list[str]]:
+  """A JSON labels file as a table: its header (its records' keys, the path's first), its rows
+  (line or item number, fields) and its bad lines. JSON Lines of records (`{"file_name":
+  "0001.png", "text": "abcd"}`) or of `[path, text]` rows; one JSON list of either; or one
+  object mapping each path to its text."""
+  problems, records = [], []
+  if path.suffix.lower() == '.jsonl':
+    for number, line in enumerate(content.splitlines(), 1):
+      if line.strip():
+        try:
+          records.append((number, json.loads(line)))
+        except ValueError as e:
+          problems.append(f'{path}, line {number}: not JSON ({e})')
+  else:
+    try:
+      value = json.loads(content)
+    except ValueError as e:
+      raise DataError(f'Labels file {str(path)!r} is not JSON ({e}).') from e
+    if isinstance(value, dict):
+      value = [[file, text] for file, text in value.items()]
+    records = list(enumerate(value if isinstance(value, list) else [value], 1))
+  keys = next((list(r) for _, r in records if isinstance(r, dict) and r), [])
+  file_key = next((k for pattern in _PATH_KEYS for k in keys if pattern.search(k)), None)
+  header = [file_key, *(k for k in keys if k != file_key)] if file_key else keys
+  rows = []
+  for number, record in records:
+    if isinstance(record, dict):
+      rows.append((number, [_field(record.get(key)) for key in header]))
+    elif isinstance(record, list):
+      rows.append((number, [_field(field) for field in record]))
+    else:
+      unit = 'line' if path.suffix.lower() == '.jsonl' else 'item'
+      problems.append(f'{path}, {unit} {number}: expected a path and a text, got {record!r}')
+  return header, rows, problems
+
+
+def _field(value) -> str:
+  """A JSON value as a table's field: a number's digits, nothing for null."""
+  return '' if value is None else str(value)
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -325,21 +382,28 @@ def _fold(config: ml_collections.ConfigDict, text: str) -> str:
 
 
 def read_readings(path: Path, min_confidence: float) -> tuple[list[Example], int, list[str]]:
-  """The readings of a `captcha-jax-predict --output FILE.csv` at confidence ≥ min_confidence,
-  as examples (predict writes absolute paths; relative ones are taken from the file's folder);
-  how many readings the file holds; and its bad lines."""
-  rows = csv.DictReader(_read_text(path, 'Pseudo-labels file').splitlines())
-  try:
-    columns = set(rows.fieldnames or ())
-  except csv.Error as e:
-    raise DataError(f'{path}, line 1: not a readings file ({e}).') from e
-  if not {'file', 'text', 'confidence'} <= columns:
+  """The readings of a `captcha-jax-predict --output FILE.csv` (or `.jsonl`) at confidence ≥
+  min_confidence, as examples (predict writes absolute paths; relative ones are taken from the
+  file's folder); how many readings the file holds; and its bad lines."""
+  content = _read_text(path, 'Pseudo-labels file')
+  problems = []
+  if path.suffix.lower() in JSON_LISTS:
+    header, table, problems = _json_table(content, path)
+    rows = ((number, dict(zip(header, row, strict=False))) for number, row in table)
+  else:
+    reader = csv.DictReader(content.splitlines())
+    try:
+      header = reader.fieldnames or []
+    except csv.Error as e:
+      raise DataError(f'{path}, line 1: not a readings file ({e}).') from e
+    rows = _rows(reader, path)
+  if not {'file', 'text', 'confidence'} <= set(header):
     raise DataError(
       f'Pseudo-labels file {str(path)!r} has no file, text and confidence columns: write it '
-      'with captcha-jax-predict --output FILE.csv.'
+      'with captcha-jax-predict --output FILE.csv (or .jsonl).'
     )
-  examples, problems, total, seen = [], [], 0, {}
-  for number, row in _rows(rows, path):
+  examples, total, seen = [], 0, {}
+  for number, row in rows:
     total += 1
     try:
       confidence = float(row['confidence'])

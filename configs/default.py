@@ -21,18 +21,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_git_blob = 'e8fb4fa40806d4f0c9dde720d40e786352ec3843'
   config.data_min_images = 1040  # what the unpacked download must hold, checked before use
   config.download_dir = '~/.cache/captcha_jax'
-  # The texts in a file of `path,text` lines (or tab- or space-separated; paths relative to
-  # data_dir) instead of the names; 'auto' = the one .csv/.tsv/.txt file in data_dir that gives
-  # the texts of half its images or more, else the names; '' = the names.
+  # The texts in a file of `path,text` lines (or tab- or space-separated, or JSON; paths relative
+  # to data_dir) instead of the names; 'auto' = the one .csv/.tsv/.txt/.json/.jsonl file in
+  # data_dir that gives the texts of half its images or more, else the names; '' = the names.
   config.labels_file = 'auto'
   # Which part of a file name is its text: a regular expression's first group (or its match);
   # '' = the whole name; 'auto' = the part before the first '_' of names like TEXT_1234 or
   # TEXT_<hash>, after the last of names like 0001_TEXT, so with '-' where '_' says neither,
   # else the whole name (logged).
   config.label_pattern = 'auto'
-  # Readings of unlabelled images of the set (`captcha-jax-predict --output FILE.csv` of a run
-  # trained on the labels) that join the train split: self-training (README, "Unlabelled
-  # images too").
+  # Readings of unlabelled images of the set (`captcha-jax-predict --output FILE.csv`, or
+  # .jsonl, of a run trained on the labels) that join the train split: self-training (README,
+  # "Unlabelled images too").
   config.pseudo_labels = ''
   config.pseudo_min_confidence = 0.9  # of the whole reading; lower takes more and wronger ones
   # Or 'tfds' (the builder in captcha_jax/tfds_builder.py), or 'synthetic' (configs/pretrain.py).

@@ -1,6 +1,7 @@
 """Labelled examples: which files of a folder are captchas and the text of each, from its name, a
 labels file beside the images, or a confident reading; and the errors bad input gets."""
 
+import json
 import logging
 import shutil
 import unicodedata
@@ -237,6 +238,17 @@ def test_readings_are_folded_and_those_the_model_cannot_learn_are_named(
   assert "reading 'bcdefg' is longer than max_label_length" in caplog.text
   assert "reading 'bbbbb' needs more than the 8 CTC steps" in caplog.text
   assert '1 of the 3 readings' in caplog.text
+  # The same readings as `predict --output FILE.jsonl` writes them.
+  lines = [r.split(',') for r in rows]
+  as_json = tmp_path / 'readings.jsonl'
+  as_json.write_text(
+    ''.join(
+      json.dumps({'file': f, 'text': t, 'raw_text': t, 'confidence': float(c)}) + '\n'
+      for f, t, _, c in lines
+    )
+  )
+  assert labelled.read_readings(as_json, 0.9) == labelled.read_readings(readings, 0.9)
+  assert len(labelled.read_readings(as_json, 0.9)[0]) == 3
 
 
 def test_case_folds_labels(tmp_path):
@@ -282,6 +294,48 @@ def test_lists_of_texts_as_spreadsheets_and_competitions_write_them(tmp_path, ca
   some = dict(list(texts.items())[:7])
   listing.write_text(''.join(f'{Path(p).name},{t}\n' for p, t in some.items()))
   assert read() == some
+
+
+def test_lists_of_texts_in_json_as_dataset_hubs_and_scripts_write_them(tmp_path, caplog):
+  """Hugging Face's image folder (`metadata.jsonl` of {"file_name", "text"} records, any key
+  order, numbers as texts), a JSON object of path → text, a JSON list of [path, text] rows; and
+  their bad lines named; JSON that lists no images (a dataset card's) is passed over."""
+  synthetic.generate(tmp_path, 12, seed=4, labels_file=True)  # 000000.png ... and labels.csv
+  rows = (tmp_path / 'labels.csv').read_text().splitlines()[1:]
+  names = dict(row.split(',') for row in rows)
+  texts = {str(tmp_path / name): text for name, text in names.items()}
+  (tmp_path / 'labels.csv').unlink()
+  (tmp_path / 'dataset_info.json').write_text(json.dumps({'description': 'captchas', 'size': 12}))
+
+  def read(listing: Path) -> dict[str, str]:
+    resolved, splits = resolve(config_for(tmp_path))
+    assert resolved.labels_file == str(listing)
+    listing.unlink()
+    return {e.path: e.text for name in data.SPLITS for e in splits[name]}
+
+  hub = tmp_path / 'metadata.jsonl'
+  records = [{'text': t, 'id': i, 'file_name': n} for i, (n, t) in enumerate(names.items())]
+  hub.write_text(''.join(json.dumps(r) + '\n' for r in records))
+  assert read(hub) == texts
+  mapping = tmp_path / 'labels.json'
+  mapping.write_text(json.dumps(names, indent=2))
+  assert read(mapping) == texts
+  pairs = tmp_path / 'labels.json'
+  pairs.write_text(json.dumps([[n, t] for n, t in names.items()]))
+  assert read(pairs) == texts
+  first = next(iter(names))
+  hub.write_text(json.dumps({'file_name': first, 'text': 4821}) + '\n')  # a number as its text
+  examples, problems, header = labelled.read_labels_file(hub, tmp_path)
+  assert examples == [labelled.Example(str(tmp_path / first), '4821')]
+  assert header == ['file_name', 'text'] and not problems
+  hub.write_text(
+    f'{json.dumps({"file_name": first, "text": names[first]})}\n{{"file_name": \n'
+    f'{json.dumps({"file_name": "gone.png", "text": "abcd"})}\n'
+  )
+  examples, problems, _ = labelled.read_labels_file(hub, tmp_path)
+  assert [e.text for e in examples] == [names[first]]
+  assert problems[0].startswith(f'{hub}, line 2: not JSON')
+  assert problems[1] == f'{hub}, line 3: {str(tmp_path / "gone.png")!r} is not a file'
 
 
 def test_a_list_of_a_few_images_is_named_and_a_zip_is_no_folder(tmp_path, caplog):
