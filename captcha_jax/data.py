@@ -96,23 +96,11 @@ def numbered_splits(examples: Sequence[Example], folders: dict[str, Path]) -> di
   }
 
 
-def split_lists(folders: dict[str, Path]) -> list[Path]:
-  """The labels files of the split folders of a set that comes split (`train/labels.csv`, ...):
-  those config.labels_file 'auto' would read in each, were it the data folder."""
-  return [found for where in folders.values() if (found := labelled.find_labels_file(where))]
-
-
-def lists_in_split_folders(folder: Path, folders: dict[str, Path], lists: list[Path]) -> DataError:
-  """The error for a set split into folders that each list their texts: a run reads one list, of
-  its data folder, so each split's folder is a data folder of its own."""
-  other = next(folders[name] for name in ('test', 'val') if name in folders)
-  return DataError(
-    f"{', '.join(str(p.relative_to(folder)) for p in lists)} give the texts of their folders' "
-    'images, and a run reads one labels file, of its data folder (config.labels_file). Train on '
-    f'the training folder with its list (--config.data_dir={folders["train"]}) and score the run '
-    f'on another (python -m captcha_jax.evaluate --workdir RUN --data_dir {other}); or set '
-    "config.labels_file to '' if the names are the texts."
-  )
+def split_lists(folder: Path) -> list[Path]:
+  """The lists of texts the split folders of `folder` hold (`train/metadata.jsonl`, ...): those
+  config.labels_file 'auto' reads in each, as it would were each the data folder."""
+  folders = labelled.split_folders(folder).values()
+  return [found for where in folders if (found := labelled.find_labels_file(where))]
 
 
 def named_by_number(folder: Path, folders: dict[str, Path]) -> DataError:
@@ -142,7 +130,14 @@ def split_by_folder(
   owner = {Path(os.path.abspath(path)): name for name, path in folders.items()}
   members = {name: [] for name in SPLITS}
   for i, e in enumerate(examples):
-    members[owner[Path(os.path.abspath(e.path)).parent]].append(i)
+    # A split folder's list may name images in folders inside it.
+    within = [owner[p] for p in Path(os.path.abspath(e.path)).parents if p in owner]
+    if not within:
+      raise DataError(
+        f'{e.path} is in none of the split folders ({", ".join(map(str, folders.values()))}), '
+        "but one's list names it: move it into the folder of its split."
+      )
+    members[within[0]].append(i)
   drawn = [name == 'train' or name not in folders for name in SPLITS]
   shares = np.where(drawn, fractions, 0.0)
   train = np.array(members['train'], np.int64)
@@ -235,8 +230,9 @@ def resolve(
   from_names = config.labels_file == settings.AUTO  # unless a labels file is found
   if config.labels_file == settings.AUTO:
     listing = labelled.find_labels_file(folder)
-    config.labels_file = str(listing) if listing else ''
-    from_names = not listing
+    from_names = not listing and not split_lists(folder)
+    # 'auto' stays where split folders list their own texts: `labelled.find_examples` reads them.
+    config.labels_file = str(listing) if listing else '' if from_names else settings.AUTO
     if listing:
       logging.info('The texts are those %s gives (config.labels_file).', listing)
   elif config.labels_file:  # as found, so a run resumes whichever way the file is named
@@ -256,9 +252,7 @@ def resolve(
   problems += unreadable.values()
   usable = [e for e in usable if e.path not in unreadable]
   labelled.report_problems(problems, repr(str(folder)), config.skip_bad_files)
-  folders = {} if config.labels_file else labelled.split_folders(folder)
-  if from_names and (lists := split_lists(folders)):
-    raise lists_in_split_folders(folder, folders, lists)
+  folders = labelled.split_folders(folder) if config.labels_file in ('', settings.AUTO) else {}
   for name, where in numbered_splits(usable, folders).items():
     logging.warning(
       "%s holds images named by number, not by their text (a competition's unlabelled test "

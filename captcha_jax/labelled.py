@@ -338,8 +338,12 @@ def find_labels_file(folder: Path) -> Path | None:
 def find_examples(
   config: ml_collections.ConfigDict, folder: Path
 ) -> tuple[list[Example], list[str]]:
-  """Every labelled image of the set, with `config.case` applied; and the problems met."""
+  """Every labelled image of the set, with `config.case` applied; and the problems met. With
+  config.labels_file 'auto' and no list in `folder`, each split folder (`split_folders`) is read
+  as a data folder: by the list it holds (`find_labels_file`: a Hugging Face image folder's
+  `train/metadata.jsonl`), else by the names."""
   labels_file = config.labels_file
+  each_split = labels_file == settings.AUTO
   if labels_file == settings.AUTO:
     labels_file = find_labels_file(folder)
   if labels_file:
@@ -349,8 +353,14 @@ def find_examples(
       raise DataError(f'Labels file {str(labels)!r} does not exist (config.labels_file).')
     examples, problems, _ = read_labels_file(labels, folder)
   else:
-    paths, problems = [], []
+    paths, problems, examples = [], [], []
     for where in split_folders(folder).values() or [folder]:
+      if each_split and where != folder and (listing := find_labels_file(where)):
+        logging.info('The texts of %s are those %s gives.', where, listing)
+        listed, bad, _ = read_labels_file(listing, where)
+        examples += listed
+        problems += bad
+        continue
       try:
         found, passed_over = find_images(where)
       except DataError as e:
@@ -365,7 +375,6 @@ def find_examples(
       pattern, why = settings.text_pattern([label_from_path(path) for path in paths])
       if pattern:
         logging.info('Labels read from the file names of %s with %r: %s.', folder, pattern, why)
-    examples = []
     for path in paths:
       text = label_from_path(path, pattern)
       if text:

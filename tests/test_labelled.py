@@ -375,17 +375,51 @@ def test_a_lists_bad_lines_are_named_not_taken_for_its_header(tmp_path):
     labelled.read_labels_file(listing, tmp_path)
 
 
+def test_split_folders_that_list_their_own_texts_keep_their_split(tmp_path, caplog):
+  """A Hugging Face image folder: `train/metadata.jsonl` and `test/metadata.jsonl`, images in
+  folders below them; or a list in one split folder, names in another."""
+  texts = {}
+  for split, count, seed in (('train', 30, 1), ('test', 8, 2)):
+    paths = synthetic.generate(tmp_path / 'src' / split, count, seed=seed)
+    (tmp_path / split / 'images').mkdir(parents=True)
+    with open(tmp_path / split / 'metadata.jsonl', 'w') as f:
+      for i, path in enumerate(paths):
+        name = f'images/{i:04d}.png'
+        shutil.copy(path, tmp_path / split / name)
+        f.write(json.dumps({'file_name': name, 'text': path.stem}) + '\n')
+        texts[str(tmp_path / split / name)] = (split, path.stem)
+  shutil.rmtree(tmp_path / 'src')
+  caplog.set_level(logging.INFO)
+  config = config_for(tmp_path, alphabet='auto', max_label_length=0)
+  resolved, splits = resolve(config)
+  assert resolved.labels_file == 'auto'  # each split folder's list, found again on resume
+  assert f'The texts of {tmp_path / "test"} are those {tmp_path / "test" / "metadata.jsonl"}' in (
+    caplog.text
+  )
+  read = {e.path: (name, e.text) for name in data.SPLITS for e in splits[name]}
+  assert {path: text for path, (_, text) in read.items()} == {p: t for p, (_, t) in texts.items()}
+  assert {p for p, (name, _) in read.items() if name == 'test'} == {
+    p for p, (split, _) in texts.items() if split == 'test'
+  }
+  assert len(splits['val']) and all(texts[e.path][0] == 'train' for e in splits['val'])
+  again = resolve(resolved)
+  assert again[0] == resolved and again[1] == splits
+  # One split folder listed, the other named by text: each read as it comes.
+  (tmp_path / 'test' / 'metadata.jsonl').unlink()
+  for path in (tmp_path / 'test' / 'images').glob('*.png'):
+    path.rename(tmp_path / 'test' / f'{texts[str(path)][1]}.png')
+  (tmp_path / 'test' / 'images').rmdir()
+  _, splits = resolve(config)
+  assert sorted(Path(e.path).stem for e in splits['test']) == sorted(
+    text for split, text in texts.values() if split == 'test'
+  )
+  assert not {e.text for e in splits['train']} & {'images', '0000'}
+
+
 def test_a_set_named_by_number_with_no_list_of_its_texts_is_refused(tmp_path):
-  """Split folders that each list their texts are data folders of their own, and a set named by
-  number whose texts no list gives does not train on the numbers."""
+  """A set named by number whose texts no list gives does not train on the numbers."""
   synthetic.generate(tmp_path / 'train', 30, seed=1, labels_file=True)  # 000000.png, labels.csv
   synthetic.generate(tmp_path / 'test', 8, seed=2, labels_file=True)
-  with pytest.raises(DataError, match=r'train/labels.csv, test/labels.csv give the texts') as e:
-    resolve(config_for(tmp_path, alphabet='auto', max_label_length=0))
-  assert f'--config.data_dir={tmp_path / "train"})' in str(e.value)
-  assert f'--data_dir {tmp_path / "test"})' in str(e.value)
-  resolved, _ = resolve(config_for(tmp_path / 'train', alphabet='auto', max_label_length=0))
-  assert resolved.labels_file == str(tmp_path / 'train' / 'labels.csv')
   for listing in tmp_path.glob('*/labels.csv'):
     listing.rename(listing.with_name('texts.ods.bak'))
   with pytest.raises(DataError, match=r'named by number, not by their text: give'):
