@@ -155,13 +155,14 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
   if path.suffix.lower() in JSON_LISTS:
     header, rows, problems = _json_table(content, path)
     columns, text_at = (len(header), _text_column(header)) if header else (columns, text_at)
-    delimiter = ','
+    quoting = ''
   else:
     first = content.split('\n', 1)[0]
     # TSV, CSV, CSV of a ';' locale, or `path text` lines (OCR sets' label lists).
     delimiter = next((d for d in '\t,; ' if d in first), ',')
     reader = csv.reader(content.splitlines(), delimiter=delimiter, skipinitialspace=True)
     rows = _rows(reader, path)
+    quoting = f' (a text holding {delimiter!r} must be quoted)'
   unit = 'item' if path.suffix.lower() == '.json' else 'line'  # a JSON list's, however laid out
   for number, row in rows:
     if not row or not any(field.strip() for field in row):
@@ -180,8 +181,7 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
     text = row[text_at].strip() if len(row) > text_at else ''
     if any(field.strip() for field in row[columns:]):  # a text cut at a delimiter it holds
       problems.append(
-        f'{where}: {len(row)} fields where a path and a text were expected, got {row!r} '
-        f'(a text holding {delimiter!r} must be quoted)'
+        f'{where}: {len(row)} fields where a path and a text were expected, got {row!r}' + quoting
       )
     elif not image.is_file():
       problems.append(f'{where}: {str(image)!r} is not a file')
