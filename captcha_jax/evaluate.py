@@ -189,16 +189,16 @@ def own_data(
   labels_file: str,
   label_pattern: str | None = None,
 ) -> bool:
-  """Whether `data_dir` (read inside lone folders, as training reads it) with `labels_file` and
-  `label_pattern` (None: the run's) is the data the run trained on, to be scored by its own
-  splits; a generated set's run has none."""
+  """Whether `data_dir` (read as training reads it: `labelled.readable_folder`) with
+  `labels_file` and `label_pattern` (None: the run's) is the data the run trained on, to be
+  scored by its own splits; a generated set's run has none."""
   given = Path(data_dir).expanduser()
   if config.get('data_source') == 'synthetic' or not config.data_dir or not given.is_dir():
     return False
   if label_pattern is not None and label_pattern != config.get('label_pattern', ''):
     return False
   folder = Path(config.data_dir).resolve()
-  if labelled.inside_lone_folders(given).resolve() != folder:
+  if labelled.readable_folder(given, config.download_dir).resolve() != folder:
     return False
   trained = config.labels_file and (folder / Path(config.labels_file).expanduser()).resolve()
   if labels_file == settings.AUTO:

@@ -281,7 +281,7 @@ def _listed_image(folder: Path, file: str) -> Path:
 def _text_column(header: Sequence[str]) -> int:
   """The column of the texts under `header`: the first after the paths that it names as the texts
   (`file,id,label`: 2), else the second."""
-  return next((i for i, name in enumerate(header) if i and _TEXT_COLUMN.search(name)), 1)
+  return next((i for i, name in enumerate(header) if i and names_texts(name)), 1)
 
 
 def find_labels_file(folder: Path) -> Path | None:
@@ -310,7 +310,7 @@ def find_labels_file(folder: Path) -> Path | None:
       )
       continue
     # A header must name a column as the texts: 'file,width,height' lists other things.
-    if header and not any(_TEXT_COLUMN.search(name) for name in header[1:]):
+    if header and not any(map(names_texts, header[1:])):
       continue
     if len(examples) >= max(count / 2, 1):
       listing.append(file)
@@ -552,7 +552,7 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
         f'Data folder {str(folder)!r} (config.data_dir) does not exist. Point it at a folder of '
         'images named by their text, or leave it empty to download config.data_url.'
       )
-    return inside_lone_folders(folder)
+    return readable_folder(folder, config.download_dir)
   if not config.data_url:
     raise DataError('No data: set --config.data_dir to a folder of images named by their text.')
   from captcha_jax import download
@@ -583,6 +583,29 @@ def unreadable_odd_files(examples: Sequence[Example]) -> dict[str, str]:
     except DataError as error:
       unreadable[path] = str(error)
   return unreadable
+
+
+def readable_folder(folder: Path, cache_dir: str | Path) -> Path:
+  """The folder of images `folder` is read as: the one inside lone folders
+  (`inside_lone_folders`); for a folder of Parquet files, the folder they unpack to under
+  `cache_dir` (`parquet_sets`)."""
+  from captcha_jax import parquet_sets
+
+  folder = inside_lone_folders(folder)
+  if parquet_sets.parquet_files(folder):
+    return parquet_sets.unpacked(folder, cache_dir)
+  return folder
+
+
+def is_image_file(path: Path) -> bool:
+  """Whether `path` is named as an image and is a file (not macOS's `._` metadata)."""
+  suffix = path.suffix.lower()
+  return suffix in images.IMAGE_EXTENSIONS and not path.name.startswith('._') and path.is_file()
+
+
+def names_texts(name: str) -> bool:
+  """Whether a column's name says it holds the texts (`text`, `label`, `solution`, ...)."""
+  return _TEXT_COLUMN.search(name) is not None
 
 
 def inside_lone_folders(folder: Path) -> Path:

@@ -72,7 +72,7 @@ def test_only_the_runs_own_folder_and_list_are_scored_by_its_own_splits(tmp_path
   (tmp_path / 'zip' / 'set').symlink_to(folder)  # as a zip unpacks: the folder in another
   (folder / 'labels.csv').write_text('file,text\n')
   config = ml_collections.ConfigDict(
-    dict(data_source='folder', data_dir=str(folder), labels_file='')
+    dict(data_source='folder', data_dir=str(folder), labels_file='', download_dir=str(tmp_path))
   )
   for given in (folder, tmp_path / 'zip'):
     assert evaluate.own_data(config, str(given), 'auto') and evaluate.own_data(

@@ -1,0 +1,156 @@
+"""A set shipped as Parquet, as the Hugging Face Hub stores datasets (`train-00000-of-00001.parquet`
+of rows {image: {bytes, path}, text}): unpacked once into a cached folder of images and their
+labels lists, which the rest of the package reads as any folder.
+
+    data folder of .parquet files → CACHE/NAME-<hash>/[train/, test/, ...]labels.csv + images
+
+Needs pyarrow (`pip install pyarrow`), imported only when such a folder is met. As with a
+download, the cached folder appears by one rename once every row is written.
+"""
+
+import csv
+import hashlib
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from captcha_jax import labelled
+from captcha_jax.errors import DataError
+
+# Magic numbers of the image formats `images.FORMATS` reads, for the files' extensions.
+_MAGIC = (
+  (b'\x89PNG', '.png'),
+  (b'\xff\xd8', '.jpg'),
+  (b'GIF8', '.gif'),
+  (b'BM', '.bmp'),
+  (b'II*\x00', '.tif'),
+  (b'MM\x00*', '.tif'),
+)
+# `train-00000-of-00003.parquet`, `test.parquet`: the split a Hub file holds, before the shard.
+_SPLIT_OF_FILE = re.compile(r'^([A-Za-z]+)(?:[-_.]\d+(?:-of-\d+)?)?$')
+_BATCH_ROWS = 512  # rows read at a time: memory stays flat however large the file
+
+
+def parquet_files(folder: Path) -> list[Path]:
+  """The .parquet files of a folder that holds no image: directly in it, or in its `data/` (as a
+  Hub dataset's repository lays them out)."""
+  found = []
+  for where in (folder, folder / 'data'):
+    if where.is_dir():
+      entries = list(where.iterdir())
+      if any(labelled.is_image_file(p) for p in entries):
+        return []
+      found += sorted(p for p in entries if p.suffix.lower() == '.parquet' and p.is_file())
+  return found
+
+
+def unpacked(folder: Path, cache_dir: str | Path) -> Path:
+  """The folder the .parquet files of `folder` unpack to under `cache_dir`, unpacked now unless
+  it already is: one sub-folder per split the files' names give (train/, test/, ...), each with
+  its images and a `labels.csv`; or one folder, where they give none or one."""
+  files = parquet_files(folder)
+  digest = hashlib.sha256()
+  for path in files:
+    digest.update(path.name.encode())
+    with open(path, 'rb') as f:
+      while chunk := f.read(1 << 20):
+        digest.update(chunk)
+  name = folder.parent.name if folder.name == 'data' else folder.name  # a Hub repository's data/
+  final = Path(cache_dir).expanduser() / f'{name}-parquet-{digest.hexdigest()[:12]}'
+  if final.is_dir():
+    return final
+  final.parent.mkdir(parents=True, exist_ok=True)
+  splits = {path: _split_of(path) for path in files}
+  known = {name for names in labelled.SPLIT_FOLDERS.values() for name in names}
+  named = set(splits.values())
+  apart = len(named) > 1 and named <= known and named & set(labelled.SPLIT_FOLDERS['train'])
+  temporary = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.', suffix='.tmp'))
+  try:
+    rows: dict[Path, list[tuple[str, str]]] = {}
+    for path in files:
+      where = temporary / splits[path] if apart else temporary
+      where.mkdir(exist_ok=True)
+      listed = rows.setdefault(where, [])
+      for image, text in _rows(path):
+        name = f'{len(listed):06d}{_extension(image)}'
+        (where / name).write_bytes(image)
+        listed.append((name, text))
+    for where, listed in rows.items():
+      _write_labels(where / 'labels.csv', listed)
+    try:
+      temporary.rename(final)
+    except OSError:
+      if not final.is_dir():  # else another process unpacked the same files first
+        raise
+  finally:
+    shutil.rmtree(temporary, ignore_errors=True)
+  counts = (f'{where.name if apart else "all"} {len(listed)}' for where, listed in rows.items())
+  logging.info('Unpacked %s into %s: %s images.', folder, final, ', '.join(counts))
+  return final
+
+
+def _split_of(path: Path) -> str:
+  """The split a file's name gives (`train-00000-of-00002` → train), lower-case."""
+  found = _SPLIT_OF_FILE.match(path.stem)
+  return found.group(1).lower() if found else path.stem
+
+
+def _rows(path: Path):
+  """(encoded image, text) of each row of a Parquet file, `_BATCH_ROWS` at a time."""
+  try:
+    import pyarrow.parquet as pq
+  except ImportError as e:
+    raise DataError(f'{path} is Parquet: reading it needs pyarrow (pip install pyarrow).') from e
+  try:
+    table = pq.ParquetFile(path)
+    image_column, text_column = _columns(table.schema_arrow, path)
+    for batch in table.iter_batches(_BATCH_ROWS, columns=[image_column, text_column]):
+      for image, text in zip(*(batch.column(i).to_pylist() for i in (0, 1)), strict=True):
+        if isinstance(image, dict):  # the Hub's Image feature: {bytes, path}
+          image = image.get('bytes')
+        yield image or b'', '' if text is None else str(text)
+  except DataError:
+    raise
+  except Exception as e:  # pyarrow's errors for a damaged or foreign file are of many types
+    raise DataError(f'{path} is not a readable Parquet file ({type(e).__name__}: {e}).') from e
+
+
+def _columns(schema, path: Path) -> tuple[str, str]:
+  """The names of the images' column (binary, or a struct holding `bytes`) and of the texts'
+  (a string column its name calls the texts, or the only string column)."""
+  import pyarrow as pa
+
+  def is_image(t) -> bool:
+    return (
+      pa.types.is_binary(t)
+      or pa.types.is_large_binary(t)
+      or (pa.types.is_struct(t) and any(t.field(i).name == 'bytes' for i in range(t.num_fields)))
+    )
+
+  images = [f.name for f in schema if is_image(f.type)]
+  strings = [
+    f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+  ]
+  named = [name for name in strings if labelled.names_texts(name)]
+  texts = named or strings
+  if len(images) != 1 or not texts or (not named and len(strings) > 1):
+    raise DataError(
+      f'{path}: expected one column of images and one of their texts, found columns '
+      f'{", ".join(f"{f.name} ({f.type})" for f in schema)}.'
+    )
+  return images[0], texts[0]
+
+
+def _extension(image: bytes) -> str:
+  if image[:4] == b'RIFF' and image[8:12] == b'WEBP':
+    return '.webp'
+  return next((extension for magic, extension in _MAGIC if image.startswith(magic)), '.bin')
+
+
+def _write_labels(path: Path, listed: list[tuple[str, str]]) -> None:
+  with open(path, 'w', newline='', encoding='utf-8') as f:
+    rows = csv.writer(f)
+    rows.writerow(('file', 'text'))
+    rows.writerows(listed)
