@@ -227,16 +227,88 @@ def resolve(
   config.data_dir = str(folder)
   if config.get('pseudo_labels'):
     config.pseudo_labels = os.path.abspath(Path(config.pseudo_labels).expanduser())
-  from_names = config.labels_file == settings.AUTO  # unless a labels file is found
-  if config.labels_file == settings.AUTO:
-    listing = labelled.find_labels_file(folder)
-    from_names = not listing and not split_lists(folder)
-    # 'auto' stays where split folders list their own texts: `labelled.find_examples` reads them.
-    config.labels_file = str(listing) if listing else '' if from_names else settings.AUTO
-    if listing:
-      logging.info('The texts are those %s gives (config.labels_file).', listing)
-  elif config.labels_file:  # as found, so a run resumes whichever way the file is named
-    config.labels_file = os.path.join(folder, os.path.expanduser(config.labels_file))
+  from_names = _choose_labels_file(config, folder)
+  usable, beyond, folders = _usable_examples(config, folder, from_names, one_set)
+  _settings_from_labels(config, usable, output_steps, min_width)
+  splits = {'all': usable} if one_set else _split(config, usable, folders)
+  trained_chars = ''.join(sorted({c for e in next(iter(splits.values())) for c in e.text}))
+  if config.alphabet == settings.AUTO:
+    config.alphabet = trained_chars
+  if config.fixed_label_length == settings.AUTO_LENGTH:
+    config.fixed_label_length = settings.common_length([e.text for e in usable])
+  elif config.fixed_label_length and not one_set:  # readings would be cut or padded to it
+    other = [e.path for e in usable if len(e.text) != config.fixed_label_length]
+    if other:
+      raise ConfigError(
+        f'config.fixed_label_length = {config.fixed_label_length}, but {len(other)} of the '
+        f'{len(usable)} labels have another length (e.g. {other[0]!r}): set it to -1 (from the '
+        'data) or 0 (any length), or correct those labels.'
+      )
+  vocab = Vocab(config.alphabet)
+  splits, unknown = _readable(splits, vocab)
+  if one_set:
+    beyond += unknown['all']
+  else:
+    # Characters only val/test hold are the data's doing, not a bad file: never fatal where the
+    # alphabet is the training split's (as inferred, and as a run's config.json then holds it).
+    labelled.report_problems(
+      [
+        f'{e.path}: {vocab.unknown_chars(e.text)!r} is not in the alphabet '
+        + (repr(config.alphabet) if name == 'train' else '(or training)')
+        for name, left in unknown.items()
+        for e in left
+      ],
+      f'{str(folder)!r}, of labels the model cannot read',
+      config.skip_bad_files or config.alphabet == trained_chars,
+    )
+  steps = output_steps(config.image_height, config.image_width)
+  if config.get('pseudo_labels') and not one_set:
+    splits['train'] += labelled.pseudo_labelled(config, vocab, steps, usable)
+  check_label_fit(splits, vocab, steps)
+  if config.get('blank_prior') == settings.AUTO_PRIOR and splits.get('train'):
+    mean_length = statistics.mean(len(e.text) for e in splits['train'])
+    config.blank_prior = settings.blank_prior(mean_length, steps)
+    logging.info(
+      'Initial blank probability 1 - %.2f/%d = %s.', mean_length, steps, config.blank_prior
+    )
+  logging.info(
+    'Data %s: %s; alphabet %r (%d symbols), labels of %s character(s), images %d×%d.',
+    folder,
+    ', '.join(f'{k} {len(v)}' for k, v in splits.items()),
+    config.alphabet,
+    len(config.alphabet),
+    config.fixed_label_length or f'up to {config.max_label_length}',
+    config.image_width,
+    config.image_height,
+  )
+  if one_set:
+    splits[BEYOND_THE_MODEL] = beyond
+  return config, splits
+
+
+def _choose_labels_file(config: ml_collections.ConfigDict, folder: Path) -> bool:
+  """Sets config.labels_file as a run saves it (config.labels_file 'auto': the list found, '' for
+  the names, or 'auto' where the split folders list their own texts; a list given: absolute);
+  whether the texts are the names because no list was found."""
+  if config.labels_file != settings.AUTO:
+    if config.labels_file:  # as found, so a run resumes whichever way the file is named
+      config.labels_file = os.path.join(folder, os.path.expanduser(config.labels_file))
+    return False
+  listing = labelled.find_labels_file(folder)
+  from_names = not listing and not split_lists(folder)
+  # 'auto' stays where split folders list their own texts: `labelled.find_examples` reads them.
+  config.labels_file = str(listing) if listing else '' if from_names else settings.AUTO
+  if listing:
+    logging.info('The texts are those %s gives (config.labels_file).', listing)
+  return from_names
+
+
+def _usable_examples(
+  config: ml_collections.ConfigDict, folder: Path, from_names: bool, one_set: bool
+) -> tuple[list[Example], list[Example], dict[str, Path]]:
+  """The examples of `folder` that can be split, those too long for the model where `one_set`
+  (else they are problems, reported with the others), and the split folders the set comes in;
+  images of split folders named by number are left out, with a warning."""
   examples, problems = labelled.find_examples(config, folder)
   usable, beyond = [], []
   for e in examples:
@@ -268,7 +340,17 @@ def resolve(
     raise named_by_number(folder, folders)
   if not usable and not one_set:
     raise DataError(f'No usable images in {str(folder)!r}: every file was skipped.')
+  return usable, beyond, folders
 
+
+def _settings_from_labels(
+  config: ml_collections.ConfigDict,
+  usable: Sequence[Example],
+  output_steps: Callable[[int, int], int],
+  min_width: int,
+) -> None:
+  """Fills config.max_label_length and image_width where they are automatic (0); warns of labels
+  in both cases and of odd ones."""
   if config.case == 'keep' and (warning := settings.case_warning([e.text for e in usable])):
     logging.warning('%s', warning)
   if warning := settings.odd_labels_warning([(e.path, e.text) for e in usable]):
@@ -283,78 +365,35 @@ def resolve(
       output_steps,
       min_width,
     )
-  if one_set:
-    names, indices = ('all',), (np.arange(len(usable)),)
-  elif folders:
-    names, indices = SPLITS, split_by_folder(usable, folders, config.split, config.split_seed)
+
+
+def _split(
+  config: ml_collections.ConfigDict, usable: Sequence[Example], folders: dict[str, Path]
+) -> dict[str, list[Example]]:
+  """Train, val and test: as the set comes split into `folders`, else drawn by text."""
+  if folders:
+    indices = split_by_folder(usable, folders, config.split, config.split_seed)
     logging.info(
       'Split as the data comes: %s%s.',
       ', '.join(f'{name} from {folders[name].name}/' for name in SPLITS if name in folders),
       ''.join(f'; {name} drawn from the train images' for name in SPLITS if name not in folders),
     )
   else:
-    texts = [e.text for e in usable]
-    names, indices = SPLITS, split_by_text(texts, config.split, config.split_seed)
-  trained_chars = ''.join(sorted({c for i in indices[0] for c in usable[i].text}))
-  if config.alphabet == settings.AUTO:
-    config.alphabet = trained_chars
-  vocab = Vocab(config.alphabet)
-  if config.fixed_label_length == settings.AUTO_LENGTH:
-    config.fixed_label_length = settings.common_length([e.text for e in usable])
-  elif config.fixed_label_length and not one_set:  # readings would be cut or padded to it
-    other = [e.path for e in usable if len(e.text) != config.fixed_label_length]
-    if other:
-      raise ConfigError(
-        f'config.fixed_label_length = {config.fixed_label_length}, but {len(other)} of the '
-        f'{len(usable)} labels have another length (e.g. {other[0]!r}): set it to -1 (from the '
-        'data) or 0 (any length), or correct those labels.'
-      )
+    indices = split_by_text([e.text for e in usable], config.split, config.split_seed)
+  return {name: [usable[i] for i in idx] for name, idx in zip(SPLITS, indices, strict=True)}
 
-  splits, unreadable = {}, []
-  for name, idx in zip(names, indices, strict=True):
-    splits[name] = []
-    for i in idx:
-      unknown = vocab.unknown_chars(usable[i].text)
-      if not unknown:
-        splits[name].append(usable[i])
-      elif one_set:
-        beyond.append(usable[i])
-      elif name == 'train':
-        unreadable.append(
-          f'{usable[i].path}: {unknown!r} is not in the alphabet {config.alphabet!r}'
-        )
-      else:
-        unreadable.append(f'{usable[i].path}: {unknown!r} is not in the alphabet (or training)')
-  # Characters only val/test hold are the data's doing, not a bad file: never fatal where the
-  # alphabet is the training split's (as inferred, and as a run's config.json then holds it).
-  labelled.report_problems(
-    unreadable,
-    f'{str(folder)!r}, of labels the model cannot read',
-    config.skip_bad_files or config.alphabet == trained_chars,
-  )
-  steps = output_steps(config.image_height, config.image_width)
-  if config.get('pseudo_labels') and not one_set:
-    splits['train'] += labelled.pseudo_labelled(config, vocab, steps, usable)
-  check_label_fit(splits, vocab, steps)
-  if config.get('blank_prior') == settings.AUTO_PRIOR and splits.get('train'):
-    mean_length = statistics.mean(len(e.text) for e in splits['train'])
-    config.blank_prior = settings.blank_prior(mean_length, steps)
-    logging.info(
-      'Initial blank probability 1 - %.2f/%d = %s.', mean_length, steps, config.blank_prior
-    )
-  logging.info(
-    'Data %s: %s; alphabet %r (%d symbols), labels of %s character(s), images %d×%d.',
-    folder,
-    ', '.join(f'{k} {len(v)}' for k, v in splits.items()),
-    config.alphabet,
-    len(config.alphabet),
-    config.fixed_label_length or f'up to {config.max_label_length}',
-    config.image_width,
-    config.image_height,
-  )
-  if one_set:
-    splits[BEYOND_THE_MODEL] = beyond
-  return config, splits
+
+def _readable(
+  splits: dict[str, list[Example]], vocab: Vocab
+) -> tuple[dict[str, list[Example]], dict[str, list[Example]]]:
+  """Each split's examples whose labels `vocab` can write, and each split's others."""
+  readable = {
+    name: [e for e in split if not vocab.unknown_chars(e.text)] for name, split in splits.items()
+  }
+  others = {
+    name: [e for e in split if vocab.unknown_chars(e.text)] for name, split in splits.items()
+  }
+  return readable, others
 
 
 def load_in_memory(config: ml_collections.ConfigDict, examples: dict[str, list[Example]]) -> Splits:
