@@ -192,7 +192,8 @@ def _verify(path: Path, url: str, sha256: str, git_blob_sha1: str) -> None:
       raise DataError(
         f'The file downloaded from {url} has the wrong {what}: expected {expected}, got '
         f'{actual}. The file at that address changed or the download was altered; nothing was '
-        f'unpacked. {_by_hand(url)}'
+        f'unpacked. If it is meant to be another file than the one pinned, pin its checksum '
+        f'instead, or none (a run: config.data_git_blob, config.data_sha256). {_by_hand(url)}'
       )
 
 
@@ -257,7 +258,10 @@ def _check_content(
 ) -> None:
   count = _count_images(images)
   if count < min_images:
-    raise DataError(f'{what} holds {count} images, fewer than the {min_images} expected.')
+    raise DataError(
+      f'{what} holds {count} images, fewer than the {min_images} expected (a run: '
+      'config.data_min_images).'
+    )
   if check is not None:
     check(images)
 

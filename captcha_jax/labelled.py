@@ -557,13 +557,15 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
     raise DataError('No data: set --config.data_dir to a folder of images named by their text.')
   from captcha_jax import download
 
-  return download.fetch(
+  fetched = download.fetch(
     config.data_url,
     config.download_dir,
     sha256=config.data_sha256,
     git_blob_sha1=config.data_git_blob,
     min_images=config.data_min_images,
   )
+  # The folder of the most images; in a set that comes split, its train/: the set is above it.
+  return fetched.parent if fetched in split_folders(fetched.parent).values() else fetched
 
 
 def unreadable_odd_files(examples: Sequence[Example]) -> dict[str, str]:

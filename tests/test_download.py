@@ -14,6 +14,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import ml_collections
 import pytest
 from PIL import Image, ImageDraw
 
@@ -310,6 +311,25 @@ def test_a_malformed_checksum_is_a_config_error_before_any_download(server, tmp_
 
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'captcha_v2'
+
+
+def test_a_downloaded_set_that_comes_split_keeps_its_split(server, tmp_path):
+  from captcha_jax import labelled
+
+  members = {f'set/train/{label}.png': _png(label) for label in LABELS[:14]}
+  members |= {f'set/test/{label}.png': _png(label) for label in LABELS[14:]}
+  config = ml_collections.ConfigDict(
+    dict(
+      data_dir='',
+      data_url=server.serve('/set.zip', body(_zip(members))),
+      download_dir=str(tmp_path / 'cache'),
+      data_sha256='',
+      data_git_blob='',
+      data_min_images=14,
+    )
+  )
+  folder = labelled.data_folder(config)
+  assert folder.name == 'set' and sorted(labelled.split_folders(folder)) == ['test', 'train']
 
 
 @pytest.fixture(scope='module')
