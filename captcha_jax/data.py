@@ -96,11 +96,12 @@ def numbered_splits(examples: Sequence[Example], folders: dict[str, Path]) -> di
   }
 
 
-def split_lists(folder: Path) -> list[Path]:
-  """The lists of texts the split folders of `folder` hold (`train/metadata.jsonl`, ...): those
-  config.labels_file 'auto' reads in each, as it would were each the data folder."""
-  folders = labelled.split_folders(folder).values()
-  return [found for where in folders if (found := labelled.find_labels_file(where))]
+def split_lists(folder: Path) -> dict[str, Path]:
+  """{split: its list of texts} of the split folders of `folder` that hold one
+  (`train/metadata.jsonl`, ...): those config.labels_file 'auto' reads in each, as it would were
+  each the data folder."""
+  folders = labelled.split_folders(folder).items()
+  return {name: found for name, where in folders if (found := labelled.find_labels_file(where))}
 
 
 def named_by_number(folder: Path, folders: dict[str, Path]) -> DataError:
@@ -289,18 +290,19 @@ def resolve(
 def _choose_labels_file(config: ml_collections.ConfigDict, folder: Path) -> bool:
   """Sets config.labels_file as a run saves it (config.labels_file 'auto': the list found, '' for
   the names, or 'auto' where the split folders list their own texts; a list given: absolute);
-  whether the texts are the names because no list was found."""
+  whether the training images' texts are their names because no list of them was found."""
   if config.labels_file != settings.AUTO:
     if config.labels_file:  # as found, so a run resumes whichever way the file is named
-      config.labels_file = os.path.join(folder, os.path.expanduser(config.labels_file))
+      named = os.path.join(folder, os.path.expanduser(config.labels_file))
+      config.labels_file = os.path.normpath(named)
     return False
   listing = labelled.find_labels_file(folder)
-  from_names = not listing and not split_lists(folder)
+  lists = {} if listing else split_lists(folder)
   # 'auto' stays where split folders list their own texts: `labelled.find_examples` reads them.
-  config.labels_file = str(listing) if listing else '' if from_names else settings.AUTO
+  config.labels_file = str(listing) if listing else settings.AUTO if lists else ''
   if listing:
     logging.info('The texts are those %s gives (config.labels_file).', listing)
-  return from_names
+  return not listing and 'train' not in lists
 
 
 def _usable_examples(
@@ -320,9 +322,10 @@ def _usable_examples(
       problems.append(
         f'{e.path}: label {e.text!r} is longer than max_label_length={config.max_label_length}'
       )
-  unreadable = labelled.unreadable_odd_files(usable)
+  unreadable = labelled.unreadable_odd_files(usable + beyond)
   problems += unreadable.values()
   usable = [e for e in usable if e.path not in unreadable]
+  beyond = [e for e in beyond if e.path not in unreadable]
   labelled.report_problems(problems, repr(str(folder)), config.skip_bad_files)
   folders = labelled.split_folders(folder) if config.labels_file in ('', settings.AUTO) else {}
   for name, where in numbered_splits(usable, folders).items():
@@ -338,7 +341,7 @@ def _usable_examples(
   trained = folders.get('train', folder)
   if from_names and settings.counting([e.text for e in usable if Path(e.path).parent == trained]):
     raise named_by_number(folder, folders)
-  if not usable and not one_set:
+  if not usable and not (one_set and beyond):  # a set to score may hold only labels too long
     raise DataError(f'No usable images in {str(folder)!r}: every file was skipped.')
   return usable, beyond, folders
 

@@ -31,8 +31,16 @@ _COPY_SUFFIX = re.compile(r'(?: ?\(\d+\)| (?:- )?copy(?: \d+| \(\d+\))?)+$', re.
 # list theirs in a `metadata.jsonl` of {"file_name": ..., "text": ...} lines).
 JSON_LISTS = ('.json', '.jsonl')
 LABEL_LISTS = ('.csv', '.tsv', '.txt', *JSON_LISTS)
-# What JSON records call the image's path, the likelier first.
-_PATH_KEYS = (re.compile(r'file|path|image|img', re.IGNORECASE), re.compile('name', re.IGNORECASE))
+# What JSON records call the image's path, the likelier first (`image_width` is no path).
+_PATH_KEYS = tuple(
+  re.compile(pattern, re.IGNORECASE)
+  for pattern in (
+    r'^(file_?name|file|file_?path|path|image|image_?path|img)$',
+    r'file|path',
+    r'^(image|img)',
+    'name',
+  )
+)
 # What their headers call the texts' column.
 _TEXT_COLUMN = re.compile(
   r'text|label|captcha|answer|solution|code|word|string|target|truth|transcri|content|chars'
@@ -113,7 +121,7 @@ def split_folders(folder: Path) -> dict[str, Path]:
   if not folder.is_dir():
     return {}
   entries = _entries(folder)
-  if any(p.suffix.lower() in images.IMAGE_EXTENSIONS and p.is_file() for p in entries):
+  if any(map(is_image_file, entries)):
     return {}
   found = {}
   for split, names in SPLIT_FOLDERS.items():
@@ -293,9 +301,7 @@ def find_labels_file(folder: Path) -> Path | None:
     return None
   entries = _entries(folder)
   files = sorted(p for p in entries if p.suffix.lower() in LABEL_LISTS and p.is_file())
-  count = sum(
-    p.suffix.lower() in images.IMAGE_EXTENSIONS and not p.name.startswith('._') for p in entries
-  )
+  count = sum(map(is_image_file, entries))
   listing = []
   for file in files:
     try:
@@ -411,22 +417,27 @@ def read_readings(path: Path, min_confidence: float) -> tuple[list[Example], int
       f'Pseudo-labels file {str(path)!r} has no file, text and confidence columns: write it '
       'with captcha-jax-predict --output FILE.csv (or .jsonl).'
     )
+  unit = 'item' if path.suffix.lower() == '.json' else 'line'
   examples, total, seen = [], 0, {}
   for number, row in rows:
     total += 1
+    where = f'{path}, {unit} {number}'
+    if missing := [key for key in ('file', 'text', 'confidence') if row.get(key) is None]:
+      problems.append(f'{where}: no {", ".join(missing)}')
+      continue
     try:
       confidence = float(row['confidence'])
-    except (TypeError, ValueError):
-      problems.append(f'{path}, line {number}: confidence {row["confidence"]!r} is not a number')
+    except ValueError:
+      problems.append(f'{where}: confidence {row["confidence"]!r} is not a number')
       continue
     # `not >=`: a nan confidence (a reading the model could not score) is not a confident one
     if not confidence >= min_confidence or not row['text']:
       continue
     image = path.parent / Path(row['file']).expanduser()
     if not image.is_file():
-      problems.append(f'{path}, line {number}: {str(image)!r} is not a file')
+      problems.append(f'{where}: {str(image)!r} is not a file')
     elif (same := os.path.abspath(image)) in seen:  # one image, trained on once
-      problems.append(f'{path}, line {number}: {same!r} is read again (first on line {seen[same]})')
+      problems.append(f'{where}: {same!r} is read again (first on {unit} {seen[same]})')
     else:
       seen[same] = number
       examples.append(Example(str(image), row['text']))

@@ -14,6 +14,7 @@ import logging
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from captcha_jax import labelled
@@ -28,8 +29,9 @@ _MAGIC = (
   (b'II*\x00', '.tif'),
   (b'MM\x00*', '.tif'),
 )
-# `train-00000-of-00003.parquet`, `test.parquet`: the split a Hub file holds, before the shard.
-_SPLIT_OF_FILE = re.compile(r'^([A-Za-z]+)(?:[-_.]\d+(?:-of-\d+)?)?$')
+# `train-00000-of-00003.parquet`, `train-00000-of-00001-1c06a67d80bbbd1d.parquet`,
+# `test.parquet`: the split a Hub file holds is the word its name starts with.
+_SPLIT_OF_FILE = re.compile(r'^([A-Za-z]+)(?:[-_.]|$)')
 _BATCH_ROWS = 512  # rows read at a time: memory stays flat however large the file
 
 
@@ -52,11 +54,9 @@ def unpacked(folder: Path, cache_dir: str | Path) -> Path:
   its images and a `labels.csv`; or one folder, where they give none or one."""
   files = parquet_files(folder)
   digest = hashlib.sha256()
-  for path in files:
-    digest.update(path.name.encode())
-    with open(path, 'rb') as f:
-      while chunk := f.read(1 << 20):
-        digest.update(chunk)
+  for path in files:  # by name, size and time: a set of some GB is not read to be found again
+    stat = path.stat()
+    digest.update(f'{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0'.encode())
   name = folder.parent.name if folder.name == 'data' else folder.name  # a Hub repository's data/
   final = Path(cache_dir).expanduser() / f'{name}-parquet-{digest.hexdigest()[:12]}'
   if final.is_dir():
@@ -64,8 +64,13 @@ def unpacked(folder: Path, cache_dir: str | Path) -> Path:
   final.parent.mkdir(parents=True, exist_ok=True)
   splits = {path: _split_of(path) for path in files}
   known = {name for names in labelled.SPLIT_FOLDERS.values() for name in names}
-  named = set(splits.values())
-  apart = len(named) > 1 and named <= known and named & set(labelled.SPLIT_FOLDERS['train'])
+  named = set(splits.values()) & known
+  apart = len(named) > 1 and bool(named & set(labelled.SPLIT_FOLDERS['train']))
+  if apart and (others := sorted(p.name for p, split in splits.items() if split not in known)):
+    logging.warning(
+      'Leaving out %s: not a split of the set (%s).', ', '.join(others), ', '.join(sorted(named))
+    )
+    files = [path for path in files if splits[path] in known]
   temporary = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.', suffix='.tmp'))
   try:
     rows: dict[Path, list[tuple[str, str]]] = {}
@@ -94,10 +99,10 @@ def unpacked(folder: Path, cache_dir: str | Path) -> Path:
 def _split_of(path: Path) -> str:
   """The split a file's name gives (`train-00000-of-00002` → train), lower-case."""
   found = _SPLIT_OF_FILE.match(path.stem)
-  return found.group(1).lower() if found else path.stem
+  return found.group(1).lower() if found else ''
 
 
-def _rows(path: Path):
+def _rows(path: Path) -> Iterator[tuple[bytes, str]]:
   """(encoded image, text) of each row of a Parquet file, `_BATCH_ROWS` at a time."""
   try:
     import pyarrow.parquet as pq

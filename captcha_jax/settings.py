@@ -18,9 +18,7 @@ from captcha_jax.errors import ConfigError
 AUTO = 'auto'  # config.alphabet: the characters of the training split's labels
 AUTO_LENGTH = -1  # config.fixed_label_length: the common length when every label has one
 AUTO_PRIOR = -1  # config.blank_prior: 1 - (mean label length) / (CTC steps)
-# config.label_pattern 'auto' (`text_pattern`): names TEXT_TAG or INDEX_TEXT, then TEXT-TAG or
-# INDEX-TEXT.
-SEPARATORS = ('_', '-')
+# config.label_pattern 'auto' (`text_pattern`): names TEXT_TAG or INDEX_TEXT, else TEXT-TAG.
 
 
 def before_first(separator: str) -> str:
@@ -219,21 +217,24 @@ def text_pattern(stems: Sequence[str]) -> tuple[str, str]:
   (the pattern, why) — '' where the whole name is the text.
 
   Sites' captchas saved in bulk are often named TEXT_TAG (a counter, a timestamp, a hash: two
-  images of one text need two names) or INDEX_TEXT, or so with '-'. The text is the part before
-  the first '_' where every part after it is such a tag or one fixed word, else the part after
-  the last '_' where every name has one and every part before it is a tag or one fixed word; '-'
-  likewise where '_' says neither. Where both read the names, tags that repeat are counters
-  after the text, and numbers that count up are an index before it; else (1234_5678, 1236_9012)
-  ConfigError: only the user knows which is the text.
+  images of one text need two names) or INDEX_TEXT. The text is the part before the first '_'
+  where every part after it is such a tag or one fixed word, else the part after the last '_'
+  where every name has one and every part before it is a tag or one fixed word. Where both read
+  the names, tags that repeat are counters after the text, and numbers that count up are an
+  index before it; else (1234_5678, 1236_9012) ConfigError: only the user knows which is the
+  text. Where '_' says neither, TEXT-TAG too, every name with a '-' and a long tag after it (a
+  timestamp, a hash, a UUID): a text may hold a '-' itself (`7-3`, `AB-12`).
   """
-  for separator in SEPARATORS:
-    if found := _text_pattern(stems, separator):
-      return found
+  if found := _text_pattern(stems, '_'):
+    return found
+  dashed = [stem.split('-', 1) for stem in stems]
+  if dashed and all(len(parts) == 2 and _is_long_tag(parts[1]) for parts in dashed):
+    return before_first('-'), f"names like {stems[0]!r}: the text is the part before the first '-'"
   return '', ''
 
 
 def _text_pattern(stems: Sequence[str], separator: str) -> tuple[str, str] | None:
-  """`text_pattern` with one separator; None where it reads the whole name."""
+  """`text_pattern` with `separator`; None where it reads the whole name."""
   split = [stem.split(separator, 1) for stem in stems if separator in stem]
   if not split:
     return None
@@ -265,6 +266,11 @@ def _is_tag(part: str) -> bool:
   """A counter, a date or time (1700000000.123456, 2024-01-05T12-30-00), or a hash (hex, a UUID):
   what names carry beside a text."""
   return re.fullmatch(r'[0-9_]+|[0-9a-fA-F_-]{8,}|\d[\d._:T -]{7,}', part) is not None
+
+
+def _is_long_tag(part: str) -> bool:
+  """A timestamp, a date, a hash or a UUID: no text's second half after a '-'."""
+  return re.fullmatch(r'[0-9a-fA-F-]{8,}|\d[\d._:T -]{7,}', part) is not None
 
 
 def counting(parts: Sequence[str]) -> bool:

@@ -171,7 +171,8 @@ def check_resumable(
   if 'data_dir' in saved:  # runs before data_dir (then labels_file) was saved absolute
     saved['data_dir'] = os.path.abspath(saved['data_dir'])
     if saved.get('labels_file') not in (None, '', 'auto'):
-      saved['labels_file'] = os.path.join(saved['data_dir'], saved['labels_file'])
+      named = os.path.join(saved['data_dir'], os.path.expanduser(saved['labels_file']))
+      saved['labels_file'] = os.path.normpath(named)
   changed = [k for k in keys if saved[k] != current.get(k)]
   changed = changed or split_changes(workdir, fingerprint)
   if changed:

@@ -23,12 +23,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.download_dir = '~/.cache/captcha_jax'
   # The texts in a file of `path,text` lines (or tab- or space-separated, or JSON; paths relative
   # to data_dir) instead of the names; 'auto' = the one .csv/.tsv/.txt/.json/.jsonl file in
-  # data_dir that gives the texts of half its images or more, else the names; '' = the names.
+  # data_dir that gives the texts of half its images or more, else each split folder's own such
+  # file (paths relative to it) or names; '' = the names.
   config.labels_file = 'auto'
   # Which part of a file name is its text: a regular expression's first group (or its match);
   # '' = the whole name; 'auto' = the part before the first '_' of names like TEXT_1234 or
-  # TEXT_<hash>, after the last of names like 0001_TEXT, so with '-' where '_' says neither,
-  # else the whole name (logged).
+  # TEXT_<hash>, after the last of names like 0001_TEXT, before the first '-' of names like
+  # TEXT-<timestamp, hash or UUID>, else the whole name (logged).
   config.label_pattern = 'auto'
   # Readings of unlabelled images of the set (`captcha-jax-predict --output FILE.csv`, or
   # .jsonl, of a run trained on the labels) that join the train split: self-training (README,

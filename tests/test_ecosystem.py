@@ -205,6 +205,9 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   too_long.mkdir()
   shutil.copy(first, too_long / '2345678.png')
   assert evaluate.evaluate_workdir(workdir, str(too_long))['all']['images'] == 1
+  (too_long / '2345678.png').write_bytes(b'not an image')  # nothing to score at all
+  with pytest.raises(DataError, match='No usable images'):
+    evaluate.evaluate_workdir(workdir, str(too_long))
   # A folder whose texts are in a labels file scores as the same images named by their text.
   listed = tmp_path / 'listed'
   listed.mkdir()

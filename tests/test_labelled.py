@@ -146,7 +146,8 @@ def test_the_file_that_lists_a_folders_images_gives_their_texts(tmp_path, caplog
   assert {e.path: e.text for name in data.SPLITS for e in splits[name]} == texts
   assert f'The texts are those {tmp_path / "labels.csv"} gives' in caplog.text
   # Named relative to the folder, it resolves as found, so a run resumes either way.
-  assert resolve(config_for(tmp_path, labels_file='labels.csv'))[0] == resolved
+  for named in ('labels.csv', './labels.csv', str(tmp_path / 'x' / '..' / 'labels.csv')):
+    assert resolve(config_for(tmp_path, labels_file=named))[0] == resolved
   names, _ = resolve(config_for(tmp_path, alphabet='auto', labels_file=''))
   assert names.labels_file == '' and names.max_label_length == 6  # the names: 000000 ...
   (tmp_path / 'test.tsv').write_text((tmp_path / 'labels.csv').read_text().replace(',', '\t'))
@@ -249,6 +250,10 @@ def test_readings_are_folded_and_those_the_model_cannot_learn_are_named(
   )
   assert labelled.read_readings(as_json, 0.9) == labelled.read_readings(readings, 0.9)
   assert len(labelled.read_readings(as_json, 0.9)[0]) == 3
+  with open(as_json, 'a') as f:
+    f.write(json.dumps([str(images[0]), 'abcde']) + '\n')  # a row of two of the four fields
+  *_, problems = labelled.read_readings(as_json, 0.9)
+  assert problems == [f'{as_json}, line 4: no confidence']
 
 
 def test_case_folds_labels(tmp_path):
@@ -336,6 +341,14 @@ def test_lists_of_texts_in_json_as_dataset_hubs_and_scripts_write_them(tmp_path,
   assert [e.text for e in examples] == [names[first]]
   assert problems[0].startswith(f'{hub}, line 2: not JSON')
   assert problems[1] == f'{hub}, line 3: {str(tmp_path / "gone.png")!r} is not a file'
+  sized = {'text': names[first], 'image_width': 200, 'file_name': first}  # a size is no path
+  hub.write_text(json.dumps(sized) + '\n')
+  examples, _, header = labelled.read_labels_file(hub, tmp_path)
+  assert header[0] == 'file_name' and [e.text for e in examples] == [names[first]]
+  broken = tmp_path / 'broken.json'
+  broken.write_text('{"000000.png": "abcd",')
+  with pytest.raises(DataError, match=r"Labels file '.*broken.json' is not JSON"):
+    resolve(config_for(tmp_path, labels_file='broken.json'))
 
 
 def test_a_list_of_a_few_images_is_named_and_a_zip_is_no_folder(tmp_path, caplog):
@@ -413,13 +426,22 @@ def test_split_folders_that_list_their_own_texts_keep_their_split(tmp_path, capl
   assert sorted(Path(e.path).stem for e in splits['test']) == sorted(
     text for split, text in texts.values() if split == 'test'
   )
-  assert not {e.text for e in splits['train']} & {'images', '0000'}
+  # A list that names an image outside every split folder: which split it is in is unknown.
+  (tmp_path / 'other').mkdir()
+  shutil.copy(next((tmp_path / 'train' / 'images').glob('*.png')), tmp_path / 'other' / 'x.png')
+  with open(tmp_path / 'train' / 'metadata.jsonl', 'a') as f:
+    f.write(json.dumps({'file_name': '../other/x.png', 'text': 'abcd'}) + '\n')
+  with pytest.raises(DataError, match=r'other/x.png is in none of the split folders'):
+    resolve(config)
 
 
 def test_a_set_named_by_number_with_no_list_of_its_texts_is_refused(tmp_path):
   """A set named by number whose texts no list gives does not train on the numbers."""
   synthetic.generate(tmp_path / 'train', 30, seed=1, labels_file=True)  # 000000.png, labels.csv
   synthetic.generate(tmp_path / 'test', 8, seed=2, labels_file=True)
+  (tmp_path / 'train' / 'labels.csv').rename(tmp_path / 'train' / 'texts.ods.bak')
+  with pytest.raises(DataError, match=r'named by number'):  # the test folder's list is not train's
+    resolve(config_for(tmp_path, alphabet='auto', max_label_length=0))
   for listing in tmp_path.glob('*/labels.csv'):
     listing.rename(listing.with_name('texts.ods.bak'))
   with pytest.raises(DataError, match=r'named by number, not by their text: give'):

@@ -33,15 +33,18 @@ def hub_file(path: Path, images: list[Path], **extra_columns) -> None:
 def test_a_hub_dataset_is_unpacked_once_and_keeps_its_split(tmp_path, caplog):
   train = synthetic.generate(tmp_path / 'src' / 'train', 24, seed=1)
   test = synthetic.generate(tmp_path / 'src' / 'test', 6, seed=2)
+  unlabeled = synthetic.generate(tmp_path / 'src' / 'unlabeled', 3, seed=5)
   hub = tmp_path / 'captchas'
   hub_file(hub / 'data' / 'train-00000-of-00002.parquet', train[:12])
-  hub_file(hub / 'data' / 'train-00001-of-00002.parquet', train[12:])
+  hub_file(hub / 'data' / 'train-00001-of-00002-1c06a67d80bbbd1d.parquet', train[12:])  # older Hub
   hub_file(hub / 'data' / 'test-00000-of-00001.parquet', test)
+  hub_file(hub / 'data' / 'unlabeled-00000-of-00001.parquet', unlabeled)
   (hub / 'README.md').write_text('---\nlicense: mit\n---\n')
   caplog.set_level(logging.INFO)
   config = config_for(hub, download_dir=str(tmp_path / 'cache'), alphabet='auto')
   resolved, splits = resolve(config)
   assert caplog.text.count('Unpacked') == 1
+  assert 'Leaving out unlabeled-00000-of-00001.parquet: not a split of the set' in caplog.text
   assert Path(resolved.data_dir).parent == tmp_path / 'cache'
   digests = {hashlib.sha256(p.read_bytes()).digest(): (p.stem, p.parent.name) for p in train + test}
   read = {
