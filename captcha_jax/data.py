@@ -101,7 +101,11 @@ def split_lists(folder: Path) -> dict[str, Path]:
   (`train/metadata.jsonl`, ...): those config.labels_file 'auto' reads in each, as it would were
   each the data folder."""
   folders = labelled.split_folders(folder).items()
-  return {name: found for name, where in folders if (found := labelled.find_labels_file(where))}
+  return {
+    name: found
+    for name, where in folders
+    if (found := labelled.find_labels_file(where, split=True))
+  }
 
 
 def named_by_number(folder: Path, folders: dict[str, Path]) -> DataError:

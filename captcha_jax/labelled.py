@@ -292,11 +292,12 @@ def _text_column(header: Sequence[str]) -> int:
   return next((i for i, name in enumerate(header) if i and names_texts(name)), 1)
 
 
-def find_labels_file(folder: Path) -> Path | None:
-  """config.labels_file 'auto': the one CSV, TSV or text file directly in `folder` that gives the
-  texts of half its images or more (under a header, if it has one, that names them so); None
-  where none does (the names are the texts).
-  ConfigError where several do: which one holds the texts is the user's to say."""
+def find_labels_file(folder: Path, split: bool = False) -> Path | None:
+  """config.labels_file 'auto': the one CSV, TSV, text or JSON file directly in `folder` that
+  gives the texts of half its images or more (under a header, if it has one, that names them
+  so); None where none does (the names are the texts).
+  ConfigError where several do: which one holds the texts is the user's to say (`split`: where
+  `folder` is one split's folder of the set, by keeping one there)."""
   if not folder.is_dir():
     return None
   entries = _entries(folder)
@@ -328,6 +329,12 @@ def find_labels_file(folder: Path) -> Path | None:
         len(examples),
         count,
       )
+  if len(listing) > 1 and split:
+    raise ConfigError(
+      f'{", ".join(p.name for p in listing)} in {str(folder)!r} each give the texts of its '
+      'images: keep the one to read in that folder and move the others out (each split folder '
+      'is read by its own list).'
+    )
   if len(listing) > 1:
     splits = {name for names in SPLIT_FOLDERS.values() for name in names}
     other = next((p.name for p in listing if p.stem.lower() in splits - {'train'}), 'test.csv')
@@ -361,7 +368,7 @@ def find_examples(
   else:
     paths, problems, examples = [], [], []
     for where in split_folders(folder).values() or [folder]:
-      if each_split and where != folder and (listing := find_labels_file(where)):
+      if each_split and where != folder and (listing := find_labels_file(where, split=True)):
         logging.info('The texts of %s are those %s gives.', where, listing)
         listed, bad, _ = read_labels_file(listing, where)
         examples += listed

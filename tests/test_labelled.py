@@ -433,6 +433,9 @@ def test_split_folders_that_list_their_own_texts_keep_their_split(tmp_path, capl
     f.write(json.dumps({'file_name': '../other/x.png', 'text': 'abcd'}) + '\n')
   with pytest.raises(DataError, match=r'other/x.png is in none of the split folders'):
     resolve(config)
+  shutil.copy(tmp_path / 'train' / 'metadata.jsonl', tmp_path / 'train' / 'labels.jsonl')
+  with pytest.raises(ConfigError, match=r'labels.jsonl, metadata.jsonl in .*train.* keep the one'):
+    resolve(config)
 
 
 def test_a_set_named_by_number_with_no_list_of_its_texts_is_refused(tmp_path):
