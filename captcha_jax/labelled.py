@@ -582,8 +582,13 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
     git_blob_sha1=config.data_git_blob,
     min_images=config.data_min_images,
   )
-  # The folder of the most images; in a set that comes split, its train/: the set is above it.
-  return fetched.parent if fetched in split_folders(fetched.parent).values() else fetched
+  # The folder of the most images: in a set that comes split, its train/, and in one whose list
+  # lies beside its images' folder (`set/images/`, `set/labels.csv`), that folder; the set is the
+  # folder above.
+  above = fetched.parent
+  if fetched in split_folders(above).values() or find_labels_file(above):
+    return above
+  return fetched
 
 
 def unreadable_odd_files(examples: Sequence[Example]) -> dict[str, str]:

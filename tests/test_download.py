@@ -313,7 +313,7 @@ def test_a_malformed_checksum_is_a_config_error_before_any_download(server, tmp_
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'captcha_v2'
 
 
-def test_a_downloaded_set_that_comes_split_keeps_its_split(server, tmp_path):
+def test_a_downloaded_set_is_read_from_the_folder_that_holds_it_whole(server, tmp_path):
   from captcha_jax import labelled
 
   members = {f'set/train/{label}.png': _png(label) for label in LABELS[:14]}
@@ -330,6 +330,17 @@ def test_a_downloaded_set_that_comes_split_keeps_its_split(server, tmp_path):
   )
   folder = labelled.data_folder(config)
   assert folder.name == 'set' and sorted(labelled.split_folders(folder)) == ['test', 'train']
+  # A set whose list lies beside the folder of its images, named by number.
+  members = {f'listed/images/{i:03d}.png': _png(label) for i, label in enumerate(LABELS)}
+  rows = ''.join(f'images/{i:03d}.png,{label}\n' for i, label in enumerate(LABELS))
+  members['listed/labels.csv'] = f'file,text\n{rows}'.encode()
+  config.data_url = server.serve('/listed.zip', body(_zip(members)))
+  folder = labelled.data_folder(config)
+  assert folder.name == 'listed'
+  listing = labelled.find_labels_file(folder)
+  assert listing == folder / 'labels.csv'
+  examples, problems, _ = labelled.read_labels_file(listing, folder)
+  assert sorted(e.text for e in examples) == sorted(LABELS) and not problems
 
 
 @pytest.fixture(scope='module')
