@@ -63,7 +63,7 @@ def unpacked(folder: Path, cache_dir: str | Path) -> Path:
     return final
   final.parent.mkdir(parents=True, exist_ok=True)
   splits = {path: _split_of(path) for path in files}
-  known = {name for names in labelled.SPLIT_FOLDERS.values() for name in names}
+  known = {split for names in labelled.SPLIT_FOLDERS.values() for split in names}
   named = set(splits.values()) & known
   apart = len(named) > 1 and bool(named & set(labelled.SPLIT_FOLDERS['train']))
   if apart and (others := sorted(p.name for p, split in splits.items() if split not in known)):
