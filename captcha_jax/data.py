@@ -109,11 +109,12 @@ def split_lists(folder: Path) -> dict[str, Path]:
 
 
 def named_by_number(folder: Path, folders: dict[str, Path]) -> DataError:
-  """The error for a set whose images are named 0, 1, 2, ... (with no labels file found, their
-  numbers would be trained on as their texts), naming the lists beside them that were not read."""
+  """The error for a set whose training images are named 0, 1, 2, ... (with no labels file found,
+  their numbers would be trained on as their texts), naming the lists beside them that were not
+  read (another split folder's own list is read, for that folder)."""
   lists = sorted(
     str(path.relative_to(folder))
-    for where in (folder, *folders.values())
+    for where in dict.fromkeys((folder, folders.get('train', folder)))
     for path in where.iterdir()
     if path.suffix.lower() in labelled.LABEL_LISTS
   )

@@ -443,8 +443,14 @@ def test_a_set_named_by_number_with_no_list_of_its_texts_is_refused(tmp_path):
   synthetic.generate(tmp_path / 'train', 30, seed=1, labels_file=True)  # 000000.png, labels.csv
   synthetic.generate(tmp_path / 'test', 8, seed=2, labels_file=True)
   (tmp_path / 'train' / 'labels.csv').rename(tmp_path / 'train' / 'texts.ods.bak')
-  with pytest.raises(DataError, match=r'named by number'):  # the test folder's list is not train's
+  (tmp_path / 'train' / 'sizes.csv').write_text('file,width\n000000.png,200\n')
+  with pytest.raises(DataError, match=r'named by number') as e:  # test's list is not train's
     resolve(config_for(tmp_path, alphabet='auto', max_label_length=0))
+  assert str(e.value).endswith(
+    'train/sizes.csv was not read as one. If the numbers are the '
+    "texts, set config.labels_file to ''."
+  )
+  (tmp_path / 'train' / 'sizes.csv').unlink()
   for listing in tmp_path.glob('*/labels.csv'):
     listing.rename(listing.with_name('texts.ods.bak'))
   with pytest.raises(DataError, match=r'named by number, not by their text: give'):
