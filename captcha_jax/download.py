@@ -1,4 +1,5 @@
-"""Fetch a zip of captcha images once into a cache folder: download, verify, unpack, reuse.
+"""Fetch a zip (or tar archive) of captcha images once into a cache folder: download, verify,
+unpack, reuse.
 
 The default is the public 1040-image `captcha_images_v2` zip that the Keras OCR example uses.
 Only the standard library and tqdm. A half-done download or unpack never looks finished: the
@@ -11,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -46,7 +48,8 @@ def fetch(
   progress: bool = True,
   timeout: float = 30.0,
 ) -> Path:
-  """Downloads and unpacks the zip at `url` under `cache_dir` once; returns its image folder.
+  """Downloads and unpacks the zip (or tar archive) at `url` under `cache_dir` once; returns its
+  image folder.
 
   The image folder is the folder inside the zip holding the most images (zips often have a top
   folder; `__MACOSX/` and hidden entries are skipped). It lies under
@@ -78,7 +81,7 @@ def fetch(
     _verify(Path(part), url, sha256, git_blob_sha1)
     unpacked = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f'.{name}.', suffix='.tmp'))
     _unpack(Path(part), unpacked, url)
-    what = f'The zip from {url}'
+    what = f'The archive from {url}'
     images = _image_folder(unpacked, what)
     _check_content(images, min_images, check, what)
     inside = images.relative_to(unpacked)
@@ -206,7 +209,11 @@ def _unsafe(member: str) -> bool:
 
 
 def _unpack(archive: Path, into: Path, url: str) -> None:
-  """Extracts every member but macOS junk into `into`; DataError for a bad or unsafe zip."""
+  """Extracts every member but macOS junk into `into`; DataError for a bad or unsafe zip or tar
+  archive (a tarball, as GitHub's releases and many datasets ship: gzip, bzip2 or xz)."""
+  if not zipfile.is_zipfile(archive) and tarfile.is_tarfile(archive):
+    _untar(archive, into, url)
+    return
   try:
     with zipfile.ZipFile(archive) as zf:
       names = zf.namelist()
@@ -230,6 +237,32 @@ def _unpack(archive: Path, into: Path, url: str) -> None:
     raise DataError(
       f'What {url} sent is not a usable zip file ({e}; it starts with {start!r}). ' + _by_hand(url)
     ) from e
+
+
+def _untar(archive: Path, into: Path, url: str) -> None:
+  """`_unpack` for a tar archive: its regular files and folders only (no link, device or member
+  outside `into`), whatever Python's own extraction filters allow."""
+  try:
+    with tarfile.open(archive) as tf:
+      members = tf.getmembers()
+      unsafe = [m.name for m in members if _unsafe(m.name) or not (m.isfile() or m.isdir())]
+      if unsafe:
+        raise DataError(
+          f'The tar archive from {url} has members that are links or devices, or would be '
+          f'written outside its folder: {unsafe[:5]}. It was not unpacked.'
+        )
+      for member in members:
+        if any(_JUNK.match(p) for p in PurePosixPath(member.name).parts):
+          continue
+        target = into / member.name
+        if member.isdir():
+          target.mkdir(parents=True, exist_ok=True)
+          continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tf.extractfile(member) as source, open(target, 'wb') as out:
+          shutil.copyfileobj(source, out, _CHUNK)
+  except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+    raise DataError(f'What {url} sent is not a usable tar archive ({e}). ' + _by_hand(url)) from e
 
 
 def _count_images(folder: Path) -> int:

@@ -9,6 +9,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tarfile
 import threading
 import time
 import zipfile
@@ -341,6 +342,38 @@ def test_a_downloaded_set_is_read_from_the_folder_that_holds_it_whole(server, tm
   assert listing == folder / 'labels.csv'
   examples, problems, _ = labelled.read_labels_file(listing, folder)
   assert sorted(e.text for e in examples) == sorted(LABELS) and not problems
+
+
+def _tar(members: dict[str, bytes], link: str = '') -> bytes:
+  """A .tar.gz of `members`, and a symbolic link named `link` to /etc/passwd where given."""
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode='w:gz') as tf:
+    for name, data in members.items():
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tf.addfile(info, io.BytesIO(data))
+    if link:
+      info = tarfile.TarInfo(link)
+      info.type, info.linkname = tarfile.SYMTYPE, '/etc/passwd'
+      tf.addfile(info)
+  return buffer.getvalue()
+
+
+def test_a_tarball_unpacks_as_a_zip_does_and_its_links_are_refused(server, tmp_path):
+  members = {f'set-1.0/{label}.png': _png(label) for label in LABELS}
+  members['set-1.0/._2m3cd.png'] = b'\0\5\26\7 resource fork'
+  url = server.serve('/set-1.0.tar.gz', body(_tar(members)))
+  folder = download.fetch(url, tmp_path / 'cache', min_images=20, progress=False)
+  assert sorted(p.name for p in folder.iterdir()) == sorted(f'{t}.png' for t in LABELS)
+  assert (folder / '2m3cd.png').read_bytes() == _png('2m3cd')
+  linked = server.serve('/linked.tar.gz', body(_tar(members, link='set-1.0/zz.png')))
+  with pytest.raises(DataError, match=r"links or devices.*'set-1.0/zz.png'.*not unpacked"):
+    download.fetch(linked, tmp_path / 'cache', progress=False)
+  escaping = server.serve('/up.tar.gz', body(_tar({'../up.png': _png('2m3cd')})))
+  with pytest.raises(DataError, match=r"outside its folder: \['../up.png'\]"):
+    download.fetch(escaping, tmp_path / 'cache', progress=False)
+  assert not (tmp_path / 'up.png').exists()
+  assert [p.name for p in (tmp_path / 'cache').iterdir()] == [folder.parent.name]
 
 
 @pytest.fixture(scope='module')
