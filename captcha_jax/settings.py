@@ -19,18 +19,10 @@ AUTO = 'auto'  # config.alphabet: the characters of the training split's labels
 AUTO_LENGTH = -1  # config.fixed_label_length: the common length when every label has one
 AUTO_PRIOR = -1  # config.blank_prior: 1 - (mean label length) / (CTC steps)
 # config.label_pattern 'auto' (`text_pattern`): names TEXT_TAG or INDEX_TEXT, else TEXT-TAG.
-
-
-def before_first(separator: str) -> str:
-  """The pattern of the part of a name before the first `separator`."""
-  return f'^([^{separator}]+)'
-
-
-def after_last(separator: str) -> str:
-  """The pattern of the part of a name after the last `separator`."""
-  return f'([^{separator}]+)$'
-
-
+SEPARATOR = '_'
+BEFORE_FIRST = '^([^_]+)'
+AFTER_LAST = '([^_]+)$'
+BEFORE_DASH = '^([^-]+)'
 CHOICES = {
   'case': ('keep', 'lower', 'upper'),
   'data_source': ('folder', 'tfds', 'synthetic'),
@@ -225,40 +217,40 @@ def text_pattern(stems: Sequence[str]) -> tuple[str, str]:
   text. Where '_' says neither, TEXT-TAG too, every name with a '-' and a long tag after it (a
   timestamp, a hash, a UUID): a text may hold a '-' itself (`7-3`, `AB-12`).
   """
-  if found := _text_pattern(stems, '_'):
+  if found := _joined_by_underscore(stems):
     return found
   dashed = [stem.split('-', 1) for stem in stems]
   if dashed and all(len(parts) == 2 and _is_long_tag(parts[1]) for parts in dashed):
-    return before_first('-'), f"names like {stems[0]!r}: the text is the part before the first '-'"
+    return BEFORE_DASH, f"names like {stems[0]!r}: the text is the part before the first '-'"
   return '', ''
 
 
-def _text_pattern(stems: Sequence[str], separator: str) -> tuple[str, str] | None:
-  """`text_pattern` with `separator`; None where it reads the whole name."""
-  split = [stem.split(separator, 1) for stem in stems if separator in stem]
+def _joined_by_underscore(stems: Sequence[str]) -> tuple[str, str] | None:
+  """`text_pattern` for names joined by '_'; None where it reads the whole name."""
+  split = [stem.split(SEPARATOR, 1) for stem in stems if SEPARATOR in stem]
   if not split:
     return None
   tails = [tail for _, tail in split]
-  heads = [stem.rsplit(separator, 1)[0] for stem in stems if separator in stem]
+  heads = [stem.rsplit(SEPARATOR, 1)[0] for stem in stems if SEPARATOR in stem]
   before = all(map(_is_tag, tails)) or _one_word(tails)
   after = len(split) == len(stems) and (all(map(_is_tag, heads)) or _one_word(heads))
   if before and after and len(set(tails)) < len(tails) / 2:  # tags repeat: copies' counters
     after = False
   if before and after and counting(heads):  # 1, 2, 3, ...: an index
     before = False
-  example = repr(separator.join(split[0]))
+  example = repr(SEPARATOR.join(split[0]))
   where = f'names like {example}: the text is the part'
   if before and after:
     raise ConfigError(
-      f'The file names are two parts joined by {separator!r}, like {example}, and either could '
-      'be the text: set config.label_pattern (evaluate: --label_pattern) to '
-      f"'{before_first(separator)}' (the part before the first {separator!r}) or "
-      f"'{after_last(separator)}' (after the last), or '' (the whole name)."
+      f'The file names are two parts joined by {SEPARATOR!r}, like {example}, and either could '
+      f"be the text: set config.label_pattern (evaluate: --label_pattern) to '{BEFORE_FIRST}' "
+      f"(the part before the first {SEPARATOR!r}) or '{AFTER_LAST}' (after the last), or '' (the "
+      'whole name).'
     )
   if before:
-    return before_first(separator), f'{where} before the first {separator!r}'
+    return BEFORE_FIRST, f'{where} before the first {SEPARATOR!r}'
   if after:
-    return after_last(separator), f'{where} after the last {separator!r}'
+    return AFTER_LAST, f'{where} after the last {SEPARATOR!r}'
   return None
 
 
