@@ -237,7 +237,8 @@ def resolve(
   usable, beyond, folders = _usable_examples(config, folder, from_names, one_set)
   _settings_from_labels(config, usable, output_steps, min_width)
   splits = {'all': usable} if one_set else _split(config, usable, folders)
-  trained_chars = ''.join(sorted({c for e in next(iter(splits.values())) for c in e.text}))
+  trained = splits['all' if one_set else 'train']
+  trained_chars = ''.join(sorted({c for e in trained for c in e.text}))
   if config.alphabet == settings.AUTO:
     config.alphabet = trained_chars
   if config.fixed_label_length == settings.AUTO_LENGTH:
