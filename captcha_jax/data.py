@@ -108,19 +108,37 @@ def split_lists(folder: Path) -> dict[str, Path]:
   }
 
 
+def split_text_files(folder: Path) -> list[str]:
+  """The splits of `folder` (or 'train', where it comes in none) whose images have their texts in
+  files beside them (`labelled.texts_beside`)."""
+  folders = labelled.split_folders(folder) or {'train': folder}
+  return [name for name, where in folders.items() if labelled.texts_beside(where)]
+
+
 def named_by_number(folder: Path, folders: dict[str, Path]) -> DataError:
   """The error for a set whose training images are named 0, 1, 2, ... (with no labels file found,
   their numbers would be trained on as their texts), naming the lists beside them that were not
-  read (another split folder's own list is read, for that folder)."""
-  lists = sorted(
-    str(path.relative_to(folder))
-    for where in dict.fromkeys((folder, folders.get('train', folder)))
-    for path in where.iterdir()
-    if path.suffix.lower() in labelled.LABEL_LISTS
-  )
+  read (another split folder's own list is read, for that folder), and the text files beside too
+  few of the images to be read."""
+  lists, text_files = [], 0
+  for where in dict.fromkeys((folder, folders.get('train', folder))):
+    entries = list(where.iterdir())
+    beside = set(labelled.text_files(entries).values())
+    text_files += len(beside)
+    lists += [
+      str(path.relative_to(folder))
+      for path in entries
+      if path.suffix.lower() in labelled.LABEL_LISTS and path not in beside
+    ]
   unread = ''
   if lists:
+    lists.sort()
     unread = f'; {", ".join(lists)} {"was" if len(lists) == 1 else "were"} not read as one'
+  if text_files:
+    unread += (
+      f'; {text_files} of them have their text in a file beside them (0001.txt beside '
+      '0001.png), under half: not read'
+    )
   return DataError(
     f'The images in {str(folder)!r} are named by number, not by their text: give their texts in '
     'one labels file of that folder, a `file,text` line each, paths relative to it '
@@ -295,20 +313,23 @@ def resolve(
 
 def _choose_labels_file(config: ml_collections.ConfigDict, folder: Path) -> bool:
   """Sets config.labels_file as a run saves it (config.labels_file 'auto': the list found, '' for
-  the names, or 'auto' where the split folders list their own texts; a list given: absolute);
-  whether the training images' texts are their names because no list of them was found."""
+  the names, or 'auto' where the split folders list their own texts or the images' texts lie
+  beside them; a list given: absolute); whether the training images' texts are their names
+  because nothing else gives them."""
   if config.labels_file != settings.AUTO:
     if config.labels_file:  # as found, so a run resumes whichever way the file is named
       named = os.path.join(folder, os.path.expanduser(config.labels_file))
       config.labels_file = os.path.normpath(named)
     return False
   listing = labelled.find_labels_file(folder)
-  lists = {} if listing else split_lists(folder)
-  # 'auto' stays where split folders list their own texts: `labelled.find_examples` reads them.
-  config.labels_file = str(listing) if listing else settings.AUTO if lists else ''
   if listing:
+    config.labels_file = str(listing)
     logging.info('The texts are those %s gives (config.labels_file).', listing)
-  return not listing and 'train' not in lists
+    return False
+  given = set(split_lists(folder)) | set(split_text_files(folder))
+  # 'auto' stays where they are given so: `labelled.find_examples` reads them.
+  config.labels_file = settings.AUTO if given else ''
+  return 'train' not in given
 
 
 def _usable_examples(

@@ -1,5 +1,6 @@
 """The labelled examples of a data folder: which of its files are captchas, and the text each one
-shows (its name, a labels file beside the images, or a confident reading for self-training).
+shows (its name, a labels file beside the images, a text file beside each one, or a confident
+reading for self-training).
 
     data folder (or config.data_url, unpacked) → image files → (path, text) `Example`s → data.py
 
@@ -31,6 +32,9 @@ _COPY_SUFFIX = re.compile(r'(?: ?\(\d+\)| (?:- )?copy(?: \d+| \(\d+\))?)+$', re.
 # list theirs in a `metadata.jsonl` of {"file_name": ..., "text": ...} lines).
 JSON_LISTS = ('.json', '.jsonl')
 LABEL_LISTS = ('.csv', '.tsv', '.txt', *JSON_LISTS)
+# A text kept in a file of its own beside each image, as OCR ground truth is (tesstrain's and
+# kraken's `0001.gt.txt` beside `0001.png`), or `0001.txt`: the suffixes looked for, in order.
+TEXT_FILES = ('.gt.txt', '.txt')
 # What JSON records call the image's path, the likelier first (`image_width` is no path).
 _PATH_KEYS = tuple(
   re.compile(pattern, re.IGNORECASE)
@@ -78,13 +82,17 @@ def label_from_path(path: str | Path, pattern: str = '') -> str | None:
 
 def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
   """Image files directly in `folder`, sorted by name so every OS sees one order; and what was
-  passed over there (sub-folders, broken links, other files), one line each. DataError when it
-  holds none."""
+  passed over there (sub-folders, broken links, other files but the images' text files), one
+  line each. DataError when it holds none."""
   folder = Path(folder).expanduser()
   if not folder.is_dir():
     raise DataError(f'Data folder {str(folder)!r} does not exist or is not a folder.')
   found, passed_over = [], []
-  for path in sorted(_entries(folder)):
+  entries = sorted(_entries(folder))
+  beside = set(text_files(entries).values())
+  for path in entries:
+    if path in beside:  # an image's text, not an image
+      continue
     if path.is_dir():
       passed_over.append(f'{path}: a folder (only images directly in {str(folder)!r} are read)')
     elif not path.exists():
@@ -105,6 +113,38 @@ def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
     inside = f' directly, only the sub-folders {", ".join(subfolders)}' if subfolders else ''
     raise DataError(f'Folder {str(folder)!r} holds no images ({extensions}){inside}.')
   return found, passed_over
+
+
+def text_files(entries: Sequence[Path]) -> dict[Path, Path]:
+  """{image: its text file} of the images among a folder's `entries` that have one beside them
+  (TEXT_FILES: `0001.gt.txt` or `0001.txt` beside `0001.png`)."""
+  names = {path.name: path for path in entries}
+  found = {}
+  for path in entries:
+    if path.suffix.lower() in images.IMAGE_EXTENSIONS:
+      beside = (names.get(path.stem + suffix) for suffix in TEXT_FILES)
+      if text_file := next(filter(None, beside), None):
+        found[path] = text_file
+  return found
+
+
+def texts_beside(folder: Path) -> dict[Path, Path] | None:
+  """{image: its text file} where half of the images in `folder` or more have one beside them
+  (`text_files`), for the texts to be read from those files; else None (the names are the
+  texts)."""
+  entries = _entries(folder)
+  found = text_files(entries)
+  return found if found and len(found) >= sum(map(is_image_file, entries)) / 2 else None
+
+
+def read_text_file(path: Path) -> str:
+  """The one text an image's text file holds, stripped; DataError naming the file where it holds
+  none or several lines."""
+  lines = [line.strip() for line in _read_text(path, 'Text file').splitlines() if line.strip()]
+  if len(lines) != 1:
+    what = 'no text' if not lines else f'{len(lines)} lines, where one text was expected'
+    raise DataError(f'{path}: {what}')
+  return lines[0]
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -301,7 +341,10 @@ def find_labels_file(folder: Path, split: bool = False) -> Path | None:
   if not folder.is_dir():
     return None
   entries = _entries(folder)
-  files = sorted(p for p in entries if p.suffix.lower() in LABEL_LISTS and p.is_file())
+  beside = set(text_files(entries).values())  # each one image's text, not a list
+  files = sorted(
+    p for p in entries if p.suffix.lower() in LABEL_LISTS and p.is_file() and p not in beside
+  )
   count = sum(map(is_image_file, entries))
   listing = []
   for file in files:
@@ -354,10 +397,11 @@ def find_examples(
   """Every labelled image of the set, with `config.case` applied; and the problems met. With
   config.labels_file 'auto' and no list in `folder`, each split folder (`split_folders`) is read
   as a data folder: by the list it holds (`find_labels_file`: a Hugging Face image folder's
-  `train/metadata.jsonl`), else by the names."""
+  `train/metadata.jsonl`), else by the text file beside each image (`texts_beside`), else by the
+  names."""
   labels_file = config.labels_file
-  each_split = labels_file == settings.AUTO
-  if labels_file == settings.AUTO:
+  auto = labels_file == settings.AUTO
+  if auto:
     labels_file = find_labels_file(folder)
   if labels_file:
     labels = Path(labels_file).expanduser()
@@ -368,7 +412,7 @@ def find_examples(
   else:
     paths, problems, examples = [], [], []
     for where in split_folders(folder).values() or [folder]:
-      if each_split and where != folder and (listing := find_labels_file(where, split=True)):
+      if auto and where != folder and (listing := find_labels_file(where, split=True)):
         logging.info('The texts of %s are those %s gives.', where, listing)
         listed, bad, _ = read_labels_file(listing, where)
         examples += listed
@@ -381,8 +425,19 @@ def find_examples(
           f'{e} It should hold images named by their text, like 226md.png (or sub-folders train/ '
           'and val/ or test/ of them), or set config.labels_file.'
         ) from None
-      paths += found
       problems += passed_over
+      if auto and (beside := texts_beside(where)):
+        logging.info('The texts of %s are those of the text file beside each image.', where)
+        for image in found:
+          if image not in beside:
+            problems.append(f'{image}: no text file beside it ({image.stem}.txt)')
+            continue
+          try:
+            examples.append(Example(str(image), read_text_file(beside[image])))
+          except DataError as e:
+            problems.append(str(e))
+        continue
+      paths += found
     pattern = config.get('label_pattern', '')
     if pattern == settings.AUTO:
       pattern, why = settings.text_pattern([label_from_path(path) for path in paths])

@@ -438,6 +438,59 @@ def test_split_folders_that_list_their_own_texts_keep_their_split(tmp_path, capl
     resolve(config)
 
 
+def test_a_text_file_beside_each_image_gives_its_text(tmp_path, caplog):
+  """OCR ground truth as tesstrain and kraken keep it: `0001.gt.txt` (or `0001.txt`) beside
+  `0001.png`, in the set's folder or in each of its split folders."""
+  texts = {}
+  for split, count, seed, suffix in (('train', 30, 1, '.gt.txt'), ('test', 8, 2, '.txt')):
+    for i, path in enumerate(synthetic.generate(tmp_path / 'src' / split, count, seed=seed)):
+      image = tmp_path / split / f'{i:04d}.png'
+      image.parent.mkdir(exist_ok=True)
+      shutil.copy(path, image)
+      image.with_name(f'{i:04d}{suffix}').write_text(f'{path.stem}\r\n')  # written on Windows
+      texts[str(image)] = (split, path.stem)
+  shutil.rmtree(tmp_path / 'src')
+  train = tmp_path / 'train'
+  (train / '0001.gt.txt').write_text(texts[str(train / '0001.png')][1], encoding='utf-8-sig')
+  caplog.set_level(logging.INFO)
+  config = config_for(tmp_path, alphabet='auto', max_label_length=0)
+  resolved, splits = resolve(config)
+  assert resolved.labels_file == 'auto'  # found again on resume
+  assert f'The texts of {train} are those of the text file beside each image' in caplog.text
+  assert 'not an image file name' not in caplog.text
+  read = {e.path: (name, e.text) for name in data.SPLITS for e in splits[name]}
+  assert {path: text for path, (_, text) in read.items()} == {p: t for p, (_, t) in texts.items()}
+  assert {p for p, (name, _) in read.items() if name == 'test'} == {
+    p for p, (split, _) in texts.items() if split == 'test'
+  }
+  assert resolve(resolved) == (resolved, splits)
+  # Its problems are named by file, and those images left out; the rest still read so.
+  (train / '0002.gt.txt').unlink()
+  (train / '0003.gt.txt').write_text('\n')
+  (train / '0004.gt.txt').write_text('abcd\nefgh\n')
+  caplog.clear()
+  _, splits = resolve(config)
+  for problem in (
+    f'{train / "0002.png"}: no text file beside it (0002.txt)',
+    f'{train / "0003.gt.txt"}: no text',
+    f'{train / "0004.gt.txt"}: 2 lines, where one text was expected',
+  ):
+    assert problem in caplog.text
+  kept = {e.path for name in data.SPLITS for e in splits[name]}
+  assert kept == set(texts) - {str(train / f'000{i}.png') for i in (2, 3, 4)}
+  # `''` reads the names, as asked; where under half of the images have one, so does 'auto'.
+  resolved, _ = resolve(config_for(tmp_path, alphabet='auto', max_label_length=0, labels_file=''))
+  assert set(resolved.alphabet) <= set('0123456789')
+  for text_file in sorted(train.glob('*.gt.txt'))[:20]:
+    text_file.unlink()
+  with pytest.raises(DataError, match=r'named by number') as e:
+    resolve(config)
+  assert str(e.value).endswith(
+    '(config.labels_file); 9 of them have their text in a file beside them (0001.txt beside '
+    "0001.png), under half: not read. If the numbers are the texts, set config.labels_file to ''."
+  )
+
+
 def test_a_set_named_by_number_with_no_list_of_its_texts_is_refused(tmp_path):
   """A set named by number whose texts no list gives does not train on the numbers."""
   synthetic.generate(tmp_path / 'train', 30, seed=1, labels_file=True)  # 000000.png, labels.csv
