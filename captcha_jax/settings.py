@@ -211,7 +211,8 @@ def text_pattern(stems: Sequence[str]) -> tuple[str, str]:
   Sites' captchas saved in bulk are often named TEXT_TAG (a counter, a timestamp, a hash: two
   images of one text need two names) or INDEX_TEXT. The text is the part before the first '_'
   where every part after it is such a tag or one fixed word, else the part after the last '_'
-  where every name has one and every part before it is a tag or one fixed word. Where both read
+  where most names have one and every part before it is a tag or one fixed word (a name with no
+  '_' is read whole either way). Where both read
   the names, tags that repeat are counters after the text, and numbers that count up are an
   index before it; else (1234_5678, 1236_9012) ConfigError: only the user knows which is the
   text. Where '_' says neither, TEXT-TAG too, every name with a '-' and a long tag after it (a
@@ -233,7 +234,8 @@ def _joined_by_underscore(stems: Sequence[str]) -> tuple[str, str] | None:
   tails = [tail for _, tail in split]
   heads = [stem.rsplit(SEPARATOR, 1)[0] for stem in stems if SEPARATOR in stem]
   before = all(map(_is_tag, tails)) or _one_word(tails)
-  after = len(split) == len(stems) and (all(map(_is_tag, heads)) or _one_word(heads))
+  # Most names: a stray file among them (`sample.png`) is read whole, as by BEFORE_FIRST.
+  after = len(split) > len(stems) / 2 and (all(map(_is_tag, heads)) or _one_word(heads))
   if before and after and len(set(tails)) < len(tails) / 2:  # tags repeat: copies' counters
     after = False
   if before and after and counting(heads):  # 1, 2, 3, ...: an index
