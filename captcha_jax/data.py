@@ -151,17 +151,15 @@ def split_by_folder(
 ) -> tuple[np.ndarray, ...]:
   """Train/val/test indices of a set that comes split into `folders` ({split: its folder}); a
   split it lacks is drawn from its train images (`split_by_text`), in `fractions`' proportion."""
-  owner = {Path(os.path.abspath(path)): name for name, path in folders.items()}
   members = {name: [] for name in SPLITS}
-  for i, e in enumerate(examples):
-    # A split folder's list may name images in folders inside it.
-    within = [owner[p] for p in Path(os.path.abspath(e.path)).parents if p in owner]
-    if not within:
+  for i, split in enumerate(_splits_of(examples, folders)):
+    if split is None:
       raise DataError(
-        f'{e.path} is in none of the split folders ({", ".join(map(str, folders.values()))}), '
-        "but one's list names it: move it into the folder of its split."
+        f'{examples[i].path} is in none of the split folders '
+        f"({', '.join(map(str, folders.values()))}), but one's list names it: move it into the "
+        'folder of its split.'
       )
-    members[within[0]].append(i)
+    members[split].append(i)
   drawn = [name == 'train' or name not in folders for name in SPLITS]
   shares = np.where(drawn, fractions, 0.0)
   train = np.array(members['train'], np.int64)
@@ -170,6 +168,26 @@ def split_by_folder(
     train[part] if from_train else np.array(members[name], np.int64)
     for name, from_train, part in zip(SPLITS, drawn, parts, strict=True)
   )
+
+
+def _splits_of(examples: Sequence[Example], folders: dict[str, Path]) -> list[str | None]:
+  """The split of each example: that of the split folder it lies in, at any depth (a split
+  folder's list may name images in folders inside it); None for one in none of them."""
+  owner = {Path(os.path.abspath(path)): name for name, path in folders.items()}
+  return [
+    next((owner[p] for p in Path(os.path.abspath(e.path)).parents if p in owner), None)
+    for e in examples
+  ]
+
+
+def listed_split_folders(examples: Sequence[Example], folders: dict[str, Path]) -> dict[str, Path]:
+  """Those of the split folders `folders` that one list of the whole set names images in
+  (`labels.csv` naming `train/0001.png` and `test/0002.png`): the set's own split, where it names
+  train's images and none outside them; else {} (the split is drawn)."""
+  named = set(_splits_of(examples, folders))
+  if None in named or 'train' not in named:
+    return {}
+  return {name: where for name, where in folders.items() if name in named}
 
 
 def split_indices(
@@ -354,7 +372,9 @@ def _usable_examples(
   usable = [e for e in usable if e.path not in unreadable]
   beyond = [e for e in beyond if e.path not in unreadable]
   labelled.report_problems(problems, repr(str(folder)), config.skip_bad_files)
-  folders = labelled.split_folders(folder) if config.labels_file in ('', settings.AUTO) else {}
+  folders = labelled.split_folders(folder)
+  if config.labels_file not in ('', settings.AUTO):
+    folders = listed_split_folders(usable + beyond, folders)
   for name, where in numbered_splits(usable, folders).items():
     logging.warning(
       "%s holds images named by number, not by their text (a competition's unlabelled test "

@@ -438,6 +438,35 @@ def test_split_folders_that_list_their_own_texts_keep_their_split(tmp_path, capl
     resolve(config)
 
 
+def test_one_list_of_a_set_that_comes_split_keeps_its_split(tmp_path):
+  """`labels.csv` beside train/ and test/, naming `train/0001.png` and `test/0002.png`."""
+  rows, split_of = ['file,text'], {}
+  for split, count, seed in (('train', 30, 1), ('test', 8, 2)):
+    for i, path in enumerate(synthetic.generate(tmp_path / 'src' / split, count, seed=seed)):
+      name = f'{split}/{i:04d}.png'
+      (tmp_path / split).mkdir(exist_ok=True)
+      shutil.copy(path, tmp_path / name)
+      rows.append(f'{name},{path.stem}')
+      split_of[str(tmp_path / name)] = split
+  shutil.rmtree(tmp_path / 'src')
+  (tmp_path / 'labels.csv').write_text('\n'.join(rows) + '\n')
+  for labels_file in ('auto', 'labels.csv'):
+    _, splits = resolve(config_for(tmp_path, alphabet='auto', labels_file=labels_file))
+    assert {e.path for e in splits['test']} == {p for p, s in split_of.items() if s == 'test'}
+    assert all(split_of[e.path] == 'train' for e in splits['train'] + splits['val'])
+  # A list of train's images alone: val and test drawn from them.
+  (tmp_path / 'labels.csv').write_text('\n'.join(r for r in rows if not r.startswith('test/')))
+  _, splits = resolve(config_for(tmp_path, alphabet='auto'))
+  assert len(splits['test']) and all(split_of[e.path] == 'train' for e in splits['test'])
+  # One naming an image outside the split folders: not the set's own split, so drawn.
+  (tmp_path / 'other').mkdir()
+  shutil.copy(tmp_path / 'test' / '0000.png', tmp_path / 'other' / 'x.png')
+  (tmp_path / 'labels.csv').write_text('\n'.join([*rows, 'other/x.png,abcd']) + '\n')
+  _, splits = resolve(config_for(tmp_path, alphabet='auto'))
+  drawn = {split_of.get(e.path, 'other') for e in splits['test']}
+  assert len(splits['test']) == 4 and drawn != {'test'}
+
+
 def test_a_text_file_beside_each_image_gives_its_text(tmp_path, caplog):
   """OCR ground truth as tesstrain and kraken keep it: `0001.gt.txt` (or `0001.txt`) beside
   `0001.png`, in the set's folder or in each of its split folders."""
