@@ -409,12 +409,14 @@ def find_examples(
     if not labels.is_file():
       raise DataError(f'Labels file {str(labels)!r} does not exist (config.labels_file).')
     examples, problems, _ = read_labels_file(labels, folder)
+    _warn_unlisted(labels, examples)
   else:
     paths, problems, examples = [], [], []
     for where in split_folders(folder).values() or [folder]:
       if auto and where != folder and (listing := find_labels_file(where, split=True)):
         logging.info('The texts of %s are those %s gives.', where, listing)
         listed, bad, _ = read_labels_file(listing, where)
+        _warn_unlisted(listing, listed)
         examples += listed
         problems += bad
         continue
@@ -452,6 +454,26 @@ def find_examples(
       else:
         problems.append(f'{path}: empty label (the file name is the label)')
   return [Example(e.path, _fold(config, e.text)) for e in examples], problems
+
+
+def _warn_unlisted(listing: Path, examples: Sequence[Example]) -> None:
+  """Names the images beside those `listing` gives the texts of that it does not list: they are
+  left out, and a list cut short or written for another folder should not pass unnoticed."""
+  listed = {os.path.abspath(e.path) for e in examples}
+  unlisted = sorted(
+    str(path)
+    for where in {Path(e.path).parent for e in examples}
+    for path in _entries(where)
+    if is_image_file(path) and os.path.abspath(path) not in listed
+  )
+  if unlisted:
+    logging.warning(
+      'Left out %d image(s) beside those %s lists, which it does not list (no text): %s%s.',
+      len(unlisted),
+      listing,
+      ', '.join(unlisted[:5]),
+      ', ...' if len(unlisted) > 5 else '',
+    )
 
 
 def _fold(config: ml_collections.ConfigDict, text: str) -> str:

@@ -145,6 +145,17 @@ def test_the_file_that_lists_a_folders_images_gives_their_texts(tmp_path, caplog
   assert resolved.labels_file == str(tmp_path / 'labels.csv')
   assert {e.path: e.text for name in data.SPLITS for e in splits[name]} == texts
   assert f'The texts are those {tmp_path / "labels.csv"} gives' in caplog.text
+  assert 'Left out' not in caplog.text
+  # Images it does not list are named: they are left out.
+  shutil.copy(tmp_path / '000000.png', tmp_path / 'extra.png')
+  caplog.clear()
+  _, splits = resolve(config_for(tmp_path))
+  assert {e.path: e.text for name in data.SPLITS for e in splits[name]} == texts
+  assert (
+    f'Left out 1 image(s) beside those {tmp_path / "labels.csv"} lists, which it does not list '
+    f'(no text): {tmp_path / "extra.png"}.'
+  ) in caplog.text
+  (tmp_path / 'extra.png').unlink()
   # Named relative to the folder, it resolves as found, so a run resumes either way.
   for named in ('labels.csv', './labels.csv', str(tmp_path / 'x' / '..' / 'labels.csv')):
     assert resolve(config_for(tmp_path, labels_file=named))[0] == resolved
