@@ -120,20 +120,11 @@ def named_by_number(folder: Path, folders: dict[str, Path]) -> DataError:
   their numbers would be trained on as their texts), naming the lists beside them that were not
   read (another split folder's own list is read, for that folder), and the text files beside too
   few of the images to be read."""
-  lists, text_files = [], 0
+  lines, text_files = [], 0
   for where in dict.fromkeys((folder, folders.get('train', folder))):
-    entries = list(where.iterdir())
-    beside = set(labelled.text_files(entries).values())
-    text_files += len(beside)
-    lists += [
-      str(path.relative_to(folder))
-      for path in entries
-      if path.suffix.lower() in labelled.LABEL_LISTS and path not in beside
-    ]
-  unread = ''
-  if lists:
-    lists.sort()
-    unread = f'; {", ".join(lists)} {"was" if len(lists) == 1 else "were"} not read as one'
+    lines += labelled.unread_lists(where, folder)
+    text_files += len(labelled.text_files(list(where.iterdir())))
+  unread = ''.join(f'; {line}' for line in lines)
   if text_files:
     unread += (
       f'; {text_files} of them have their text in a file beside them (0001.txt beside '

@@ -47,7 +47,7 @@ _PATH_KEYS = tuple(
 )
 # What their headers call the texts' column.
 _TEXT_COLUMN = re.compile(
-  r'text|label|captcha|answer|solution|code|word|string|target|truth|transcri|content|chars'
+  r'text|label|captcha|answer|solution|result|code|word|string|target|truth|transcri|content|chars'
   r'|^\s*(gt|y|value)\s*$',
   re.IGNORECASE,
 )
@@ -191,10 +191,13 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
   (`_json_table`), paths relative to `folder`; its bad lines; and its header ([] where it has
   none).
 
-  A first row whose path is neither a file nor an image's name (nor a number: an id) is taken as
-  a header; a path without an extension names the image of that name with one (a competition's
-  `id,solution`). Missing files, empty texts and repeated paths are reported with their line
-  numbers; the first row of a repeated path is kept.
+  A first row whose path is neither a file nor an image's name (nor a number: an id, nor shaped
+  as the next row's: `img0` before `img1`) is taken as a header; a path without an extension
+  names the image of that name with one (a competition's `id,solution`); the paths may be
+  relative to the one sub-folder of `folder` they name files in instead (`set/labels.csv`
+  listing the `0001.png` of `set/images/`), and written with Windows' '\\'. Missing files, empty
+  texts and repeated paths are reported with their line numbers; the first row of a repeated
+  path is kept.
   """
   content = _read_text(path, 'Labels file')
   examples, problems, seen, header = [], [], {}, []
@@ -212,6 +215,9 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
     rows = _rows(reader, path)
     quoting = f' (a text holding {delimiter!r} must be quoted)'
   unit = 'item' if path.suffix.lower() == '.json' else 'line'  # a JSON list's, however laid out
+  rows = list(rows)
+  files = [row[0].strip() for _, row in rows if row and row[0].strip()]
+  base = _base(folder, files[:20])
   for number, row in rows:
     if not row or not any(field.strip() for field in row):
       continue
@@ -220,9 +226,10 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
       problems.append(f'{where}: expected a path and a text, got {row!r}')
       continue
     file = row[0].strip()
-    image = _listed_image(folder, file)
+    image = _listed_image(base, file)
     named_image = Path(file).suffix.lower() in images.IMAGE_EXTENSIONS or file.isdigit()
-    if number == 1 and not header and not image.is_file() and not named_image:
+    like_next = len(files) > 1 and _same_shape(file, files[1])
+    if number == 1 and not header and not image.is_file() and not named_image and not like_next:
       header, columns, text_at = row, len(row), _text_column(row)
       continue
     # No captcha's text starts or ends with a space.
@@ -312,9 +319,30 @@ def _rows(rows, path: Path):
     raise DataError(f'{path}, line {rows.line_num}: not a list of images ({e}).') from e
 
 
+def _base(folder: Path, files: Sequence[str]) -> Path:
+  """The folder a list's `files` are relative to: `folder`, or where they name no file there, the
+  one sub-folder of it they do name files in."""
+
+  def names_files(where: Path) -> bool:
+    return any(_listed_image(where, file).is_file() for file in files)
+
+  if not files or names_files(folder):
+    return folder
+  inside = [p for p in sorted(_entries(folder)) if p.is_dir() and names_files(p)]
+  return inside[0] if len(inside) == 1 else folder
+
+
+def _same_shape(a: str, b: str) -> bool:
+  """Whether two names are alike but for their numbers (`img0`, `img1`): rows of one list."""
+  return bool(re.search(r'\d', a)) and re.sub(r'\d+', '0', a) == re.sub(r'\d+', '0', b)
+
+
 def _listed_image(folder: Path, file: str) -> Path:
-  """The image a labels file's row names: `folder/file`, or where `file` has no extension and
-  that is no file, the one image named `file` with one."""
+  """The image a labels file's row names: `folder/file` (its '\\' read as '/' where the name is
+  no file), or where `file` has no extension and that is no file, the one image named `file`
+  with one."""
+  if '\\' in file and not (folder / file).is_file():  # a list written on Windows
+    file = file.replace('\\', '/')
   image = folder / file
   if Path(file).suffix or image.is_file():
     return image
@@ -346,23 +374,13 @@ def find_labels_file(folder: Path, split: bool = False) -> Path | None:
     p for p in entries if p.suffix.lower() in LABEL_LISTS and p.is_file() and p not in beside
   )
   count = sum(map(is_image_file, entries))
-  listing = []
+  listing, unread = [], []
   for file in files:
-    try:
-      examples, _, header = read_labels_file(file, folder)
-    except DataError:  # not a list of this folder's images
-      continue
-    if 'confidence' in header:  # predict --output's columns
-      logging.warning(
-        '%s holds readings (captcha-jax-predict --output), not labels: not taken for the texts '
-        '(self-training reads it through config.pseudo_labels).',
-        file,
-      )
-      continue
-    # A header must name a column as the texts: 'file,width,height' lists other things.
-    if header and not any(map(names_texts, header[1:])):
-      continue
-    if len(examples) >= max(count / 2, 1):
+    examples, problem = read_as_list(file, folder)
+    if problem:
+      if examples:  # a list of the images, of something else than their texts
+        unread.append(f'{file}: {problem}: not read as their texts.')
+    elif len(examples) >= max(count / 2, 1):
       listing.append(file)
     else:
       logging.warning(
@@ -372,6 +390,9 @@ def find_labels_file(folder: Path, split: bool = False) -> Path | None:
         len(examples),
         count,
       )
+  if not listing:
+    for warning in unread:
+      logging.warning('%s', warning)
   if len(listing) > 1 and split:
     raise ConfigError(
       f'{", ".join(p.name for p in listing)} in {str(folder)!r} each give the texts of its '
@@ -389,6 +410,40 @@ def find_labels_file(folder: Path, split: bool = False) -> Path | None:
       f'{other}`.'
     )
   return listing[0] if listing else None
+
+
+def read_as_list(file: Path, folder: Path) -> tuple[list[Example], str]:
+  """The examples `file` lists as `folder`'s images and their texts (`read_labels_file`), and why
+  it is not read as their list ('' where it is): its first bad line where it lists none."""
+  try:
+    examples, _, header = read_labels_file(file, folder)
+  except DataError as e:
+    lines = str(e).splitlines()
+    return [], lines[1].strip() if len(lines) > 1 else lines[0]
+  if 'confidence' in header:  # predict --output's columns
+    return examples, (
+      'it holds readings of captcha-jax-predict --output, not labels: self-training reads it '
+      'through config.pseudo_labels'
+    )
+  if header and not any(map(names_texts, header[1:])):  # 'file,width,height': other things
+    return examples, (
+      f'its header, {",".join(header)}, names no column as the texts: config.labels_file set '
+      'to it reads its second column as them'
+    )
+  return examples, ''
+
+
+def unread_lists(folder: Path, top: Path) -> list[str]:
+  """'NAME was not read as one (why)' for each file of `folder` named as a labels list (not an
+  image's text file), NAME relative to `top`: for the errors of a set whose texts none gives."""
+  entries = _entries(folder)
+  beside = set(text_files(entries).values())
+  return [
+    f'{path.relative_to(top)} was not read as one' + (f' ({problem})' if problem else '')
+    for path in sorted(entries)
+    if path.suffix.lower() in LABEL_LISTS and path not in beside
+    for problem in [read_as_list(path, folder)[1]]
+  ]
 
 
 def find_examples(
@@ -423,9 +478,10 @@ def find_examples(
       try:
         found, passed_over = find_images(where)
       except DataError as e:
+        unread = ''.join(f'; {line}' for line in unread_lists(where, folder))
         raise DataError(
           f'{e} It should hold images named by their text, like 226md.png (or sub-folders train/ '
-          'and val/ or test/ of them), or set config.labels_file.'
+          f'and val/ or test/ of them), or set config.labels_file{unread}.'
         ) from None
       problems += passed_over
       if auto and (beside := texts_beside(where)):

@@ -87,6 +87,9 @@ def test_a_folder_of_sub_folders_only_says_so(tmp_path):
   (tmp_path / 'site_b').mkdir()
   with pytest.raises(DataError, match=r'holds no images .* only the sub-folders site_a, site_b\.'):
     resolve(config_for(tmp_path))
+  (tmp_path / 'labels.csv').write_text('file,text\nsite_c/0001.png,abcde\n')  # and why not read
+  with pytest.raises(DataError, match=r'labels.csv was not read as one \(.*line 2: .*site_c/0001'):
+    resolve(config_for(tmp_path))
 
 
 def test_labels_file_with_a_header_and_its_problems_named_by_line(captcha_dir, copy_of, caplog):
@@ -302,14 +305,63 @@ def test_lists_of_texts_as_spreadsheets_and_competitions_write_them(tmp_path, ca
   assert read() == texts
   readings = ''.join(f'{p},x{t[1:]},x{t[1:]},0.31\n' for p, t in texts.items())
   (tmp_path / 'readings.csv').write_text('file,text,raw_text,confidence\n' + readings)
-  caplog.set_level(logging.WARNING)
   assert read() == texts
-  assert 'readings.csv holds readings (captcha-jax-predict --output), not labels' in caplog.text
+  listing.rename(tmp_path / 'labels.ods.bak')
+  with pytest.raises(DataError, match='named by number') as e:
+    resolve(config_for(tmp_path))
+  assert 'readings.csv was not read as one (it holds readings of captcha' in str(e.value)
+  (tmp_path / 'labels.ods.bak').rename(listing)
   for path in texts:  # macOS's metadata beside each image, not counted as images
     Path(path).with_name(f'._{Path(path).name}').write_bytes(b'\x00\x05\x16\x07')
   some = dict(list(texts.items())[:7])
   listing.write_text(''.join(f'{Path(p).name},{t}\n' for p, t in some.items()))
   assert read() == some
+
+
+def test_lists_read_as_they_are_written_beside_their_images(tmp_path, caplog):
+  """Ids whose first image is gone (no header), a header calling the texts `result`, paths
+  relative to the images' folder beside the list or written on Windows; and a list whose header
+  names no texts, named in a warning when the names are read instead."""
+  made = synthetic.generate(tmp_path / 'src', 12, seed=4)
+
+  def folder(name: str, image_name, header: str, row) -> tuple[Path, dict[str, str]]:
+    """The 12 captchas, each at `image_name(i)`, listed in `name` as `row(i, text)`."""
+    where, texts, rows = tmp_path / name, {}, [header] if header else []
+    for i, path in enumerate(made):
+      image = where / image_name(i)
+      image.parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy(path, image)
+      texts[str(image)] = path.stem
+      rows.append(row(i, path.stem))
+    (where / 'labels.csv').write_text('\n'.join(rows) + '\n')
+    return where, texts
+
+  def read(where: Path) -> dict[str, str]:
+    examples, _ = labelled.find_examples(config_for(where), where)
+    return {e.path: e.text for e in examples}
+
+  ids, texts = folder('ids', lambda i: f'img{i}.png', '', lambda i, t: f'img{i} {t}')
+  (ids / 'img0.png').unlink()
+  del texts[str(ids / 'img0.png')]
+  assert read(ids) == texts  # img0: a missing image, not a header
+  hashed, texts = folder(
+    'hashed', lambda i: f'{i:x}a9f3c.png', 'image,result', lambda i, t: f'{i:x}a9f3c.png,{t}'
+  )
+  assert read(hashed) == texts
+  beside, texts = folder(
+    'beside', lambda i: f'images/{i:04d}.png', 'file,text', lambda i, t: f'{i:04d}.png,{t}'
+  )
+  assert read(beside) == texts
+  windows, texts = folder(
+    'windows', lambda i: f'imgs/{i:04d}.png', 'file,text', lambda i, t: f'imgs\\{i:04d}.png,{t}'
+  )
+  assert read(windows) == texts
+  (hashed / 'labels.csv').write_text(
+    (hashed / 'labels.csv').read_text().replace('result', 'colour')
+  )
+  caplog.set_level(logging.WARNING)
+  assert set(read(hashed).values()) == {f'{i:x}a9f3c' for i in range(12)}  # the names, as asked
+  assert 'labels.csv: its header, image,colour, names no column as the texts' in caplog.text
 
 
 def test_lists_of_texts_in_json_as_dataset_hubs_and_scripts_write_them(tmp_path, caplog):
@@ -540,7 +592,8 @@ def test_a_set_named_by_number_with_no_list_of_its_texts_is_refused(tmp_path):
   with pytest.raises(DataError, match=r'named by number') as e:  # test's list is not train's
     resolve(config_for(tmp_path, alphabet='auto', max_label_length=0))
   assert str(e.value).endswith(
-    'train/sizes.csv was not read as one. If the numbers are the '
+    'train/sizes.csv was not read as one (its header, file,width, names no column as the texts: '
+    'config.labels_file set to it reads its second column as them). If the numbers are the '
     "texts, set config.labels_file to ''."
   )
   (tmp_path / 'train' / 'sizes.csv').unlink()
