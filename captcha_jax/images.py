@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from captcha_jax.errors import DataError
 
@@ -21,6 +21,9 @@ FORMATS = ('PNG', 'JPEG', 'GIF', 'BMP', 'WEBP', 'TIFF')
 # refused before its pixels are decoded (a "decompression bomb" is a few hundred bytes). The
 # service takes a lower limit (serve.DEFAULT_MAX_PIXELS).
 MAX_PIXELS = 1 << 24
+# EXIF's orientation tag, and its values that turn an image a quarter (width and height swap).
+_ORIENTATION = 0x0112
+_QUARTER_TURNS = (5, 6, 7, 8)
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
@@ -39,7 +42,9 @@ def _open(source, name: str, max_pixels: int) -> Image.Image:
           )
         opened.seek(0)  # animated formats: the first frame
         opened.load()
-        return opened.copy()
+        # Upright as every viewer shows it: a phone's JPEG is stored turned, with its EXIF
+        # orientation saying how.
+        return ImageOps.exif_transpose(opened)
   except DataError:
     raise
   except FileNotFoundError as e:
@@ -134,10 +139,12 @@ def check_batch(pixels: np.ndarray, height: int, width: int) -> None:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-  """(height, width) from the file's header, without decoding its pixels."""
+  """(height, width) from the file's header, without decoding its pixels; upright, as `load_image`
+  decodes it (EXIF orientation)."""
   try:
     with Image.open(path, formats=FORMATS) as opened:
-      return opened.height, opened.width
+      turned = opened.getexif().get(_ORIENTATION) in _QUARTER_TURNS
+      return (opened.width, opened.height) if turned else (opened.height, opened.width)
   except UnidentifiedImageError as e:
     raise DataError(f'{str(path)!r} is not a readable image (not {", ".join(FORMATS)}).') from e
   except Exception as e:  # as in _open: any type, from a malformed header

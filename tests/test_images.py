@@ -54,6 +54,25 @@ def test_cmyk_palette_transparency_and_alpha_become_rgb_on_white():
   assert abs(int(images.load_image(half, 10, 20)[0, 0, 0]) - 127) <= 1
 
 
+@pytest.mark.parametrize('orientation', [3, 6, 8])
+def test_a_photo_stored_turned_is_read_upright(tmp_path, orientation):
+  """A phone's JPEG: pixels stored turned, with the EXIF orientation that says how to show them."""
+  upright = np.zeros((50, 200, 3), np.uint8)
+  upright[:, :40] = 255  # a white band on the left: which way up is plain
+  turn = {
+    3: Image.Transpose.ROTATE_180,
+    6: Image.Transpose.ROTATE_90,
+    8: Image.Transpose.ROTATE_270,
+  }
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  path = tmp_path / 'photo.jpg'
+  Image.fromarray(upright).transpose(turn[orientation]).save(path, exif=exif, quality=95)
+  assert images.image_size(path) == (50, 200)
+  assert np.abs(images.load_image(path, 50, 200).astype(int) - upright).mean() < 3
+  assert np.abs(images.load_image(path.read_bytes(), 50, 200).astype(int) - upright).mean() < 3
+
+
 def test_animated_images_give_their_first_frame(tmp_path):
   frames = [Image.new('RGB', (30, 10), colour) for colour in ('red', 'blue', 'green')]
   path = tmp_path / 'moving.gif'
