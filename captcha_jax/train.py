@@ -32,6 +32,7 @@ from captcha_jax import (
   settings,
   sources,
   steps,
+  transfer,
 )
 from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError, Stopped, UserError
@@ -172,6 +173,12 @@ def train_and_evaluate(
   start_time = time.time()
   settings.validate(config)
   workdir = Path(workdir).absolute()
+  if transfer.is_reader(workdir):
+    raise ConfigError(
+      f'{str(workdir)!r} holds a reader (reader.msgpack, of export --format reader), which '
+      'predict, evaluate and export would read rather than a run trained there: train in another '
+      f'--workdir (to start from that reader: --config.init_from={workdir}).'
+    )
   main_process = jax.process_index() == 0  # the one that prints and writes files
   with run_folder.lock(workdir, enabled=main_process):
     # Not from a damaged step: one that is set aside leaves a run starting over, from init_from.

@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from captcha_jax import checkpoints, cli, models, steps, synthetic, train, transfer
+from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError, DataError
 from captcha_jax.predict import Predictor
 from captcha_jax.vocab import BLANK_ID
@@ -96,6 +97,9 @@ def test_a_run_exported_as_a_reader_loads_as_the_shipped_one_does(trained, tmp_p
   with pytest.raises(SystemExit) as exit_status:  # it would hide the run's checkpoints
     cli.export([f'--workdir={workdir}', f'--out={workdir}', '--format=reader'])
   assert exit_status.value.code == 2 and not (workdir / 'reader.json').exists()
+  with pytest.raises(ConfigError, match='holds a reader .* train in another --workdir'):
+    train.train_and_evaluate(run_folder.read_config(workdir), out)  # nor a run the reader hides
+  assert not (out / 'checkpoints').exists()
   config, variables = transfer.load_pretrained(out)
   description = json.loads((out / 'reader.json').read_text())
   assert description['command'] == 'made here' and 0 <= description['validation']['val_cer']
