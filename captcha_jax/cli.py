@@ -20,7 +20,9 @@ status 2, never a traceback; a stopped training exits with status 3 once its che
 
 import argparse
 import csv
+import difflib
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -147,13 +149,15 @@ def train(argv: Sequence[str] | None = None) -> None:
     config = fv.config
     config.keys()  # a config file that failed to load raises only when first used
   except (flags.Error, ValueError, OSError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(_unknown_setting(argv, given['config'].value) or f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
   except Exception as e:  # the config file's own code: a syntax error, a failed import
+    config_file = given['config'].value
     problem = f'{type(e).__name__}: {e}'
     if isinstance(e, AttributeError) and e.name == 'get_config':
       problem = 'it defines no get_config()'
-    print(f'error: config file {given.config}: {problem}', file=sys.stderr)
+    message = _unknown_setting(argv, config_file) or f'error: config file {config_file}: {problem}'
+    print(message, file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
 
   def action():
@@ -171,6 +175,35 @@ def train(argv: Sequence[str] | None = None) -> None:
     train.train_and_evaluate(config, fv.workdir, after_compile=after_compile)
 
   _run(action)
+
+
+def _unknown_setting(argv: Sequence[str], config_file: str | None) -> str:
+  """The error for a `--config.x.y=v` naming a setting the config file's get_config() lacks, with
+  its likeliest spelling; else ''. For the errors ml_collections gives such a flag, which blame
+  the flag or the config file without saying which setting is misspelt."""
+  if not config_file:
+    return ''
+  try:
+    with settings.config_file_imports(config_file):
+      spec = importlib.util.spec_from_file_location('captcha_jax_config_file', config_file)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      config = module.get_config()
+  except Exception:  # the file itself is broken: the error at hand says so
+    return ''
+  for arg in argv:
+    name = arg.split('=', 1)[0].removeprefix('--config.')
+    node, parent = config, ''
+    for key in name.split('.') if arg.startswith('--config.') else ():
+      if not hasattr(node, 'keys'):
+        return f'error: --config.{name}: config.{parent} is one setting, with no {key!r} in it.'
+      parent = f'{parent}.{key}' if parent else key
+      if key not in node:
+        close = difflib.get_close_matches(key, list(node.keys()), 1)
+        advice = f' (did you mean {close[0]}?)' if close else ''
+        return f'error: --config.{name}: {config_file} has no setting {key!r}{advice}.'
+      node = node[key]
+  return ''
 
 
 def initialize_distributed(

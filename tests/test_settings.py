@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from captcha_jax import settings
+from captcha_jax import cli, settings
 from captcha_jax.errors import ConfigError
 from configs import default, tiny
 
@@ -175,6 +175,27 @@ def test_a_broken_config_file_is_named_in_one_line(tmp_path, code, message):
   assert out.returncode == 2, out.stderr[-2000:]
   assert f'error: config file {tmp_path}/mine.py: {message}' in out.stderr, out.stderr[-2000:]
   assert 'Traceback' not in out.stderr
+
+
+@pytest.mark.parametrize(
+  ('override', 'message'),
+  [
+    ('model.rnn_hiden_size=8', "has no setting 'rnn_hiden_size' (did you mean rnn_hidden_size?)."),
+    ('modle.dropout=0.1', "has no setting 'modle' (did you mean model?)."),
+    ('nonexistent=1', "has no setting 'nonexistent'."),
+  ],
+)
+def test_a_misspelt_setting_is_named_not_blamed_on_the_config_file(
+  tmp_path, capsys, override, message
+):
+  with pytest.raises(SystemExit) as exit_status:
+    cli.train(['--config=configs/tiny.py', f'--workdir={tmp_path}', f'--config.{override}'])
+  name = override.split('=')[0]
+  assert exit_status.value.code == 2
+  assert capsys.readouterr().err == f'error: --config.{name}: configs/tiny.py {message}\n'
+  with pytest.raises(SystemExit):
+    cli.train(['--config=configs/tiny.py', f'--workdir={tmp_path}', '--config.seed.x=1'])
+  assert 'config.seed is one setting, with no' in capsys.readouterr().err
 
 
 def test_a_config_built_on_another_loads_from_any_folder(tmp_path):
