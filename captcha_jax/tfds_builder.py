@@ -30,7 +30,8 @@ class CaptchaConfig(tfds.core.BuilderConfig):
 
   image_height: int = 50
   image_width: int = 200
-  examples: dict = dataclasses.field(default_factory=dict)  # split → [(path, text)]
+  # split → [(path, text)]; left out of its repr, which tfds logs: a line of every file otherwise.
+  examples: dict = dataclasses.field(default_factory=dict, repr=False)
 
 
 class CaptchaImages(tfds.core.GeneratorBasedBuilder):

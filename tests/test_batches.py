@@ -2,6 +2,7 @@
 written-out reading of the contract on every source, each process's rows, resumption, and the
 host→device prefetch thread."""
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -166,7 +167,9 @@ def test_record_source_is_the_in_memory_dataset_element_for_element(splits):
   assert any(records['train'].missing)  # so the train comparisons below cover a gap
 
 
-def test_a_split_larger_than_tfds_write_buffer_is_written_in_parts(splits, tmp_path, monkeypatch):
+def test_a_split_larger_than_tfds_write_buffer_is_written_in_parts(
+  splits, tmp_path, monkeypatch, caplog
+):
   from tensorflow_datasets.core import shuffle
 
   from captcha_jax import tfds_builder
@@ -181,9 +184,12 @@ def test_a_split_larger_than_tfds_write_buffer_is_written_in_parts(splits, tmp_p
     n: [labelled.Example(p, t) for p, t in zip(memory[n].paths, memory[n].texts, strict=True)]
     for n in data.SPLITS
   }
-  records = sources.open_records(config, examples)
+  with caplog.at_level(logging.INFO):
+    records = sources.open_records(config, examples)
   written = list(tfds_builder.builder(config, examples).info.splits)
   assert 'train_part1' in written and 'train' not in written
+  assert 'Using custom data configuration' in caplog.text
+  assert max(map(len, caplog.messages)) < 1000  # not a line of every file: tfds logs the config
   for name in data.SPLITS:
     assert records[name].paths == memory[name].paths
     for i in range(len(records[name])):
