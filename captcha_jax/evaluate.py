@@ -215,7 +215,8 @@ def check_same_split(workdir: Path, splits: dict) -> None:
     raise ConfigError(
       f'The data of {str(workdir)!r} has changed since it trained (its {", ".join(changed)}): '
       'the splits are not those it trained and was chosen on. Score other images as one set '
-      'with --data_dir.'
+      'with --data_dir: a folder of images it did not train on (its own, grown, holds some it '
+      'did; move the new ones into a folder of their own).'
     )
 
 
