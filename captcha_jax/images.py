@@ -143,7 +143,9 @@ def image_size(path: str | Path) -> tuple[int, int]:
   decodes it (EXIF orientation)."""
   try:
     with Image.open(path, formats=FORMATS) as opened:
-      turned = opened.getexif().get(_ORIENTATION) in _QUARTER_TURNS
+      # A PNG's getexif() decodes the pixels to look for EXIF after them: only where seen before.
+      exif = opened.getexif() if opened.format != 'PNG' or 'exif' in opened.info else {}
+      turned = exif.get(_ORIENTATION) in _QUARTER_TURNS
       return (opened.width, opened.height) if turned else (opened.height, opened.width)
   except UnidentifiedImageError as e:
     raise DataError(f'{str(path)!r} is not a readable image (not {", ".join(FORMATS)}).') from e

@@ -13,6 +13,7 @@ from PIL import Image
 
 from captcha_jax import images
 from captcha_jax.errors import DataError
+from tests.conftest import cut_png
 
 
 def encode(image: Image.Image, fmt: str = 'PNG', **kwargs) -> bytes:
@@ -70,6 +71,8 @@ def test_a_photo_stored_turned_is_read_upright(tmp_path, orientation):
   Image.fromarray(upright).transpose(turn[orientation]).save(path, exif=exif, quality=95)
   assert images.image_size(path) == (50, 200)
   assert np.abs(images.load_image(path, 50, 200).astype(int) - upright).mean() < 3
+  (tmp_path / 'cut.png').write_bytes(cut_png())  # a PNG's size, still from its header alone
+  assert images.image_size(tmp_path / 'cut.png') == (40, 100)
   assert np.abs(images.load_image(path.read_bytes(), 50, 200).astype(int) - upright).mean() < 3
 
 
