@@ -238,6 +238,8 @@ def _joined_by_underscore(stems: Sequence[str]) -> tuple[str, str] | None:
   after = len(split) > len(stems) / 2 and (all(map(_is_tag, heads)) or _one_word(heads))
   if before and after and len(set(tails)) < len(tails) / 2:  # tags repeat: copies' counters
     after = False
+  if before and after and len(split) < len(stems):  # `3456` beside `1234_1`: a first copy
+    after = False
   if before and after and counting(heads):  # 1, 2, 3, ...: an index
     before = False
   example = repr(SEPARATOR.join(split[0]))

@@ -259,6 +259,7 @@ BEFORE, AFTER = '^([^_]+)', '([^_]+)$'
     (['0003_1234', '0001_5678', '0002_9012'], AFTER),  # it counts up
     (['captcha_abcd', 'captcha_efgh'], AFTER),
     (['0001_abcd', '0002_efgh', '0003_ijkl', 'sample'], AFTER),  # and a stray file, read whole
+    (['1234_1', '5678_2', '9012_3', '3456'], BEFORE),  # a text not yet copied has no counter
     (['ab_cd', 'efgh'], ''),  # one name's '_' is its own
     (['Thumbs_db', '226md', 'x3b4k'], ''),
     (['abcd-1700000000', 'efgh-1700000001'], '^([^-]+)'),  # '-' where '_' says nothing
