@@ -117,19 +117,13 @@ def split_text_files(folder: Path) -> list[str]:
 
 def named_by_number(folder: Path, folders: dict[str, Path]) -> DataError:
   """The error for a set whose training images are named 0, 1, 2, ... (with no labels file found,
-  their numbers would be trained on as their texts), naming the lists beside them that were not
-  read (another split folder's own list is read, for that folder), and the text files beside too
-  few of the images to be read."""
-  lines, text_files = [], 0
-  for where in dict.fromkeys((folder, folders.get('train', folder))):
-    lines += labelled.unread_lists(where, folder)
-    text_files += len(labelled.text_files(list(where.iterdir())))
-  unread = ''.join(f'; {line}' for line in lines)
-  if text_files:
-    unread += (
-      f'; {text_files} of them have their text in a file beside them (0001.txt beside '
-      '0001.png), under half: not read'
-    )
+  their numbers would be trained on as their texts), saying why nothing beside them gave their
+  texts (`labelled.why_no_texts`; another split folder's own list is read, for that folder)."""
+  unread = ''.join(
+    f'; {line}'
+    for where in dict.fromkeys((folder, folders.get('train', folder)))
+    for line in labelled.why_no_texts(where, folder)
+  )
   return DataError(
     f'The images in {str(folder)!r} are named by number, not by their text: give their texts in '
     'one labels file of that folder, a `file,text` line each, paths relative to it '

@@ -213,10 +213,11 @@ def check_same_split(workdir: Path, splits: dict) -> None:
   fingerprint = data.split_fingerprint(splits)
   if changed := run_folder.split_changes(workdir, fingerprint, names=('val', 'test')):
     raise ConfigError(
-      f'The data of {str(workdir)!r} has changed since it trained (its {", ".join(changed)}): '
-      'the splits are not those it trained and was chosen on. Score other images as one set '
-      'with --data_dir: a folder of images it did not train on (its own, grown, holds some it '
-      'did; move the new ones into a folder of their own).'
+      f'The data of {str(workdir)!r} splits otherwise than when it trained (its '
+      f'{", ".join(changed)}): its folder has changed since, or this version of captcha_jax '
+      'reads it otherwise, so the splits are not those it trained and was chosen on. Score '
+      'other images as one set with --data_dir: a folder of images it did not train on (its '
+      'own, grown, holds some it did; move the new ones into a folder of their own).'
     )
 
 

@@ -35,6 +35,7 @@ LABEL_LISTS = ('.csv', '.tsv', '.txt', *JSON_LISTS)
 # A text kept in a file of its own beside each image, as OCR ground truth is (tesstrain's and
 # kraken's `0001.gt.txt` beside `0001.png`), or `0001.txt`: the suffixes looked for, in order.
 TEXT_FILES = ('.gt.txt', '.txt')
+_SHOWN = 5  # the files an error or warning names of a longer list of them
 # What JSON records call the image's path, the likelier first (`image_width` is no path).
 _PATH_KEYS = tuple(
   re.compile(pattern, re.IGNORECASE)
@@ -116,15 +117,19 @@ def find_images(folder: str | Path) -> tuple[list[Path], list[str]]:
 
 
 def text_files(entries: Sequence[Path]) -> dict[Path, Path]:
-  """{image: its text file} of the images among a folder's `entries` that have one beside them
-  (TEXT_FILES: `0001.gt.txt` or `0001.txt` beside `0001.png`)."""
+  """{image: its text file} of the images among a folder's `entries` that have one beside them:
+  `0001.gt.txt` beside `0001.png`, or `0001.txt` where the images' names are ids, not texts
+  (`settings.names_are_ids`: a `226md.txt` beside `226md.png` may hold anything a scraper kept)."""
   names = {path.name: path for path in entries}
+  pictures = [path for path in entries if path.suffix.lower() in images.IMAGE_EXTENSIONS]
+  suffixes = TEXT_FILES
+  if not settings.names_are_ids([label_from_path(path) for path in pictures]):
+    suffixes = TEXT_FILES[:1]
   found = {}
-  for path in entries:
-    if path.suffix.lower() in images.IMAGE_EXTENSIONS:
-      beside = (names.get(path.stem + suffix) for suffix in TEXT_FILES)
-      if text_file := next(filter(None, beside), None):
-        found[path] = text_file
+  for path in pictures:
+    beside = (names.get(path.stem + suffix) for suffix in suffixes)
+    if text_file := next(filter(None, beside), None):
+      found[path] = text_file
   return found
 
 
@@ -218,6 +223,7 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
   rows = list(rows)
   files = [row[0].strip() for _, row in rows if row and row[0].strip()]
   base = _base(folder, files[:20])
+  like_next = len(files) > 1 and _same_shape(files[0], files[1])  # `img0` before `img1`: no header
   for number, row in rows:
     if not row or not any(field.strip() for field in row):
       continue
@@ -228,7 +234,6 @@ def read_labels_file(path: Path, folder: Path) -> tuple[list[Example], list[str]
     file = row[0].strip()
     image = _listed_image(base, file)
     named_image = Path(file).suffix.lower() in images.IMAGE_EXTENSIONS or file.isdigit()
-    like_next = len(files) > 1 and _same_shape(file, files[1])
     if number == 1 and not header and not image.is_file() and not named_image and not like_next:
       header, columns, text_at = row, len(row), _text_column(row)
       continue
@@ -326,9 +331,10 @@ def _base(folder: Path, files: Sequence[str]) -> Path:
   def names_files(where: Path) -> bool:
     return any(_listed_image(where, file).is_file() for file in files)
 
-  if not files or names_files(folder):
+  if len(files) < 2 or names_files(folder):  # one line: no list, whatever it names
     return folder
-  inside = [p for p in sorted(_entries(folder)) if p.is_dir() and names_files(p)]
+  with os.scandir(folder) as entries:
+    inside = sorted(Path(e.path) for e in entries if e.is_dir() and names_files(Path(e.path)))
   return inside[0] if len(inside) == 1 else folder
 
 
@@ -369,27 +375,14 @@ def find_labels_file(folder: Path, split: bool = False) -> Path | None:
   if not folder.is_dir():
     return None
   entries = _entries(folder)
-  beside = set(text_files(entries).values())  # each one image's text, not a list
-  files = sorted(
-    p for p in entries if p.suffix.lower() in LABEL_LISTS and p.is_file() and p not in beside
-  )
   count = sum(map(is_image_file, entries))
   listing, unread = [], []
-  for file in files:
-    examples, problem = read_as_list(file, folder)
-    if problem:
-      if examples:  # a list of the images, of something else than their texts
-        unread.append(f'{file}: {problem}: not read as their texts.')
-    elif len(examples) >= max(count / 2, 1):
+  for file in _lists(entries):
+    examples, problem = read_as_list(file, folder, count)
+    if not problem:
       listing.append(file)
-    else:
-      logging.warning(
-        '%s gives the texts of %d of the %d images, under half: not read. Set config.labels_file '
-        'to it to read it (the images it does not list are then left out).',
-        file,
-        len(examples),
-        count,
-      )
+    elif examples:  # a list of the images, of something else than their texts or of too few
+      unread.append(f'{file}: {problem}.')
   if not listing:
     for warning in unread:
       logging.warning('%s', warning)
@@ -412,9 +405,19 @@ def find_labels_file(folder: Path, split: bool = False) -> Path | None:
   return listing[0] if listing else None
 
 
-def read_as_list(file: Path, folder: Path) -> tuple[list[Example], str]:
-  """The examples `file` lists as `folder`'s images and their texts (`read_labels_file`), and why
-  it is not read as their list ('' where it is): its first bad line where it lists none."""
+def _lists(entries: Sequence[Path]) -> list[Path]:
+  """The files among a folder's `entries` that may list its images' texts: named as a list
+  (LABEL_LISTS), and not one image's text file (`text_files`)."""
+  beside = set(text_files(entries).values())
+  return sorted(
+    p for p in entries if p.suffix.lower() in LABEL_LISTS and p not in beside and p.is_file()
+  )
+
+
+def read_as_list(file: Path, folder: Path, count: int) -> tuple[list[Example], str]:
+  """The examples `file` lists as the images of `folder` (`count` of them directly in it) and
+  their texts (`read_labels_file`), and why it is not read as their list ('' where it is): its
+  first bad line where it lists none."""
   try:
     examples, _, header = read_labels_file(file, folder)
   except DataError as e:
@@ -430,20 +433,34 @@ def read_as_list(file: Path, folder: Path) -> tuple[list[Example], str]:
       f'its header, {",".join(header)}, names no column as the texts: config.labels_file set '
       'to it reads its second column as them'
     )
+  if len(examples) < max(count / 2, 1):
+    return examples, (
+      f'it gives the texts of {len(examples)} of the {count} images, under half: '
+      'config.labels_file set to it reads it (the images it does not list are then left out)'
+    )
   return examples, ''
 
 
-def unread_lists(folder: Path, top: Path) -> list[str]:
-  """'NAME was not read as one (why)' for each file of `folder` named as a labels list (not an
-  image's text file), NAME relative to `top`: for the errors of a set whose texts none gives."""
+def why_no_texts(folder: Path, top: Path) -> list[str]:
+  """Why `folder` gives no texts but its images' names, for the errors of a set whose names are
+  no texts: 'NAME was not read as one (why)' of its lists (NAME relative to `top`; the first
+  few), and how many of its images have a text file beside them, too few to be read."""
   entries = _entries(folder)
-  beside = set(text_files(entries).values())
-  return [
+  count = sum(map(is_image_file, entries))
+  files = _lists(entries)
+  lines = [
     f'{path.relative_to(top)} was not read as one' + (f' ({problem})' if problem else '')
-    for path in sorted(entries)
-    if path.suffix.lower() in LABEL_LISTS and path not in beside
-    for problem in [read_as_list(path, folder)[1]]
+    for path in files[:_SHOWN]
+    for problem in [read_as_list(path, folder, count)[1]]
   ]
+  if len(files) > _SHOWN:
+    lines.append(f'{len(files) - _SHOWN} more files named as lists were not read as one')
+  if beside := len(text_files(entries)):
+    lines.append(
+      f'{beside} of its {count} images have their text in a file beside them (0001.txt beside '
+      '0001.png), under half: not read'
+    )
+  return lines
 
 
 def find_examples(
@@ -478,7 +495,7 @@ def find_examples(
       try:
         found, passed_over = find_images(where)
       except DataError as e:
-        unread = ''.join(f'; {line}' for line in unread_lists(where, folder))
+        unread = ''.join(f'; {line}' for line in why_no_texts(where, folder))
         raise DataError(
           f'{e} It should hold images named by their text, like 226md.png (or sub-folders train/ '
           f'and val/ or test/ of them), or set config.labels_file{unread}.'
@@ -513,22 +530,29 @@ def find_examples(
 
 
 def _warn_unlisted(listing: Path, examples: Sequence[Example]) -> None:
-  """Names the images beside those `listing` gives the texts of that it does not list: they are
-  left out, and a list cut short or written for another folder should not pass unnoticed."""
-  listed = {os.path.abspath(e.path) for e in examples}
-  unlisted = sorted(
-    str(path)
-    for where in {Path(e.path).parent for e in examples}
-    for path in _entries(where)
-    if is_image_file(path) and os.path.abspath(path) not in listed
-  )
+  """Names the images beside those `listing` gives the texts of that neither it nor another list
+  beside it (`test.csv` beside `train.csv`) lists: they are left out, and a list cut short or
+  written for another folder should not pass unnoticed."""
+  try:
+    listed = {os.path.abspath(e.path) for e in examples}
+    for other in _lists(_entries(listing.parent)):
+      if other != listing and not (given := read_as_list(other, listing.parent, 0))[1]:
+        listed |= {os.path.abspath(e.path) for e in given[0]}
+    unlisted = sorted(
+      str(path)
+      for where in {Path(e.path).parent for e in examples}
+      for path in _entries(where)
+      if is_image_file(path) and os.path.abspath(path) not in listed
+    )
+  except DataError:  # a folder that cannot be listed: its images are not read either way
+    return
   if unlisted:
     logging.warning(
-      'Left out %d image(s) beside those %s lists, which it does not list (no text): %s%s.',
+      'Left out %d image(s) beside those %s lists, which it does not list: %s%s.',
       len(unlisted),
       listing,
-      ', '.join(unlisted[:5]),
-      ', ...' if len(unlisted) > 5 else '',
+      ', '.join(unlisted[:_SHOWN]),
+      ', ...' if len(unlisted) > _SHOWN else '',
     )
 
 

@@ -269,6 +269,13 @@ def _is_long_tag(part: str) -> bool:
   return re.fullmatch(r'[0-9a-fA-F-]{8,}|\d[\d._:T -]{7,}', part) is not None
 
 
+def names_are_ids(stems: Sequence[str]) -> bool:
+  """Whether file names are ids rather than texts: each a counter, a date or a hash (`_is_tag`), or
+  all one word with a number in it (`img_0001`, `line12`)."""
+  shapes = {re.sub(r'\d+', '0', stem) for stem in stems}
+  return bool(stems) and (all(map(_is_tag, stems)) or (len(shapes) == 1 and '0' in shapes.pop()))
+
+
 def counting(parts: Sequence[str]) -> bool:
   """Whether `parts` are numbers that count up one by one (0001, 0002, ...), in any order, a
   tenth of them missing at most (files deleted since they were numbered)."""

@@ -155,10 +155,23 @@ def test_the_file_that_lists_a_folders_images_gives_their_texts(tmp_path, caplog
   _, splits = resolve(config_for(tmp_path))
   assert {e.path: e.text for name in data.SPLITS for e in splits[name]} == texts
   assert (
-    f'Left out 1 image(s) beside those {tmp_path / "labels.csv"} lists, which it does not list '
-    f'(no text): {tmp_path / "extra.png"}.'
+    f'Left out 1 image(s) beside those {tmp_path / "labels.csv"} lists, which it does not list: '
+    f'{tmp_path / "extra.png"}.'
   ) in caplog.text
   (tmp_path / 'extra.png').unlink()
+  # Nor those another list beside it gives the texts of: test.csv's, training on train.csv.
+  lines = (tmp_path / 'labels.csv').read_text().splitlines()
+  (tmp_path / 'labels.csv').rename(tmp_path / 'labels.bak')
+  (tmp_path / 'train.csv').write_text('\n'.join(lines[:9]) + '\n')
+  (tmp_path / 'test.csv').write_text('\n'.join(lines[:1] + lines[9:]) + '\n')
+  caplog.clear()
+  _, splits = resolve(config_for(tmp_path, labels_file='train.csv'))
+  assert sum(map(len, splits.values())) == 8 and 'Left out' not in caplog.text
+  (tmp_path / 'test.csv').unlink()
+  resolve(config_for(tmp_path, labels_file='train.csv'))
+  assert 'Left out 4 image(s) beside those' in caplog.text
+  (tmp_path / 'train.csv').unlink()
+  (tmp_path / 'labels.bak').rename(tmp_path / 'labels.csv')
   # Named relative to the folder, it resolves as found, so a run resumes either way.
   for named in ('labels.csv', './labels.csv', str(tmp_path / 'x' / '..' / 'labels.csv')):
     assert resolve(config_for(tmp_path, labels_file=named))[0] == resolved
@@ -421,7 +434,7 @@ def test_a_list_of_a_few_images_is_named_and_a_zip_is_no_folder(tmp_path, caplog
   caplog.set_level(logging.WARNING)
   resolved, _ = resolve(config_for(tmp_path / 'set'))
   assert resolved.labels_file == ''  # the names
-  assert 'some.csv gives the texts of 3 of the 12 images, under half: not read.' in caplog.text
+  assert 'some.csv: it gives the texts of 3 of the 12 images, under half: config' in caplog.text
   (tmp_path / 'set.zip').write_bytes(b'PK\x05\x06' + bytes(18))
   with pytest.raises(
     DataError, match=r'set.zip\' \(config.data_dir\) is a file, not a folder \(unpack'
@@ -480,6 +493,12 @@ def test_split_folders_that_list_their_own_texts_keep_their_split(tmp_path, capl
   assert len(splits['val']) and all(texts[e.path][0] == 'train' for e in splits['val'])
   again = resolve(resolved)
   assert again[0] == resolved and again[1] == splits
+  assert 'Left out' not in caplog.text
+  extra = tmp_path / 'test' / 'images' / 'extra.png'  # an image its folder's list leaves out
+  shutil.copy(next((tmp_path / 'test' / 'images').glob('*.png')), extra)
+  resolve(config)
+  assert f'which it does not list: {extra}.' in caplog.text
+  extra.unlink()
   # One split folder listed, the other named by text: each read as it comes.
   (tmp_path / 'test' / 'metadata.jsonl').unlink()
   for path in (tmp_path / 'test' / 'images').glob('*.png'):
@@ -578,9 +597,25 @@ def test_a_text_file_beside_each_image_gives_its_text(tmp_path, caplog):
   with pytest.raises(DataError, match=r'named by number') as e:
     resolve(config)
   assert str(e.value).endswith(
-    '(config.labels_file); 9 of them have their text in a file beside them (0001.txt beside '
-    "0001.png), under half: not read. If the numbers are the texts, set config.labels_file to ''."
+    '(config.labels_file); 9 of its 30 images have their text in a file beside them (0001.txt '
+    'beside 0001.png), under half: not read. If the numbers are the texts, set config.labels_file '
+    "to ''."
   )
+  # Beside images named by their text, a `.txt` may hold anything a scraper kept: the names stay
+  # the texts. A `.gt.txt` is ground truth wherever it lies, and comes before a `.txt`.
+  named = tmp_path / 'named'
+  named.mkdir()
+  for path in synthetic.generate(tmp_path / 'src', 12, seed=3):
+    shutil.copy(path, named / path.name)
+    (named / f'{path.stem}.txt').write_text('https://example.com/captcha?id=1\n')
+  assert {e.text for e in labelled.find_examples(config_for(named), named)[0]} == {
+    p.stem for p in named.glob('*.png')
+  }
+  for path in named.glob('*.png'):
+    (named / f'{path.stem}.gt.txt').write_text(path.stem.upper())
+  assert {e.text for e in labelled.find_examples(config_for(named), named)[0]} == {
+    p.stem.upper() for p in named.glob('*.png')
+  }
 
 
 def test_a_set_named_by_number_with_no_list_of_its_texts_is_refused(tmp_path):
