@@ -120,7 +120,9 @@ def text_files(entries: Sequence[Path]) -> dict[Path, Path]:
   """{image: its text file} of the images among a folder's `entries` that have one beside them:
   `0001.gt.txt` beside `0001.png`, or `0001.txt` where the images' names are ids, not texts
   (`settings.names_are_ids`: a `226md.txt` beside `226md.png` may hold anything a scraper kept)."""
-  names = {path.name: path for path in entries}
+  names = {path.name: path for path in entries if path.name.endswith(TEXT_FILES)}
+  if not names:  # most folders: nothing to match, nor names to tell ids by
+    return {}
   pictures = [path for path in entries if path.suffix.lower() in images.IMAGE_EXTENSIONS]
   suffixes = TEXT_FILES
   if not settings.names_are_ids([label_from_path(path) for path in pictures]):
@@ -138,8 +140,9 @@ def texts_beside(folder: Path) -> dict[Path, Path] | None:
   (`text_files`), for the texts to be read from those files; else None (the names are the
   texts)."""
   entries = _entries(folder)
-  found = text_files(entries)
-  return found if found and len(found) >= sum(map(is_image_file, entries)) / 2 else None
+  if not (found := text_files(entries)):
+    return None
+  return found if len(found) >= sum(map(is_image_file, entries)) / 2 else None
 
 
 def read_text_file(path: Path) -> str:
