@@ -371,7 +371,8 @@ def _usable_examples(
     beyond = [e for e in beyond if Path(e.path).parent != where]
     del folders[name]
   trained = folders.get('train', folder)
-  if from_names and settings.counting([e.text for e in usable if Path(e.path).parent == trained]):
+  named = [e.text for e in usable + beyond if Path(e.path).parent == trained]  # too long too
+  if from_names and settings.counting(named):
     raise named_by_number(folder, folders)
   if not usable and not (one_set and beyond):  # a set to score may hold only labels too long
     raise DataError(f'No usable images in {str(folder)!r}: every file was skipped.')

@@ -1,6 +1,7 @@
 """Labelled examples: which files of a folder are captchas and the text of each, from its name, a
 labels file beside the images, or a confident reading; and the errors bad input gets."""
 
+import functools
 import json
 import logging
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from captcha_jax import data, labelled, synthetic
+from captcha_jax import data, labelled, models, synthetic
 from captcha_jax.errors import ConfigError, DataError
 from tests.conftest import config_for, resolve
 
@@ -641,6 +642,10 @@ def test_a_set_named_by_number_with_no_list_of_its_texts_is_refused(tmp_path):
     resolve(config_for(tmp_path, alphabet='auto', max_label_length=0))
   resolved, _ = resolve(config_for(tmp_path, alphabet='auto', max_label_length=0, labels_file=''))
   assert resolved.alphabet == '0123456789'[: len(resolved.alphabet)]  # asked for: the numbers
+  # Scored by a run whose labels are shorter than the numbers: not scored against them either.
+  scored = config_for(tmp_path / 'train', max_label_length=5)
+  with pytest.raises(DataError, match=r'named by number'):
+    data.resolve(scored, functools.partial(models.output_steps, scored.model), one_set=True)
 
 
 def test_two_folders_of_one_split_are_refused(tmp_path):
