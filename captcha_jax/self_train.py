@@ -29,7 +29,7 @@ from pathlib import Path
 import ml_collections
 from tqdm import tqdm
 
-from captcha_jax import labelled, predict, train
+from captcha_jax import labelled, predict, train, transfer
 from captcha_jax import workdir as run_folder
 from captcha_jax.errors import ConfigError, DataError
 
@@ -178,6 +178,13 @@ def run_rounds(
   from where WORKDIR started; returns the last round's workdir."""
   workdir = Path(os.path.abspath(workdir))  # as a run saves its paths: no '..' left
   config = run_folder.read_config(workdir)
+  start = config.get('init_from', '')
+  if restart and start and start != transfer.PRETRAINED and not os.path.isabs(start):
+    raise ConfigError(
+      f'{str(workdir)!r} started from {start!r}, relative to the folder it was trained in, which '
+      f'a run did not save then: write its absolute path as init_from in {workdir}/config.json '
+      'to restart rounds from it.'
+    )
   teacher = workdir
   for r in range(1, rounds + 1):
     student = round_dir(workdir, r)

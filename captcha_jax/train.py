@@ -172,6 +172,7 @@ def train_and_evaluate(
   """
   start_time = time.time()
   settings.validate(config)
+  config = transfer.absolute_sources(config)
   workdir = Path(workdir).absolute()
   if transfer.is_reader(workdir):
     raise ConfigError(

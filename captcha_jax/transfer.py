@@ -7,6 +7,7 @@ characters new to the target start from the target's fresh initialisation.
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import flax.serialization
@@ -94,6 +95,18 @@ def portable_path(path: str) -> str:
     if Path(path).is_relative_to(base):  # False for a relative path
       return prefix + str(Path(path).relative_to(base))
   return path
+
+
+def absolute_sources(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with init_from (but for the shipped reader's name) and pretrained as absolute paths,
+  as a run saves data_dir: a resumed run, or a self-training round restarted from where it
+  began, finds them from any folder."""
+  config = config.copy_and_resolve_references()
+  if config.get('init_from') and config.init_from != PRETRAINED:
+    config.init_from = os.path.abspath(os.path.expanduser(config.init_from))
+  if config.get('pretrained'):
+    config.pretrained = os.path.abspath(os.path.expanduser(config.pretrained))
+  return config
 
 
 def is_reader(folder: str | Path) -> bool:

@@ -217,6 +217,12 @@ def test_restarted_rounds_train_from_where_the_first_run_started(trained, tmp_pa
   (first / 'config.json').write_text(json.dumps(saved))
   unlabelled = tmp_path / 'unlabelled'
   images = synthetic.generate(unlabelled, 4, seed=8)
+  # Saved relative, as runs did before they saved it absolute: from which folder is unknown.
+  (first / 'config.json').write_text(json.dumps({**saved, 'init_from': 'runs/base'}))
+  with pytest.raises(ConfigError, match="started from 'runs/base', relative to the folder"):
+    rounds.run_rounds(first, [str(unlabelled)], rounds=1, epochs=1, restart=True)
+  assert not rounds.round_dir(first, 1).exists()
+  (first / 'config.json').write_text(json.dumps(saved))
 
   # One round: the chaining of rounds is run_rounds' own, tested above with training faked.
   one = rounds.run_rounds(first, [str(unlabelled)], rounds=1, epochs=1, restart=True)

@@ -195,6 +195,18 @@ def test_fine_tuning_reads_a_narrow_set_at_its_readers_width(trained, tmp_path, 
   assert train.sources.prepare(tiny_config, lambda h, w: 1000)[0].image_width == 72
 
 
+def test_a_run_saves_the_reader_it_starts_from_by_its_absolute_path(
+  tiny_config, tmp_path, monkeypatch
+):
+  monkeypatch.chdir(tmp_path)
+  tiny_config.update(init_from='runs/base', pretrained='~/resnet18.pth')
+  config = transfer.absolute_sources(tiny_config)
+  assert config.init_from == str(tmp_path / 'runs' / 'base')  # found again from any folder
+  assert config.pretrained == str(Path.home() / 'resnet18.pth')
+  tiny_config.update(init_from=transfer.PRETRAINED, pretrained='')
+  assert transfer.absolute_sources(tiny_config).init_from == 'pretrained'  # the shipped reader
+
+
 def test_predict_reads_the_length_asked_for(tmp_path, capsys):
   image, _ = synthetic.sample(1, 99, alphabet='0123456789', lengths=(5, 5), style='clean')
   image.save(tmp_path / 'a.png')
