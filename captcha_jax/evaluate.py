@@ -15,7 +15,7 @@ import functools
 import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ml_collections
@@ -34,7 +34,7 @@ from captcha_jax import (
   sources,
 )
 from captcha_jax import workdir as run_folder
-from captcha_jax.errors import ConfigError, DataError
+from captcha_jax.errors import ConfigError, DataError, UserError
 from captcha_jax.predict import Predictor
 
 MISSING = '∅'
@@ -85,6 +85,7 @@ def evaluate_workdir(
         config.label_pattern = label_pattern
     config, examples = data.resolve(config, output_steps, one_set=True)
     beyond = examples.pop(data.BEYOND_THE_MODEL)
+    _warn_trained_on(predictor.config, [e.path for e in examples['all'] + beyond], output_steps)
     scored = {'folder': config.data_dir, 'labels_file': config.labels_file}
     suffix = report_suffix(workdir, Path(data_dir), labels_file, scored)
     if examples['all']:
@@ -151,6 +152,28 @@ def evaluate_workdir(
   run_folder.write_json(workdir / f'evaluation{suffix}.json', report)
   run_folder.write_atomic(workdir / f'evaluation{suffix}.txt', format_report(report))
   return report
+
+
+def _warn_trained_on(
+  run_config: ml_collections.ConfigDict, paths: list[str], output_steps: Callable[[int, int], int]
+) -> None:
+  """Warns where images scored as another set are ones the run trained on (its labelled training
+  images, or the readings it self-trained on), or byte-for-byte copies of them: read as learned,
+  they score it higher than images it never saw would."""
+  if run_config.get('data_source') == 'synthetic':
+    return
+  try:
+    _, splits = data.resolve(run_config, output_steps)
+  except UserError:  # its data moved or changed: nothing to compare with
+    return
+  if trained := labelled.copies_of(paths, [e.path for e in splits['train']]):
+    logging.warning(
+      '%d of the %d images scored are images the run trained on, or copies of them (e.g. %s): '
+      'they score it higher than images it never saw would.',
+      len(trained),
+      len(paths),
+      next(iter(trained)),
+    )
 
 
 def report_suffix(workdir: Path, data_dir: Path, labels_file: str, scored: dict) -> str:

@@ -141,6 +141,7 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   assert f'Data {other}: all 12;' in caplog.text  # one set, not a train split
   assert 'Scoring 2 image(s) whose labels the model cannot read' in caplog.text
   assert 'of labels the model cannot read' not in caplog.text  # scored, not skipped
+  assert 'images the run trained on' not in caplog.text
   paths = sorted(p for p in other.glob('*.png') if p.name != 'bcdef.png')
   readings = Predictor.from_workdir(workdir).predict(paths)  # read file by file, as a user would
   wrong = {str(p) for p, r in zip(paths, readings, strict=True) if r.raw_text != p.stem}
@@ -169,6 +170,14 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   assert evaluate.evaluate_workdir(workdir, str(other)) == report
   assert not (workdir / 'evaluation-elsewhere-other-2.json').exists()
   assert (workdir / 'evaluation.json').read_text() == own
+  # A copy of the run's own folder: its training images are named as such.
+  copies = tmp_path / 'copies'
+  shutil.copytree(config.data_dir, copies)
+  trained_on = json.loads((workdir / 'split.json').read_text())['train']['images']
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    evaluate.evaluate_workdir(workdir, str(copies))
+  assert f'{trained_on} of the 60 images scored are images the run trained on' in caplog.text
   # A run from before config.pseudo_labels existed scores another folder all the same.
   older = tmp_path / 'older'
   shutil.copytree(workdir, older)
