@@ -299,10 +299,12 @@ def resolve(
     logging.info(
       'Initial blank probability 1 - %.2f/%d = %s.', mean_length, steps, config.blank_prior
     )
+  beyond_model = f' (and {len(beyond)} whose labels the model cannot read)' if beyond else ''
   logging.info(
-    'Data %s: %s; alphabet %r (%d symbols), labels of %s character(s), images %d×%d.',
+    'Data %s: %s%s; alphabet %r (%d symbols), labels of %s character(s), images %d×%d.',
     folder,
     ', '.join(f'{k} {len(v)}' for k, v in splits.items()),
+    beyond_model,
     config.alphabet,
     len(config.alphabet),
     config.fixed_label_length or f'up to {config.max_label_length}',

@@ -633,6 +633,13 @@ def pseudo_labelled(
   report_problems(problems, repr(str(path)), config.skip_bad_files)
   fresh, copies = not_labelled([e.path for e in readable], [e.path for e in labelled])
   kept = [e for e in readable if e.path in set(fresh)]
+  if same := len(readable) - len(kept) - len(copies):
+    logging.warning(
+      '%d readings in %s are of labelled images themselves: left out, as they keep their labels '
+      '(were the unlabelled images those of the data folder?).',
+      same,
+      path,
+    )
   if copies:
     copy, original = next(iter(copies.items()))
     logging.warning(

@@ -138,7 +138,8 @@ def test_evaluating_another_folder_scores_all_of_it_and_keeps_the_runs_report(
   with caplog.at_level(logging.INFO):
     report = evaluate.evaluate_workdir(workdir, str(other))
   assert list(report) == ['all'] and report['all']['images'] == 14
-  assert f'Data {other}: all 12;' in caplog.text  # one set, not a train split
+  # One set, not a train split; and the labels the model cannot read, scored below.
+  assert f'Data {other}: all 12 (and 2 whose labels the model cannot read);' in caplog.text
   assert 'Scoring 2 image(s) whose labels the model cannot read' in caplog.text
   assert 'of labels the model cannot read' not in caplog.text  # scored, not skipped
   assert 'images the run trained on' not in caplog.text

@@ -211,6 +211,7 @@ def test_pseudo_labels_join_the_train_split_alone(captcha_dir, tmp_path, caplog)
     (p.name, p.stem) for p in images[:4] + images[6:7]
   ]
   assert '5 of the 13 readings' in caplog.text
+  assert '1 readings in ' in caplog.text and 'are of labelled images themselves' in caplog.text
   assert 'readings.csv, line 11: ' in caplog.text and 'gone.png' in caplog.text
   assert "reading 'bcd!f': '!' is not in the alphabet" in caplog.text
   assert "line 13: confidence 'high' is not a number" in caplog.text
