@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from captcha_jax import settings
-from captcha_jax.errors import Stopped, UserError
+from captcha_jax.errors import DataError, Stopped, UserError
 from captcha_jax.settings import MIN_SIDE
 
 EXIT_USER_ERROR = 2
@@ -365,6 +365,11 @@ def predict(argv: Sequence[str] | None = None) -> None:
     _check_folder_of(parser, '--output', args.output)
     if Path(args.output).expanduser().is_dir():
       parser.error(f'--output {args.output} is a folder: give a file name (.csv or .jsonl)')
+    if not _readings_or_nothing(Path(args.output).expanduser()):
+      parser.error(
+        f'--output {args.output} holds something else than readings (your labels?): give '
+        'another file name, or move it away first'
+      )
   _check_reading_flags(parser, args)
 
   def action() -> int:
@@ -418,6 +423,20 @@ def predict(argv: Sequence[str] | None = None) -> None:
     return 0
 
   _run(action)
+
+
+def _readings_or_nothing(path: Path) -> bool:
+  """Whether `path` may be written over with readings: it holds nothing, or readings of an
+  earlier `predict --output` (not a labels list, which they would replace)."""
+  from captcha_jax import labelled
+
+  if not path.is_file() or not path.stat().st_size:
+    return True
+  try:
+    labelled.read_readings(path, 0.0)
+  except DataError:
+    return False
+  return True
 
 
 def _onnx_module(name: str):

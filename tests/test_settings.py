@@ -143,6 +143,11 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
     ('predict', ['--pretrained', '--output={tmp}/no/r.csv', '{tmp}/a.png'], "'{tmp}/no' does not"),
     ('predict', ['--pretrained', '--output={tmp}/f.csv', '{tmp}/a.png'], 'f.csv is a folder'),
     (
+      'predict',
+      ['--pretrained', '--output={tmp}/labels.csv', '{tmp}/a.png'],
+      'labels.csv holds something else than readings (your labels?)',
+    ),
+    (
       'serve',
       ['--pretrained', '--host=nowhere.invalid', '--no_warmup'],
       'error: Could not serve on nowhere.invalid:8000',
@@ -154,6 +159,7 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
 def test_commands_report_user_errors_in_one_line(tmp_path, module, args, message):
   (tmp_path / 'a_file').write_text('not a folder')
   (tmp_path / 'f.csv').mkdir()
+  (tmp_path / 'labels.csv').write_text('file,text\na.png,abcde\n')
   Image.new('RGB', (200, 50), 'white').save(tmp_path / 'a.png')
   out = run(module, *(a.format(tmp=tmp_path) for a in args))
   assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
