@@ -84,7 +84,8 @@ def test_predict_failing_half_way_leaves_its_output_as_it_was(
   from captcha_jax import predict
 
   out_csv = tmp_path / 'r.csv'
-  out_csv.write_text('file,text\nkept.png,kept\n')
+  before = 'file,text,raw_text,confidence\nkept.png,kept,kept,0.9\n'  # an earlier run's readings
+  out_csv.write_text(before)
   real = predict.read_files
 
   def read_one_then_fail(*args):
@@ -96,7 +97,7 @@ def test_predict_failing_half_way_leaves_its_output_as_it_was(
   monkeypatch.setattr(predict, 'read_files', read_one_then_fail)
   with pytest.raises(RuntimeError, match='half-way'):
     cli.predict([f'--workdir={trained[1]}', str(captcha_dir), f'--output={out_csv}'])
-  assert out_csv.read_text() == 'file,text\nkept.png,kept\n'
+  assert out_csv.read_text() == before
   assert len(Path(f'{out_csv}.partial').read_text().splitlines()) == 2  # the header, one reading
 
 
