@@ -162,10 +162,13 @@ def _warn_trained_on(
   they score it higher than images it never saw would."""
   if run_config.get('data_source') == 'synthetic':
     return
+  logging.disable(logging.WARNING)  # the run's own data, read again: its news was told in training
   try:
     _, splits = data.resolve(run_config, output_steps)
   except UserError:  # its data moved or changed: nothing to compare with
     return
+  finally:
+    logging.disable(logging.NOTSET)
   if trained := labelled.copies_of(paths, [e.path for e in splits['train']]):
     logging.warning(
       '%d of the %d images scored are images the run trained on, or copies of them (e.g. %s): '

@@ -508,7 +508,7 @@ def find_examples(
         logging.info('The texts of %s are those of the text file beside each image.', where)
         for image in found:
           if image not in beside:
-            problems.append(f'{image}: no text file beside it ({image.stem}.txt)')
+            problems.append(f'{image}: no text file beside it, where the others have one')
             continue
           try:
             examples.append(Example(str(image), read_text_file(beside[image])))

@@ -584,7 +584,7 @@ def test_a_text_file_beside_each_image_gives_its_text(tmp_path, caplog):
   caplog.clear()
   _, splits = resolve(config)
   for problem in (
-    f'{train / "0002.png"}: no text file beside it (0002.txt)',
+    f'{train / "0002.png"}: no text file beside it, where the others have one',
     f'{train / "0003.gt.txt"}: no text',
     f'{train / "0004.gt.txt"}: 2 lines, where one text was expected',
   ):
