@@ -749,13 +749,11 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
     git_blob_sha1=config.data_git_blob,
     min_images=config.data_min_images,
   )
-  # The folder of the most images: in a set that comes split, its train/, and in one whose list
-  # lies beside its images' folder (`set/images/`, `set/labels.csv`), that folder; the set is the
-  # folder above.
-  above = fetched.parent
-  if fetched in split_folders(above).values() or find_labels_file(above):
-    return above
-  return fetched
+  # Read from the top of what was unpacked, as config.data_dir would be: a set that comes split
+  # keeps its split, a list above the images is found, and folders beside the one of the most
+  # images (`unlabeled/`, `part2/`) are not passed over unsaid.
+  cache = Path(config.download_dir).expanduser()
+  return readable_folder(cache / fetched.relative_to(cache).parts[0], cache)
 
 
 def unreadable_odd_files(examples: Sequence[Example]) -> dict[str, str]:

@@ -319,6 +319,8 @@ def test_a_downloaded_set_is_read_from_the_folder_that_holds_it_whole(server, tm
 
   members = {f'set/train/{label}.png': _png(label) for label in LABELS[:14]}
   members |= {f'set/test/{label}.png': _png(label) for label in LABELS[14:]}
+  # More images, unlabelled, beside them: not the folder the set is read from.
+  members |= {f'set/unlabeled/{i:08x}.png': _png(LABELS[0]) for i in range(20)}
   config = ml_collections.ConfigDict(
     dict(
       data_dir='',
