@@ -69,7 +69,15 @@ def fetch(
   name = _cache_name(url, sha256, git_blob_sha1)
   final = cache_dir / name
   if final.is_dir():
-    return _reuse(final, min_images, check)
+    found = _reuse(final, min_images, check)
+    when = time.strftime('%Y-%m-%d %H:%M', time.localtime(final.stat().st_mtime))
+    logging.info(
+      'Reading the copy of %s unpacked into %s on %s (delete it to download the file again).',
+      url,
+      final,
+      when,
+    )
+    return found
 
   cache_dir.mkdir(parents=True, exist_ok=True)
   _remove_stale(cache_dir, name)
@@ -251,6 +259,10 @@ def _untar(archive: Path, into: Path, url: str) -> None:
           f'The tar archive from {url} has members that are links or devices, or would be '
           f'written outside its folder: {unsafe[:5]}. It was not unpacked.'
         )
+      # tarfile stops quietly where a cut-off plain .tar ends; its two zero blocks say it is whole.
+      tf.fileobj.seek(tf.offset)
+      if tf.fileobj.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+        raise DataError(f'The tar archive from {url} is cut short (no end-of-archive marker).')
       for member in members:
         if any(_JUNK.match(p) for p in PurePosixPath(member.name).parts):
           continue

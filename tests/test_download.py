@@ -4,6 +4,7 @@ import hashlib
 import http.server
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -125,7 +126,7 @@ def _everything(folder: Path) -> list[str]:
   return sorted(str(p.relative_to(folder)) for p in folder.rglob('*'))
 
 
-def test_fetch_unpacks_the_image_folder_and_reuses_it_offline(server, good_zip, tmp_path):
+def test_fetch_unpacks_the_image_folder_and_reuses_it_offline(server, good_zip, tmp_path, caplog):
   url = server.serve('/captcha_images_v2.zip', body(good_zip))
   cache = tmp_path / 'cache'
   sha256 = hashlib.sha256(good_zip).hexdigest()
@@ -139,7 +140,9 @@ def test_fetch_unpacks_the_image_folder_and_reuses_it_offline(server, good_zip, 
   assert server.requests == ['/captcha_images_v2.zip']
 
   server.stop()  # the second call must not touch the network at all
-  assert download.fetch(url, cache, sha256=sha256, min_images=20, progress=False) == folder
+  with caplog.at_level(logging.INFO):
+    assert download.fetch(url, cache, sha256=sha256, min_images=20, progress=False) == folder
+  assert f'Reading the copy of {url} unpacked into {folder.parent} on ' in caplog.text
 
 
 def test_git_blob_id_pins_the_download_as_git_computes_it(server, good_zip, tmp_path):
@@ -346,10 +349,11 @@ def test_a_downloaded_set_is_read_from_the_folder_that_holds_it_whole(server, tm
   assert sorted(e.text for e in examples) == sorted(LABELS) and not problems
 
 
-def _tar(members: dict[str, bytes], link: str = '') -> bytes:
-  """A .tar.gz of `members`, and a symbolic link named `link` to /etc/passwd where given."""
+def _tar(members: dict[str, bytes], link: str = '', mode: str = 'w:gz') -> bytes:
+  """A .tar.gz (or tarball of `mode`) of `members`, and a symbolic link named `link` to
+  /etc/passwd where given."""
   buffer = io.BytesIO()
-  with tarfile.open(fileobj=buffer, mode='w:gz') as tf:
+  with tarfile.open(fileobj=buffer, mode=mode) as tf:
     for name, data in members.items():
       info = tarfile.TarInfo(name)
       info.size = len(data)
@@ -376,6 +380,15 @@ def test_a_tarball_unpacks_as_a_zip_does_and_its_links_are_refused(server, tmp_p
     download.fetch(escaping, tmp_path / 'cache', progress=False)
   assert not (tmp_path / 'up.png').exists()
   assert [p.name for p in (tmp_path / 'cache').iterdir()] == [folder.parent.name]
+  # A plain .tar cut off between two members, with no length to tell: not a smaller set.
+  plain = _tar(members, mode='w')
+  whole = server.serve('/whole.tar', body(plain))
+  assert len(list(download.fetch(whole, tmp_path / 'plain', progress=False).iterdir())) == 20
+  with tarfile.open(fileobj=io.BytesIO(plain)) as tf:
+    between = tf.getmembers()[10].offset  # where the 11th member's header starts
+  cut = server.serve('/cut.tar', body(plain[:between]))
+  with pytest.raises(DataError, match='cut short'):
+    download.fetch(cut, tmp_path / 'plain', progress=False)
 
 
 @pytest.fixture(scope='module')
