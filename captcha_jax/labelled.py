@@ -46,16 +46,20 @@ _PATH_KEYS = tuple(
     'name',
   )
 )
-# What their headers call the texts' column.
-_TEXT_COLUMN = re.compile(
-  r'text|label|captcha|answer|solution|result|code|word|string|target|truth|transcri|content|chars'
-  r'|^\s*(gt|y|value)\s*$',
-  re.IGNORECASE,
+# What their headers call the texts' column: a name holding one of these words (`captcha_text`,
+# `Label`, `groundTruth`) and none that names another thing of a text (`captcha_id`, `text_len`).
+_TEXT_WORDS = frozenset(
+  'text texts label labels captcha answer answers solution result code word words string target '
+  'truth transcription transcript transcribed content chars characters ocr gt y value'.split()
+)
+_NOT_TEXT_WORDS = frozenset(
+  'id ids url uri path file filename name type hash md5 sha len length size width height time '
+  'date count index idx num number'.split()
 )
 # The names sets that come split give their splits' sub-folders (in any case).
 SPLIT_FOLDERS = {
   'train': ('train', 'training'),
-  'val': ('val', 'valid', 'validation', 'dev'),
+  'val': ('val', 'valid', 'validation', 'dev', 'eval'),
   'test': ('test', 'testing'),
 }
 
@@ -783,6 +787,12 @@ def readable_folder(folder: Path, cache_dir: str | Path) -> Path:
 
   folder = inside_lone_folders(folder)
   if parquet_sets.parquet_files(folder):
+    if beside := sum(map(is_image_file, _entries(folder))):
+      logging.warning(
+        'Reading the Parquet files of %s; the %d image(s) beside them (previews?) are not read.',
+        folder,
+        beside,
+      )
     return parquet_sets.unpacked(folder, cache_dir)
   return folder
 
@@ -794,8 +804,10 @@ def is_image_file(path: Path) -> bool:
 
 
 def names_texts(name: str) -> bool:
-  """Whether a column's name says it holds the texts (`text`, `label`, `solution`, ...)."""
-  return _TEXT_COLUMN.search(name) is not None
+  """Whether a column's name says it holds the texts (`text`, `label`, `solution`, ...): by its
+  words, so `captcha_id` and `content_type` are no texts' column."""
+  words = re.findall(r'[a-z]+|\d+', re.sub(r'([a-z])([A-Z])', r'\1 \2', name).lower())
+  return bool(_TEXT_WORDS.intersection(words)) and not _NOT_TEXT_WORDS.intersection(words)
 
 
 def inside_lone_folders(folder: Path) -> Path:

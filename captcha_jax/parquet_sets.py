@@ -36,14 +36,14 @@ _BATCH_ROWS = 512  # rows read at a time: memory stays flat however large the fi
 
 
 def parquet_files(folder: Path) -> list[Path]:
-  """The .parquet files of a folder that holds no image: directly in it, or in its `data/` (as a
-  Hub dataset's repository lays them out)."""
+  """The .parquet files of a folder: directly in it where it holds no image, and in its `data/`
+  (as a Hub dataset's repository lays them out, whatever preview images lie beside it)."""
   found = []
   for where in (folder, folder / 'data'):
     if where.is_dir():
       entries = list(where.iterdir())
-      if any(labelled.is_image_file(p) for p in entries):
-        return []
+      if where == folder and any(labelled.is_image_file(p) for p in entries):
+        continue
       found += sorted(p for p in entries if p.suffix.lower() == '.parquet' and p.is_file())
   return found
 
@@ -65,7 +65,9 @@ def unpacked(folder: Path, cache_dir: str | Path) -> Path:
   splits = {path: _split_of(path) for path in files}
   known = {split for names in labelled.SPLIT_FOLDERS.values() for split in names}
   named = set(splits.values()) & known
-  apart = len(named) > 1 and bool(named & set(labelled.SPLIT_FOLDERS['train']))
+  # A train file beside others: the set's splits, and files of no known split (`unlabeled-`,
+  # `extra-`) are no part of them.
+  apart = bool(named & set(labelled.SPLIT_FOLDERS['train'])) and len(set(splits.values())) > 1
   if apart and (others := sorted(p.name for p, split in splits.items() if split not in known)):
     logging.warning(
       'Leaving out %s: not a split of the set (%s).', ', '.join(others), ', '.join(sorted(named))
@@ -74,11 +76,15 @@ def unpacked(folder: Path, cache_dir: str | Path) -> Path:
   temporary = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.', suffix='.tmp'))
   try:
     rows: dict[Path, list[tuple[str, str]]] = {}
+    empty = []  # rows of no image or no text, by file and row: no file of the cache names them
     for path in files:
       where = temporary / splits[path] if apart else temporary
       where.mkdir(exist_ok=True)
       listed = rows.setdefault(where, [])
-      for image, text in _rows(path):
+      for row, (image, text) in enumerate(_rows(path)):
+        if not image or not text.strip():
+          empty.append(f'{path.name}, row {row}: no {"image" if not image else "text"}')
+          continue
         name = f'{len(listed):06d}{_extension(image)}'
         (where / name).write_bytes(image)
         listed.append((name, text))
@@ -93,6 +99,13 @@ def unpacked(folder: Path, cache_dir: str | Path) -> Path:
     shutil.rmtree(temporary, ignore_errors=True)
   counts = (f'{where.name if apart else "all"} {len(listed)}' for where, listed in rows.items())
   logging.info('Unpacked %s into %s: %s images.', folder, final, ', '.join(counts))
+  if empty:
+    logging.warning(
+      'Left out %d row(s) of no image or text: %s%s.',
+      len(empty),
+      '; '.join(empty[:5]),
+      '; ...' if len(empty) > 5 else '',
+    )
   return final
 
 

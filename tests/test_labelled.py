@@ -371,6 +371,13 @@ def test_lists_read_as_they_are_written_beside_their_images(tmp_path, caplog):
     'windows', lambda i: f'imgs/{i:04d}.png', 'file,text', lambda i, t: f'imgs\\{i:04d}.png,{t}'
   )
   assert read(windows) == texts
+  columns, texts = folder(
+    'columns',
+    lambda i: f'{i:04d}.png',
+    'file,captcha_id,solution',
+    lambda i, t: f'{i:04d}.png,{i:08x},{t}',
+  )
+  assert read(columns) == texts  # by the words of the names: `captcha_id` is no text
   (hashed / 'labels.csv').write_text(
     (hashed / 'labels.csv').read_text().replace('result', 'colour')
   )

@@ -40,11 +40,13 @@ def test_a_hub_dataset_is_unpacked_once_and_keeps_its_split(tmp_path, caplog):
   hub_file(hub / 'data' / 'test-00000-of-00001.parquet', test)
   hub_file(hub / 'data' / 'unlabeled-00000-of-00001.parquet', unlabeled)
   (hub / 'README.md').write_text('---\nlicense: mit\n---\n')
+  (hub / 'preview.png').write_bytes(train[0].read_bytes())  # the repository's preview image
   caplog.set_level(logging.INFO)
   config = config_for(hub, download_dir=str(tmp_path / 'cache'), alphabet='auto')
   resolved, splits = resolve(config)
   assert caplog.text.count('Unpacked') == 1
   assert 'Leaving out unlabeled-00000-of-00001.parquet: not a split of the set' in caplog.text
+  assert 'the 1 image(s) beside them (previews?) are not read' in caplog.text
   assert Path(resolved.data_dir).parent == tmp_path / 'cache'
   digests = {hashlib.sha256(p.read_bytes()).digest(): (p.stem, p.parent.name) for p in train + test}
   read = {
@@ -65,7 +67,7 @@ def test_the_texts_column_is_the_one_named_so_and_images_may_be_plain_bytes(tmp_
   images = synthetic.generate(tmp_path / 'src', 12, seed=3)
   table = pa.table(
     {
-      'id': [f'#{i}' for i in range(12)],
+      'captcha_id': [f'{i:08x}' for i in range(12)],  # no text, though it holds 'captcha'
       'png': pa.array([p.read_bytes() for p in images], pa.binary()),
       'solution': [p.stem for p in images],
     }
@@ -76,6 +78,25 @@ def test_the_texts_column_is_the_one_named_so_and_images_may_be_plain_bytes(tmp_
   _, splits = resolve(config_for(tmp_path / 'set', download_dir=str(tmp_path / 'cache')))
   assert sorted(e.text for name in data.SPLITS for e in splits[name]) == sorted(
     p.stem for p in images
+  )
+
+
+def test_a_train_file_beside_an_eval_one_keeps_them_apart_and_rows_without_text_are_named(
+  tmp_path, caplog
+):
+  train = synthetic.generate(tmp_path / 'src' / 'train', 20, seed=1)
+  held_out = synthetic.generate(tmp_path / 'src' / 'eval', 6, seed=2)
+  hub = tmp_path / 'hub'
+  hub_file(hub / 'train-00000-of-00001.parquet', train)
+  texts = [p.stem for p in held_out[:-1]] + [None]  # a row with no text
+  hub_file(hub / 'eval-00000-of-00001.parquet', held_out, text=texts)
+  hub_file(hub / 'extra-00000-of-00001.parquet', held_out)  # a file of no split
+  caplog.set_level(logging.INFO)
+  _, splits = resolve(config_for(hub, download_dir=str(tmp_path / 'cache'), alphabet='auto'))
+  assert sorted(e.text for e in splits['val']) == sorted(p.stem for p in held_out[:-1])
+  assert 'Leaving out extra-00000-of-00001.parquet' in caplog.text
+  assert 'Left out 1 row(s) of no image or text: eval-00000-of-00001.parquet, row 5: no text' in (
+    caplog.text
   )
 
 
