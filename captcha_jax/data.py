@@ -418,7 +418,22 @@ def _split(
     )
   else:
     indices = split_by_text([e.text for e in usable], config.split, config.split_seed)
-  return {name: [usable[i] for i in idx] for name, idx in zip(SPLITS, indices, strict=True)}
+  splits = {name: [usable[i] for i in idx] for name, idx in zip(SPLITS, indices, strict=True)}
+  # Byte-for-byte copies of training images under other names (or in the set's own test/): a
+  # run would be chosen and scored on what it trained on.
+  held_out = [e.path for name in ('val', 'test') for e in splits[name]]
+  if copies := labelled.copies_of(held_out, [e.path for e in splits['train']]):
+    copy, original = next(iter(copies.items()))
+    logging.warning(
+      'Left out of validation and test: %d image(s) that are copies of training images (%s holds '
+      'the bytes of %s); they are not what the run has never seen.',
+      len(copies),
+      copy,
+      original,
+    )
+    for name in ('val', 'test'):
+      splits[name] = [e for e in splits[name] if e.path not in copies]
+  return splits
 
 
 def _readable(

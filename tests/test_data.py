@@ -75,6 +75,13 @@ def test_a_set_that_comes_split_into_folders_keeps_its_split(tmp_path, caplog):
   _, splits = resolve(config)
   assert {e.path for e in splits['test']} == test and len(splits['val']) == len(paths['val'])
   assert 'validation holds images named by number, not by their text' in caplog.text
+  # A training image copied into test/ under another name is not tested on.
+  copied = tmp_path / 'test' / '0000.png'
+  shutil.copy(sorted(train)[0], copied)
+  _, splits = resolve(config)
+  assert {e.path for e in splits['test']} == test
+  assert f'{copied} holds the bytes of {sorted(train)[0]}' in caplog.text
+  copied.unlink()
   (tmp_path / 'stray.png').write_bytes(Path(sorted(test)[0]).read_bytes())
   assert labelled.split_folders(tmp_path) == {}  # images of its own: the sub-folders are not splits
 
