@@ -674,6 +674,8 @@ def synthetic(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   if min(args.width, args.height) < MIN_SIDE or args.count < 1:
     parser.error(f'--width and --height must be {MIN_SIDE} or more, --count 1 or more')
+  if any(c.isspace() for c in args.alphabet):  # a text's edge is read without them
+    parser.error('--alphabet must hold no spaces or other whitespace')
 
   def action():
     paths = generating.generate(

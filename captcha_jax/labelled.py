@@ -555,7 +555,7 @@ def _warn_unlisted(listing: Path, examples: Sequence[Example]) -> None:
     return
   if unlisted:
     logging.warning(
-      'Left out %d image(s) beside those %s lists, which it does not list: %s%s.',
+      'Left out %d image(s) beside those %s lists, which it gives no text of: %s%s.',
       len(unlisted),
       listing,
       ', '.join(unlisted[:_SHOWN]),

@@ -156,7 +156,7 @@ def test_the_file_that_lists_a_folders_images_gives_their_texts(tmp_path, caplog
   _, splits = resolve(config_for(tmp_path))
   assert {e.path: e.text for name in data.SPLITS for e in splits[name]} == texts
   assert (
-    f'Left out 1 image(s) beside those {tmp_path / "labels.csv"} lists, which it does not list: '
+    f'Left out 1 image(s) beside those {tmp_path / "labels.csv"} lists, which it gives no text of: '
     f'{tmp_path / "extra.png"}.'
   ) in caplog.text
   (tmp_path / 'extra.png').unlink()
@@ -506,7 +506,7 @@ def test_split_folders_that_list_their_own_texts_keep_their_split(tmp_path, capl
   extra = tmp_path / 'test' / 'images' / 'extra.png'  # an image its folder's list leaves out
   shutil.copy(next((tmp_path / 'test' / 'images').glob('*.png')), extra)
   resolve(config)
-  assert f'which it does not list: {extra}.' in caplog.text
+  assert f'which it gives no text of: {extra}.' in caplog.text
   extra.unlink()
   # One split folder listed, the other named by text: each read as it comes.
   (tmp_path / 'test' / 'metadata.jsonl').unlink()

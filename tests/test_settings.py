@@ -153,6 +153,7 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
       'error: Could not serve on nowhere.invalid:8000',
     ),
     ('synthetic', ['--out={tmp}/s', '--width=0'], '--width and --height must be 16 or more'),
+    ('synthetic', ['--out={tmp}/s', '--alphabet=ab c'], '--alphabet must hold no spaces'),
     ('predict', ['--pretrained', '--length=99', '{tmp}/a.png'], 'A text of 99 characters needs'),
   ],
 )
