@@ -231,6 +231,19 @@ def _unpack(archive: Path, into: Path, url: str) -> None:
           f'The zip from {url} has members that would be written outside its folder: '
           f'{unsafe[:5]}. It was not unpacked.'
         )
+      # Names not marked UTF-8 are read as the zip standard's cp437, rightly or not: say so.
+      legacy = [
+        i.filename for i in zf.infolist() if not i.flag_bits & 0x800 and not i.filename.isascii()
+      ]
+      if legacy:
+        logging.warning(
+          '%d names in the zip from %s are not marked as UTF-8 (e.g. %r): read as cp437, the zip '
+          "standard's; if they were written in another encoding, the texts read from them are "
+          'wrong: unpack it with that one (`unzip -O CP866 FILE.zip`) and use --config.data_dir.',
+          len(legacy),
+          url,
+          legacy[0],
+        )
       keep = []
       for info in zf.infolist():
         # Windows tools (PowerShell's Compress-Archive) write 'set\\226md.png': a file named so.

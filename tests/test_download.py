@@ -349,6 +349,18 @@ def test_a_downloaded_set_is_read_from_the_folder_that_holds_it_whole(server, tm
   assert sorted(e.text for e in examples) == sorted(LABELS) and not problems
 
 
+def test_names_a_zip_does_not_mark_as_utf8_are_named_in_a_warning(server, tmp_path, caplog):
+  """A zip made where names are written in a local code page (Windows' cp866, here) without the
+  UTF-8 flag: its names read as cp437, texts wrong; said, since which page it was is unknown."""
+  blob = _zip({f'set/{label}.png': _png(label) for label in [*LABELS[:19], 'XXXX']})
+  blob = blob.replace(b'XXXX', 'абвг'.encode('cp866'))  # in both headers; no UTF-8 flag
+  url = server.serve('/cyr.zip', body(blob))
+  with caplog.at_level(logging.WARNING):
+    download.fetch(url, tmp_path / 'cache', progress=False)
+  assert '1 names in the zip from' in caplog.text and 'not marked as UTF-8' in caplog.text
+  assert 'абвг'.encode('cp866').decode('cp437') in caplog.text
+
+
 def _tar(members: dict[str, bytes], link: str = '', mode: str = 'w:gz') -> bytes:
   """A .tar.gz (or tarball of `mode`) of `members`, and a symbolic link named `link` to
   /etc/passwd where given."""
