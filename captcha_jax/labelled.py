@@ -736,6 +736,17 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
         f'Data folder {str(folder)!r} (config.data_dir) is a file, not a folder{unpack}: point it '
         'at the folder of images.'
       )
+    cache = Path(config.download_dir).expanduser()
+    if not folder.is_dir() and folder.is_relative_to(cache):  # a run's copy, deleted since
+      if config.data_url:  # fetched again, into the same folder
+        fetched = config.copy_and_resolve_references()
+        fetched.data_dir = ''
+        return data_folder(fetched)
+      raise DataError(
+        f'Data folder {str(folder)!r} (config.data_dir) was unpacked into config.download_dir '
+        'and has been deleted since: run the training command again, on the folder it was '
+        'unpacked from, to unpack it anew.'
+      )
     if not folder.is_dir():
       raise DataError(
         f'Data folder {str(folder)!r} (config.data_dir) does not exist. Point it at a folder of '

@@ -336,6 +336,11 @@ def test_a_downloaded_set_is_read_from_the_folder_that_holds_it_whole(server, tm
   )
   folder = labelled.data_folder(config)
   assert folder.name == 'set' and sorted(labelled.split_folders(folder)) == ['test', 'train']
+  # A run's config names the copy; once it is deleted, the set is fetched into it again.
+  shutil.rmtree(tmp_path / 'cache')
+  assert (
+    labelled.data_folder(ml_collections.ConfigDict({**config, 'data_dir': str(folder)})) == folder
+  )
   # A set whose list lies beside the folder of its images, named by number.
   members = {f'listed/images/{i:03d}.png': _png(label) for i, label in enumerate(LABELS)}
   rows = ''.join(f'images/{i:03d}.png,{label}\n' for i, label in enumerate(LABELS))
