@@ -261,17 +261,25 @@ def _unpack(archive: Path, into: Path, url: str) -> None:
 
 
 def _untar(archive: Path, into: Path, url: str) -> None:
-  """`_unpack` for a tar archive: its regular files and folders only (no link, device or member
-  outside `into`), whatever Python's own extraction filters allow."""
+  """`_unpack` for a tar archive: its regular files and folders only (links and devices are
+  left out, named in a warning; a member outside `into` refuses the archive), whatever Python's
+  own extraction filters allow."""
   try:
     with tarfile.open(archive) as tf:
       members = tf.getmembers()
-      unsafe = [m.name for m in members if _unsafe(m.name) or not (m.isfile() or m.isdir())]
-      if unsafe:
+      if unsafe := [m.name for m in members if _unsafe(m.name)]:
         raise DataError(
-          f'The tar archive from {url} has members that are links or devices, or would be '
-          f'written outside its folder: {unsafe[:5]}. It was not unpacked.'
+          f'The tar archive from {url} has members that would be written outside its folder: '
+          f'{unsafe[:5]}. It was not unpacked.'
         )
+      if others := [m.name for m in members if not (m.isfile() or m.isdir())]:
+        logging.warning(
+          'Leaving out %d links or devices of the tar archive from %s: %s.',
+          len(others),
+          url,
+          ', '.join(others[:5]),
+        )
+        members = [m for m in members if m.isfile() or m.isdir()]
       # tarfile stops quietly where a cut-off plain .tar ends; its two zero blocks say it is whole.
       tf.fileobj.seek(tf.offset)
       if tf.fileobj.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
