@@ -255,6 +255,11 @@ def _unpack(archive: Path, into: Path, url: str) -> None:
   except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as e:
     with open(archive, 'rb') as f:
       start = f.read(16)
+    if start.startswith(b'PAR1'):  # a Hub dataset's file: read from a folder, not fetched
+      raise DataError(
+        f'What {url} sent is a Parquet file, which is read from a folder, not fetched: download '
+        'it into a folder of its own and pass that folder with --config.data_dir=PATH.'
+      ) from e
     raise DataError(
       f'What {url} sent is not a usable zip file ({e}; it starts with {start!r}). ' + _by_hand(url)
     ) from e

@@ -731,7 +731,10 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
   if config.data_dir:
     folder = Path(config.data_dir).expanduser()
     if folder.is_file():
-      unpack = f' (unpack it: unzip {folder} -d data)' if folder.suffix.lower() == '.zip' else ''
+      unpack = {
+        '.zip': f' (unpack it: unzip {folder} -d data)',
+        '.parquet': f' (the folder that holds it: {folder.parent})',
+      }.get(folder.suffix.lower(), '')
       raise DataError(
         f'Data folder {str(folder)!r} (config.data_dir) is a file, not a folder{unpack}: point it '
         'at the folder of images.'

@@ -354,6 +354,12 @@ def test_a_downloaded_set_is_read_from_the_folder_that_holds_it_whole(server, tm
   assert sorted(e.text for e in examples) == sorted(LABELS) and not problems
 
 
+def test_a_parquet_file_from_data_url_says_how_it_is_read(server, tmp_path):
+  url = server.serve('/train-00000-of-00001.parquet', body(b'PAR1' + bytes(64) + b'PAR1'))
+  with pytest.raises(DataError, match='is a Parquet file, which is read from a folder'):
+    download.fetch(url, tmp_path / 'cache', progress=False)
+
+
 def test_names_a_zip_does_not_mark_as_utf8_are_named_in_a_warning(server, tmp_path, caplog):
   """A zip made where names are written in a local code page (Windows' cp866, here) without the
   UTF-8 flag: its names read as cp437, texts wrong; said, since which page it was is unknown."""

@@ -449,6 +449,9 @@ def test_a_list_of_a_few_images_is_named_and_a_zip_is_no_folder(tmp_path, caplog
     DataError, match=r'set.zip\' \(config.data_dir\) is a file, not a folder \(unpack'
   ):
     resolve(config_for(tmp_path / 'set.zip'))
+  (tmp_path / 'set' / 'train.parquet').write_bytes(b'PAR1')
+  with pytest.raises(DataError, match=r'a folder \(the folder that holds it: .*set\)'):
+    resolve(config_for(tmp_path / 'set' / 'train.parquet'))
 
 
 def test_a_lists_bad_lines_are_named_not_taken_for_its_header(tmp_path):
