@@ -125,8 +125,8 @@ def splits(captcha_dir, tmp_path_factory):
   pytest.importorskip('tensorflow_datasets', reason="pip install 'captcha-jax[tfds]'")
   folder = tmp_path_factory.mktemp('streamed') / 'data'
   shutil.copytree(captcha_dir, folder)
-  for name in BROKEN:
-    (folder / f'{name}.png').write_bytes(cut_png())
+  for name in BROKEN:  # each its own bytes: copies of one another would leave val and test
+    (folder / f'{name}.png').write_bytes(cut_png() + name.encode())
   config = tiny.get_config()
   config.data_dir = str(folder)
   config.tfds_data_dir = str(tmp_path_factory.mktemp('tfds'))
