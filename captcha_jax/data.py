@@ -419,9 +419,10 @@ def _split(
   else:
     indices = split_by_text([e.text for e in usable], config.split, config.split_seed)
   splits = {name: [usable[i] for i in idx] for name, idx in zip(SPLITS, indices, strict=True)}
-  # Byte-for-byte copies of training images under other names (or in the set's own test/): a
-  # run would be chosen and scored on what it trained on.
-  held_out = [e.path for name in ('val', 'test') for e in splits[name]]
+  # A set's own test/ (or val/) may hold copies of its train/ images, under other names: a run
+  # would be chosen and scored on what it trained on. (A drawn split keeps a text's images
+  # together; hashing every set at every start would cost more than it finds there.)
+  held_out = [e.path for name in ('val', 'test') for e in splits[name]] if folders else []
   if copies := labelled.copies_of(held_out, [e.path for e in splits['train']]):
     copy, original = next(iter(copies.items()))
     logging.warning(

@@ -66,7 +66,7 @@ def fetch(
   sha256 = _checked_hex(sha256, 64, 'sha256')
   git_blob_sha1 = _checked_hex(git_blob_sha1, 40, 'git_blob_sha1')
   cache_dir = Path(cache_dir).expanduser()
-  name = _cache_name(url, sha256, git_blob_sha1)
+  name = cache_name(url, sha256, git_blob_sha1)
   final = cache_dir / name
   if final.is_dir():
     found = _reuse(final, min_images, check)
@@ -126,7 +126,7 @@ def _checked_hex(value: str, length: int, what: str) -> str:
   return value
 
 
-def _cache_name(url: str, sha256: str, git_blob_sha1: str) -> str:
+def cache_name(url: str, sha256: str, git_blob_sha1: str) -> str:
   """`<zip name>-<12 hex>`: another URL or another pinned checksum gets its own folder."""
   stem = Path(urllib.parse.urlsplit(url).path).stem
   stem = re.sub(r'[^A-Za-z0-9_.-]+', '_', stem).strip('._') or 'download'
@@ -266,9 +266,9 @@ def _unpack(archive: Path, into: Path, url: str) -> None:
 
 
 def _untar(archive: Path, into: Path, url: str) -> None:
-  """`_unpack` for a tar archive: its regular files and folders only (links and devices are
-  left out, named in a warning; a member outside `into` refuses the archive), whatever Python's
-  own extraction filters allow."""
+  """`_unpack` for a tar archive: its regular files and folders, and hard links as copies of their
+  files (symbolic links and devices are left out, named in a warning; a member outside `into`
+  refuses the archive), whatever Python's own extraction filters allow."""
   try:
     with tarfile.open(archive) as tf:
       members = tf.getmembers()
@@ -277,17 +277,21 @@ def _untar(archive: Path, into: Path, url: str) -> None:
           f'The tar archive from {url} has members that would be written outside its folder: '
           f'{unsafe[:5]}. It was not unpacked.'
         )
-      if others := [m.name for m in members if not (m.isfile() or m.isdir())]:
+      # A hard link is a second name of a file the archive holds: written as a copy of it.
+      kept = [
+        m for m in members if m.isfile() or m.isdir() or (m.islnk() and not _unsafe(m.linkname))
+      ]
+      if others := [m.name for m in members if m not in kept]:
         logging.warning(
           'Leaving out %d links or devices of the tar archive from %s: %s.',
           len(others),
           url,
           ', '.join(others[:5]),
         )
-        members = [m for m in members if m.isfile() or m.isdir()]
-      # tarfile stops quietly where a cut-off plain .tar ends; its two zero blocks say it is whole.
+      members = kept
+      # tarfile stops quietly where a cut-off plain .tar ends; its zero block says it is whole.
       tf.fileobj.seek(tf.offset)
-      if tf.fileobj.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+      if tf.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
         raise DataError(f'The tar archive from {url} is cut short (no end-of-archive marker).')
       for member in members:
         if any(_JUNK.match(p) for p in PurePosixPath(member.name).parts):

@@ -46,20 +46,22 @@ _PATH_KEYS = tuple(
     'name',
   )
 )
-# What their headers call the texts' column: a name holding one of these words (`captcha_text`,
-# `Label`, `groundTruth`) and none that names another thing of a text (`captcha_id`, `text_len`).
-_TEXT_WORDS = frozenset(
-  'text texts label labels captcha answer answers solution result code word words string target '
-  'truth transcription transcript transcribed content chars characters ocr gt y value'.split()
+# What their headers call the texts' column: a name holding one of these (`captcha_text`,
+# `groundtruth`, `Label`) and no word that names another thing of a text (`captcha_id`,
+# `text_len`, `target_url`).
+_TEXT_COLUMN = re.compile(
+  r'text|label|captcha|answer|solution|result|code|word|string|target|truth|transcri|content|chars'
+  r'|ocr|^\s*(gt|y|value)\s*$',
+  re.IGNORECASE,
 )
 _NOT_TEXT_WORDS = frozenset(
-  'id ids url uri path file filename name type hash md5 sha len length size width height time '
-  'date count index idx num number'.split()
+  'id ids url uri path file filename type hash md5 sha len length size width height time date '
+  'count index idx num number'.split()
 )
 # The names sets that come split give their splits' sub-folders (in any case).
 SPLIT_FOLDERS = {
   'train': ('train', 'training'),
-  'val': ('val', 'valid', 'validation', 'dev', 'eval'),
+  'val': ('val', 'valid', 'validation', 'dev'),
   'test': ('test', 'testing'),
 }
 
@@ -741,7 +743,10 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
       )
     cache = Path(config.download_dir).expanduser()
     if not folder.is_dir() and folder.is_relative_to(cache):  # a run's copy, deleted since
-      if config.data_url:  # fetched again, into the same folder
+      from captcha_jax import download
+
+      name = download.cache_name(config.data_url, config.data_sha256, config.data_git_blob)
+      if config.data_url and folder.is_relative_to(cache / name):  # fetched again, as it was
         fetched = config.copy_and_resolve_references()
         fetched.data_dir = ''
         return data_folder(fetched)
@@ -767,11 +772,16 @@ def data_folder(config: ml_collections.ConfigDict) -> Path:
     git_blob_sha1=config.data_git_blob,
     min_images=config.data_min_images,
   )
-  # Read from the top of what was unpacked, as config.data_dir would be: a set that comes split
-  # keeps its split, a list above the images is found, and folders beside the one of the most
-  # images (`unlabeled/`, `part2/`) are not passed over unsaid.
+  # Read from the top of what was unpacked, as config.data_dir would be, where that reads as a set
+  # (split folders, a list, images): a set that comes split keeps its split, a list above the
+  # images is found, an `unlabeled/` of more images is no split. Else (a repository's archive,
+  # a README beside `images/`) the folder of the most images.
   cache = Path(config.download_dir).expanduser()
-  return readable_folder(cache / fetched.relative_to(cache).parts[0], cache)
+  top = readable_folder(cache / fetched.relative_to(cache).parts[0], cache)
+  if split_folders(top) or find_labels_file(top) or any(map(is_image_file, _entries(top))):
+    return top
+  logging.info('Reading %s, the folder of the most images %s holds.', fetched, config.data_url)
+  return fetched
 
 
 def unreadable_odd_files(examples: Sequence[Example]) -> dict[str, str]:
@@ -801,12 +811,6 @@ def readable_folder(folder: Path, cache_dir: str | Path) -> Path:
 
   folder = inside_lone_folders(folder)
   if parquet_sets.parquet_files(folder):
-    if beside := sum(map(is_image_file, _entries(folder))):
-      logging.warning(
-        'Reading the Parquet files of %s; the %d image(s) beside them (previews?) are not read.',
-        folder,
-        beside,
-      )
     return parquet_sets.unpacked(folder, cache_dir)
   return folder
 
@@ -818,10 +822,10 @@ def is_image_file(path: Path) -> bool:
 
 
 def names_texts(name: str) -> bool:
-  """Whether a column's name says it holds the texts (`text`, `label`, `solution`, ...): by its
-  words, so `captcha_id` and `content_type` are no texts' column."""
+  """Whether a column's name says it holds the texts (`text`, `label`, `solution`, ...), and no
+  word of it another thing (`captcha_id` and `content_type` are no texts' column)."""
   words = re.findall(r'[a-z]+|\d+', re.sub(r'([a-z])([A-Z])', r'\1 \2', name).lower())
-  return bool(_TEXT_WORDS.intersection(words)) and not _NOT_TEXT_WORDS.intersection(words)
+  return _TEXT_COLUMN.search(name) is not None and not _NOT_TEXT_WORDS.intersection(words)
 
 
 def inside_lone_folders(folder: Path) -> Path:

@@ -33,17 +33,19 @@ _MAGIC = (
 # `test.parquet`: the split a Hub file holds is the word its name starts with.
 _SPLIT_OF_FILE = re.compile(r'^([A-Za-z]+)(?:[-_.]|$)')
 _BATCH_ROWS = 512  # rows read at a time: memory stays flat however large the file
+# The Hub's split names that are not a split folder's: written as the folder they stand for.
+_ALIASES = {'eval': 'validation'}
 
 
 def parquet_files(folder: Path) -> list[Path]:
-  """The .parquet files of a folder: directly in it where it holds no image, and in its `data/`
-  (as a Hub dataset's repository lays them out, whatever preview images lie beside it)."""
+  """The .parquet files of a folder that holds no image: directly in it, or in its `data/` (as a
+  Hub dataset's repository lays them out)."""
   found = []
   for where in (folder, folder / 'data'):
     if where.is_dir():
       entries = list(where.iterdir())
-      if where == folder and any(labelled.is_image_file(p) for p in entries):
-        continue
+      if any(labelled.is_image_file(p) for p in entries):
+        return []
       found += sorted(p for p in entries if p.suffix.lower() == '.parquet' and p.is_file())
   return found
 
@@ -62,17 +64,19 @@ def unpacked(folder: Path, cache_dir: str | Path) -> Path:
   if final.is_dir():
     return final
   final.parent.mkdir(parents=True, exist_ok=True)
-  splits = {path: _split_of(path) for path in files}
+  splits = {path: _ALIASES.get(split, split) for path in files if (split := _split_of(path))}
+  splits |= {path: '' for path in files if path not in splits}
   known = {split for names in labelled.SPLIT_FOLDERS.values() for split in names}
   named = set(splits.values()) & known
-  # A train file beside others: the set's splits, and files of no known split (`unlabeled-`,
-  # `extra-`) are no part of them.
-  apart = bool(named & set(labelled.SPLIT_FOLDERS['train'])) and len(set(splits.values())) > 1
-  if apart and (others := sorted(p.name for p, split in splits.items() if split not in known)):
+  # A train file beside others: files of no known split (`unlabeled-`, `extra-`) are no part of
+  # the set; the known ones keep their split, where more than train's are left.
+  train = bool(named & set(labelled.SPLIT_FOLDERS['train']))
+  if train and (others := sorted(p.name for p, split in splits.items() if split not in known)):
     logging.warning(
       'Leaving out %s: not a split of the set (%s).', ', '.join(others), ', '.join(sorted(named))
     )
     files = [path for path in files if splits[path] in known]
+  apart = train and len(named) > 1
   temporary = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.', suffix='.tmp'))
   try:
     rows: dict[Path, list[tuple[str, str]]] = {}

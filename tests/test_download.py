@@ -338,9 +338,17 @@ def test_a_downloaded_set_is_read_from_the_folder_that_holds_it_whole(server, tm
   assert folder.name == 'set' and sorted(labelled.split_folders(folder)) == ['test', 'train']
   # A run's config names the copy; once it is deleted, the set is fetched into it again.
   shutil.rmtree(tmp_path / 'cache')
-  assert (
-    labelled.data_folder(ml_collections.ConfigDict({**config, 'data_dir': str(folder)})) == folder
-  )
+  saved = ml_collections.ConfigDict({**config, 'data_dir': str(folder)})
+  assert labelled.data_folder(saved) == folder and folder.is_dir()
+  # Another copy there (a Parquet set's), deleted: not data_url's, so not fetched in its place.
+  saved.data_dir = str(tmp_path / 'cache' / 'mine-parquet-0123456789ab')
+  with pytest.raises(DataError, match='has been deleted since'):
+    labelled.data_folder(saved)
+  # A repository's archive: a README beside the folder of images, which is read.
+  members = {f'repo-main/samples/{label}.png': _png(label) for label in LABELS}
+  members['repo-main/README.md'] = b'# captchas'
+  config.data_url = server.serve('/repo.zip', body(_zip(members)))
+  assert labelled.data_folder(config).name == 'samples'
   # A set whose list lies beside the folder of its images, named by number.
   members = {f'listed/images/{i:03d}.png': _png(label) for i, label in enumerate(LABELS)}
   rows = ''.join(f'images/{i:03d}.png,{label}\n' for i, label in enumerate(LABELS))
@@ -401,6 +409,14 @@ def test_a_tarball_unpacks_as_a_zip_does_but_for_its_links(server, tmp_path, cap
   assert 'Leaving out 1 links or devices of the tar archive' in caplog.text
   assert 'set-1.0/zz.png' in caplog.text and not (unlinked / 'zz.png').exists()
   assert len(list(unlinked.iterdir())) == 20
+  buffer = io.BytesIO(_tar(members, mode='w'))  # and a hard link: a second name of a file
+  with tarfile.open(fileobj=buffer, mode='a') as tf:
+    info = tarfile.TarInfo('set-1.0/2m3cd (1).png')
+    info.type, info.linkname = tarfile.LNKTYPE, 'set-1.0/2m3cd.png'
+    tf.addfile(info)
+  url = server.serve('/hard.tar', body(buffer.getvalue()))
+  hard = download.fetch(url, tmp_path / 'hard', progress=False)
+  assert (hard / '2m3cd (1).png').read_bytes() == _png('2m3cd')
   escaping = server.serve('/up.tar.gz', body(_tar({'../up.png': _png('2m3cd')})))
   with pytest.raises(DataError, match=r"outside its folder: \['../up.png'\]"):
     download.fetch(escaping, tmp_path / 'cache', progress=False)

@@ -40,13 +40,11 @@ def test_a_hub_dataset_is_unpacked_once_and_keeps_its_split(tmp_path, caplog):
   hub_file(hub / 'data' / 'test-00000-of-00001.parquet', test)
   hub_file(hub / 'data' / 'unlabeled-00000-of-00001.parquet', unlabeled)
   (hub / 'README.md').write_text('---\nlicense: mit\n---\n')
-  (hub / 'preview.png').write_bytes(train[0].read_bytes())  # the repository's preview image
   caplog.set_level(logging.INFO)
   config = config_for(hub, download_dir=str(tmp_path / 'cache'), alphabet='auto')
   resolved, splits = resolve(config)
   assert caplog.text.count('Unpacked') == 1
   assert 'Leaving out unlabeled-00000-of-00001.parquet: not a split of the set' in caplog.text
-  assert 'the 1 image(s) beside them (previews?) are not read' in caplog.text
   assert Path(resolved.data_dir).parent == tmp_path / 'cache'
   digests = {hashlib.sha256(p.read_bytes()).digest(): (p.stem, p.parent.name) for p in train + test}
   read = {
@@ -98,6 +96,10 @@ def test_a_train_file_beside_an_eval_one_keeps_them_apart_and_rows_without_text_
   assert 'Left out 1 row(s) of no image or text: eval-00000-of-00001.parquet, row 5: no text' in (
     caplog.text
   )
+  # Train and a file of no split: train alone, split as a folder of it would be.
+  (hub / 'eval-00000-of-00001.parquet').unlink()
+  _, splits = resolve(config_for(hub, download_dir=str(tmp_path / 'cache'), alphabet='auto'))
+  assert sorted(e.text for n in data.SPLITS for e in splits[n]) == sorted(p.stem for p in train)
 
 
 def test_a_parquet_file_it_cannot_read_is_named(tmp_path, monkeypatch):
