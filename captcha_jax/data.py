@@ -441,12 +441,11 @@ def _readable(
   splits: dict[str, list[Example]], vocab: Vocab
 ) -> tuple[dict[str, list[Example]], dict[str, list[Example]]]:
   """Each split's examples whose labels `vocab` can write, and each split's others."""
-  readable = {
-    name: [e for e in split if not vocab.unknown_chars(e.text)] for name, split in splits.items()
-  }
-  others = {
-    name: [e for e in split if vocab.unknown_chars(e.text)] for name, split in splits.items()
-  }
+  readable = {name: [] for name in splits}
+  others = {name: [] for name in splits}
+  for name, split in splits.items():
+    for e in split:
+      (others if vocab.unknown_chars(e.text) else readable)[name].append(e)
   return readable, others
 
 

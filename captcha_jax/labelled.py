@@ -349,7 +349,7 @@ def _base(folder: Path, files: Sequence[str]) -> Path:
 
 def _same_shape(a: str, b: str) -> bool:
   """Whether two names are alike but for their numbers (`img0`, `img1`): rows of one list."""
-  return bool(re.search(r'\d', a)) and re.sub(r'\d+', '0', a) == re.sub(r'\d+', '0', b)
+  return any(c.isdigit() for c in a) and settings.number_shape(a) == settings.number_shape(b)
 
 
 def _listed_image(folder: Path, file: str) -> Path:

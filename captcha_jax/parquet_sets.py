@@ -64,8 +64,7 @@ def unpacked(folder: Path, cache_dir: str | Path) -> Path:
   if final.is_dir():
     return final
   final.parent.mkdir(parents=True, exist_ok=True)
-  splits = {path: _ALIASES.get(split, split) for path in files if (split := _split_of(path))}
-  splits |= {path: '' for path in files if path not in splits}
+  splits = {path: _split_of(path) for path in files}
   known = {split for names in labelled.SPLIT_FOLDERS.values() for split in names}
   named = set(splits.values()) & known
   # A train file beside others: files of no known split (`unlabeled-`, `extra-`) are no part of
@@ -114,9 +113,11 @@ def unpacked(folder: Path, cache_dir: str | Path) -> Path:
 
 
 def _split_of(path: Path) -> str:
-  """The split a file's name gives (`train-00000-of-00002` → train), lower-case."""
+  """The split a file's name gives (`train-00000-of-00002` → train, `eval-…` → validation),
+  lower-case; '' where it gives none."""
   found = _SPLIT_OF_FILE.match(path.stem)
-  return found.group(1).lower() if found else ''
+  split = found.group(1).lower() if found else ''
+  return _ALIASES.get(split, split)
 
 
 def _rows(path: Path) -> Iterator[tuple[bytes, str]]:

@@ -269,10 +269,16 @@ def _is_long_tag(part: str) -> bool:
   return re.fullmatch(r'[0-9a-fA-F-]{8,}|\d[\d._:T -]{7,}', part) is not None
 
 
+def number_shape(name: str) -> str:
+  """`name` with each run of digits as one 0: names alike but for their numbers (`img0`,
+  `img1`) share a shape."""
+  return re.sub(r'\d+', '0', name)
+
+
 def names_are_ids(stems: Sequence[str]) -> bool:
   """Whether file names are ids rather than texts: each a counter, a date or a hash (`_is_tag`), or
   all one word with a number in it (`img_0001`, `line12`)."""
-  shapes = {re.sub(r'\d+', '0', stem) for stem in stems}
+  shapes = set(map(number_shape, stems))
   return bool(stems) and (all(map(_is_tag, stems)) or (len(shapes) == 1 and '0' in shapes.pop()))
 
 
